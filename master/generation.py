@@ -1,0 +1,58 @@
+"""The seam between the HTTP layer and the pipeline: ask for tokens, get them one at a time."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import AsyncIterator, Protocol
+
+from engine.sampling_params import SamplingParams
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One sequence to generate; n > 1 is n of these, made by the HTTP layer."""
+
+    request_id: str  # unique per sequence: "chatcmpl-…-0"
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token as the worker sampled it."""
+
+    token_id: int
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] = ()
+    finish_reason: str | None = None  # "stop" (stop token or EOS), "length", or None
+
+
+class PipelineUnavailable(Exception):
+    """The worker cannot be reached or refused the handshake: HTTP 503, message says why."""
+
+
+class QueueFull(Exception):
+    """Too many waiting requests: HTTP 429 with Retry-After."""
+
+    def __init__(self, retry_after_s: float):
+        super().__init__(f"the request queue is full; retry in {retry_after_s:.0f} s")
+        self.retry_after_s = retry_after_s
+
+
+class SequenceFailed(Exception):
+    """The worker failed this sequence (e.g. KV cache exhausted); others go on."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code  # grpc status name, e.g. "RESOURCE_EXHAUSTED"
+
+
+class Generator(Protocol):
+    """What the HTTP layer needs from the scheduler."""
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        """Tokens as they come. Closing the iterator early (client gone, stop string hit)
+        releases the sequence on both stages within one step."""
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, reason): head loaded, worker connected, handshake passed."""
