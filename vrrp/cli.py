@@ -1,0 +1,61 @@
+"""`duet vrrp --config FILE`: load the config, check privileges, run the agent."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from vrrp.config import VrrpConfig, load_config
+
+CAP_NET_ADMIN = 12
+CAP_NET_RAW = 13
+
+
+def missing_capabilities(status_text: str | None = None) -> list[str]:
+    """Names of the capabilities the agent needs that this process lacks."""
+    if status_text is None:
+        with open("/proc/self/status") as f:
+            status_text = f.read()
+    eff = next(int(line.split()[1], 16) for line in status_text.splitlines()
+               if line.startswith("CapEff:"))
+    return [name for name, bit in (("CAP_NET_ADMIN", CAP_NET_ADMIN), ("CAP_NET_RAW", CAP_NET_RAW))
+            if not eff >> bit & 1]
+
+
+async def _serve(cfg: VrrpConfig) -> None:
+    from vrrp.agent import Agent  # after the checks: imports pyroute2
+
+    agent = Agent(cfg)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.stop)
+    await agent.run()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="duet vrrp", description="VRRPv3 agent for the VIP")
+    parser.add_argument("--config", required=True, help="TOML file with a [vrrp] table")
+    parser.add_argument("--section", default="vrrp", help="table to read (default: vrrp)")
+    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING, ERROR")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.section)
+    except ValueError as exc:
+        print(f"duet vrrp: bad config: {exc}", file=sys.stderr)
+        return 2
+    missing = missing_capabilities()
+    if missing:
+        print(f"duet vrrp: needs {' and '.join(missing)} (run as root or grant them)",
+              file=sys.stderr)
+        return 1
+    logging.basicConfig(level=args.log_level.upper(),
+                        format=f"%(asctime)s vrrp[{cfg.vrid}] %(levelname)s %(message)s")
+    try:
+        asyncio.run(_serve(cfg))
+    except ValueError as exc:  # e.g. the interface does not exist or has no address
+        print(f"duet vrrp: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,60 @@
+"""HTTP checks of the local API's /ready with rise/fall hysteresis."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import httpx
+
+from vrrp.config import HealthConfig
+
+log = logging.getLogger(__name__)
+
+
+def effective_priority(base: int, weight: int, healthy: bool) -> int:
+    """keepalived's rule: a negative weight applies while failing, a positive one while
+    healthy; the owner (255) never moves, others stay within 1..254."""
+    if base == 255:
+        return 255
+    delta = weight if (weight < 0) != healthy else 0
+    return max(1, min(254, base + delta))
+
+
+class HealthCheck:
+    """Polls `cfg.url`; calls `on_change(healthy)` after `rise`/`fall` consecutive results."""
+
+    def __init__(self, cfg: HealthConfig, on_change: Callable[[bool], None]):
+        self.cfg = cfg
+        self.on_change = on_change
+        self.healthy = True  # assumed up at start, so a slow first probe moves nothing
+        self._streak = 0  # consecutive results that disagree with `healthy`
+
+    async def probe(self, client: httpx.AsyncClient) -> bool:
+        try:
+            resp = await client.get(self.cfg.url)
+        except httpx.HTTPError as exc:
+            log.debug("health probe %s failed: %s", self.cfg.url, exc)
+            return False
+        return 200 <= resp.status_code < 300
+
+    def record(self, ok: bool) -> bool:
+        """Feed one result; return True when the health state flipped."""
+        if ok == self.healthy:
+            self._streak = 0
+            return False
+        self._streak += 1
+        if self._streak < (self.cfg.rise if ok else self.cfg.fall):
+            return False
+        self.healthy, self._streak = ok, 0
+        log.warning("health %s: %s", self.cfg.url, "up" if ok else "down")
+        self.on_change(ok)
+        return True
+
+    async def run(self) -> None:
+        timeout = httpx.Timeout(self.cfg.timeout_s)
+        async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
+            while True:
+                self.record(await self.probe(client))
+                await asyncio.sleep(self.cfg.interval_s)
