@@ -1,0 +1,75 @@
+"""The master's stage [0, k): embedding and the first layers, and the wire form of its output."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from engine.batch import SeqChunk, StepBatch
+from engine.stage import Stage
+from master.wire import WIRE_DTYPES, empty_hidden, tensor_to_proto
+from proto import pipeline_pb2 as pb
+
+
+class Head:
+    """Runs embedding + layers [0, k) for a micro-batch; owns the head's KV cache."""
+
+    def __init__(self, stage: Stage):
+        assert stage.is_first, "the head stage starts at layer 0"
+        self.stage = stage
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: str,
+        layer_end: int,
+        *,
+        dtype: str = "float32",
+        device: str = "cpu",
+        kv_cache_bytes: int,
+        block_size: int = 16,
+        load_format: str = "safetensors",
+    ) -> Head:
+        stage = Stage.load(
+            model_dir, 0, layer_end, dtype=dtype, device=device,
+            kv_cache_bytes=kv_cache_bytes, block_size=block_size, load_format=load_format,
+        )
+        return cls(stage)
+
+    @property
+    def layer_end(self) -> int:
+        return self.stage.layer_end
+
+    @property
+    def hidden_size(self) -> int:
+        return self.stage.config.hidden_size
+
+    @property
+    def dtype(self) -> str:
+        return WIRE_DTYPES[self.stage.dtype] if isinstance(self.stage.dtype, torch.dtype) else str(
+            self.stage.dtype
+        )
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.stage.kv.capacity_tokens
+
+    @property
+    def kv_used_tokens(self) -> int:
+        return self.stage.kv.used_tokens
+
+    @property
+    def kv_usage(self) -> float:
+        return self.stage.kv.usage
+
+    def forward(self, chunks: Sequence[SeqChunk], token_ids: list[int]) -> pb.Tensor:
+        """token ids [T] of the chunks, in row order -> hidden states [T, H] on the wire."""
+        if not chunks:
+            return empty_hidden(self.hidden_size, self.dtype)
+        inputs = torch.tensor(token_ids, dtype=torch.long, device=self.stage.device)  # [T]
+        hidden = self.stage.forward(StepBatch(tuple(chunks)), inputs)  # [T, H]
+        return tensor_to_proto(hidden)
+
+    def release(self, seq_ids: Iterable[str]) -> None:
+        for seq_id in seq_ids:
+            self.stage.release(seq_id)

@@ -1,0 +1,186 @@
+"""Continuous batching: which sequences go into the next micro-batch, and what gets released.
+
+Pure bookkeeping, no I/O: the pipeline generator calls `schedule()` whenever fewer than
+`max_inflight_batches` micro-batches are on their way, runs the head on the result and sends
+it. Each micro-batch takes decodes first, then prefill chunks, then newly admitted sequences,
+under a token budget; a long prompt is split over steps and only its last chunk samples.
+A sequence is in at most one in-flight micro-batch, so with two in flight the running set
+splits itself into halves that alternate between the head and the worker.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from engine.batch import SeqChunk
+from master.generation import QueueFull, SequenceFailed
+from master.sequence import Sequence, SequenceStatus
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Batching limits, validated once."""
+
+    max_num_seqs: int = 64  # running sequences (KV reserved on both stages)
+    max_waiting: int = 256  # queued beyond that: QueueFull (HTTP 429)
+    step_token_budget: int = 512  # new tokens per micro-batch, prefill chunks included
+    max_inflight_batches: int = 2  # micro-batches sent and not yet answered
+    kv_block_size: int = 16  # tokens per KV block: reservations round up to it
+    retry_after_s: float = 1.0  # the Retry-After a full queue suggests
+
+    def __post_init__(self):
+        for name in ("max_num_seqs", "step_token_budget", "max_inflight_batches", "kv_block_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.max_waiting < 0:
+            raise ValueError(f"max_waiting must be >= 0, got {self.max_waiting!r}")
+        if self.retry_after_s <= 0:
+            raise ValueError(f"retry_after_s must be > 0, got {self.retry_after_s!r}")
+
+
+@dataclass
+class MicroBatch:
+    """One step: sequences in row order, their chunks, the head's input ids, releases."""
+
+    step_id: int
+    seqs: list[Sequence] = field(default_factory=list)
+    chunks: list[SeqChunk] = field(default_factory=list)
+    samples: list[bool] = field(default_factory=list)  # per seq: this chunk samples a token
+    first_appearance: list[bool] = field(default_factory=list)  # per seq: send its params
+    token_ids: list[int] = field(default_factory=list)  # [T] the head's input
+    release: list[Sequence] = field(default_factory=list)  # free on both stages first
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+class Scheduler:
+    """Waiting queue, running set and per-step selection under budget and KV capacity."""
+
+    def __init__(self, config: SchedulerConfig):
+        self.config = config
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self._to_release: list[Sequence] = []
+        self._next_step_id = 1
+        self.kv_capacity_tokens = 0  # min over both stages; 0 until the handshake
+        self.kv_reserved_tokens = 0  # worst case of every running sequence
+
+    def set_kv_capacity(self, tokens: int) -> None:
+        self.kv_capacity_tokens = tokens
+
+    def _kv_need(self, seq: Sequence) -> int:
+        block = self.config.kv_block_size
+        return math.ceil(seq.max_len / block) * block
+
+    def add(self, seq: Sequence) -> None:
+        """Queue a sequence; QueueFull when the queue is at its bound."""
+        if len(self.waiting) >= self.config.max_waiting:
+            raise QueueFull(self.config.retry_after_s)
+        if self.kv_capacity_tokens and self._kv_need(seq) > self.kv_capacity_tokens:
+            raise SequenceFailed(
+                "RESOURCE_EXHAUSTED",
+                f"prompt + max_tokens needs {self._kv_need(seq)} KV slots; "
+                f"the pipeline holds {self.kv_capacity_tokens}",
+            )
+        self.waiting.append(seq)
+
+    def finish(self, seq: Sequence, reason: str, error: BaseException | None = None) -> None:
+        """End a sequence for any reason; its KV is released with the next micro-batch."""
+        if seq.status is SequenceStatus.WAITING and seq in self.waiting:
+            self.waiting.remove(seq)
+        elif seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+            self.kv_reserved_tokens -= self._kv_need(seq)
+            self._to_release.append(seq)
+        seq.finish(reason, error)
+
+    def has_releases(self) -> bool:
+        return bool(self._to_release)
+
+    def has_work(self) -> bool:
+        return bool(self._to_release) or bool(self.waiting) or any(
+            not s.in_flight for s in self.running
+        )
+
+    def schedule(self) -> MicroBatch | None:
+        """The next micro-batch, or None when nothing is ready and nothing needs releasing."""
+        batch = MicroBatch(step_id=self._next_step_id, release=self._to_release)
+        self._to_release = []
+        budget = self.config.step_token_budget
+        limit = self._seqs_per_batch()
+        ready = [s for s in self.running if not s.in_flight]
+        decodes = [s for s in ready if not s.is_prefilling]
+        prefills = [s for s in ready if s.is_prefilling]
+        for seq in decodes + prefills:
+            if budget == 0 or len(batch.seqs) >= limit:
+                break
+            budget -= self._add_chunk(batch, seq, budget)
+        while self.waiting and budget > 0 and len(batch.seqs) < limit and self._admit_next():
+            budget -= self._add_chunk(batch, self.running[-1], budget)
+        if not batch.seqs and not batch.release:
+            return None
+        self._next_step_id += 1
+        return batch
+
+    def _seqs_per_batch(self) -> int:
+        """Split the active sequences evenly over the micro-batches in flight."""
+        active = min(self.config.max_num_seqs, len(self.running) + len(self.waiting))
+        return max(1, math.ceil(active / self.config.max_inflight_batches))
+
+    def _admit_next(self) -> bool:
+        """Move the oldest waiting sequence to running if a slot and its worst-case KV fit."""
+        seq = self.waiting[0]
+        need = self._kv_need(seq)
+        if len(self.running) >= self.config.max_num_seqs:
+            return False
+        if self.kv_reserved_tokens + need > self.kv_capacity_tokens:
+            return False
+        self.waiting.popleft()
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(seq)
+        self.kv_reserved_tokens += need
+        return True
+
+    def _add_chunk(self, batch: MicroBatch, seq: Sequence, budget: int) -> int:
+        """Put the next chunk of `seq` (at most `budget` tokens) into the batch."""
+        start = seq.num_computed_tokens
+        num = min(seq.pending_tokens(), budget)
+        assert num > 0, f"{seq} has nothing to compute"
+        batch.seqs.append(seq)
+        batch.chunks.append(SeqChunk(seq.seq_id, start, num))
+        batch.samples.append(start + num == len(seq.token_ids))
+        batch.first_appearance.append(not seq.params_sent)
+        batch.token_ids.extend(seq.token_ids[start : start + num])
+        seq.params_sent = True
+        seq.num_computed_tokens += num
+        seq.in_flight = True
+        return num
+
+    def complete(self, batch: MicroBatch) -> None:
+        """The worker answered `batch`: its sequences may be scheduled again."""
+        for seq in batch.seqs:
+            seq.in_flight = False
+
+    def abandon(self, batch: MicroBatch, error: BaseException) -> None:
+        """`batch` never reached the worker (its head forward failed): fail its sequences."""
+        for seq, first in zip(batch.seqs, batch.first_appearance):
+            seq.in_flight = False
+            if first:
+                seq.params_sent = False  # the worker never saw it: nothing to release there
+            self.finish(seq, "failed", error)
+        self._to_release.extend(batch.release)
+
+    def fail_all(self, error: BaseException) -> list[Sequence]:
+        """The pipeline broke: every sequence fails; returns those that hold head KV."""
+        held = [s for s in self.running if s.num_computed_tokens > 0] + self._to_release
+        for seq in list(self.running) + list(self.waiting):
+            seq.in_flight = False
+            seq.finish("failed", error)
+        self.running.clear()
+        self.waiting.clear()
+        self._to_release = []
+        self.kv_reserved_tokens = 0
+        return held
