@@ -54,6 +54,9 @@ class ForwardContext:
     context_lens: list[int]  # [B] context length of each sequence after this step
     context_slots: torch.Tensor  # [B, C] long: flat slots of each sequence's context, 0-padded
     context_mask: torch.Tensor  # [B, C] bool: True where context_slots is a real entry
+    # How queries pad into [B, maxQ] and which context each sees, derived once per step:
+    # an engine.attention.AttentionLayout, filled on first use by engine.attention.attention_layout.
+    layout: object | None = None
 
     @property
     def num_seqs(self) -> int:

@@ -66,6 +66,11 @@ class StageModel(nn.Module):
         """Checkpoint tensor name of a parameter; the identity unless an architecture remaps."""
         return param_name
 
+    def checkpoint_names(self, param_name: str) -> list[str]:
+        """Checkpoint tensors that make one parameter, stacked along a new dim 0 when several
+        (e.g. per-expert weights into [E, ...]); [checkpoint_name(param_name)] by default."""
+        return [self.checkpoint_name(param_name)]
+
     # --- the forward contract ----------------------------------------------------------
     def forward(
         self, inputs: torch.Tensor, ctx: ForwardContext, kv: dict[int, LayerKV]

@@ -1,0 +1,115 @@
+"""Causal attention over a paged KV cache, batched: queries padded to [B, maxQ], context to [B, C].
+
+Every step writes its new keys/values to the cache first, then each sequence's queries attend
+over the cache rows of its context, query at position p seeing positions <= p. The layout
+(padding indices and mask) is built once per step and shared by all layers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from engine.batch import ForwardContext
+
+
+@dataclass(frozen=True)
+class AttentionLayout:
+    """How a step's [T] queries pad into [B, maxQ] and which context rows each query sees."""
+
+    max_query_len: int
+    query_rows: torch.Tensor | None  # [B, maxQ] long rows of [T]; pads repeat a real row. None: equal counts
+    unpad_index: torch.Tensor | None  # [T] long: flat index into [B * maxQ] of each real query
+    attn_mask: torch.Tensor | None  # [B, 1, maxQ, C] bool, True = may attend; None: see is_causal
+    is_causal: bool  # no mask needed beyond the plain causal one (every chunk starts at 0, fills C)
+
+
+def _build_layout(ctx: ForwardContext) -> AttentionLayout:
+    qs, lens = ctx.query_start, ctx.context_lens
+    counts = [qs[b + 1] - qs[b] for b in range(len(lens))]
+    max_q, width = max(counts), ctx.context_slots.shape[1]
+    device = ctx.context_slots.device
+    if all(c == max_q for c in counts):  # every sequence brings as many tokens: a plain view
+        rows = unpad = None
+    else:
+        rows, unpad = _padding(qs, counts, max_q, device)
+    starts = [n - c for n, c in zip(lens, counts)]
+    if max_q == 1:  # decode only: one query per sequence, at its last position
+        mask = None if all(n == width for n in lens) else ctx.context_mask[:, None, None, :]
+        return AttentionLayout(1, rows, unpad, mask, False)
+    if all(s == 0 and c == width for s, c in zip(starts, counts)):  # equal fresh prompts
+        return AttentionLayout(max_q, rows, unpad, None, True)
+    i = torch.arange(max_q, device=device)
+    counts_t = torch.tensor(counts, device=device)[:, None]
+    # last context position each padded query sees (pads see what their last real query sees)
+    last = torch.tensor(starts, device=device)[:, None] + torch.minimum(i[None, :], counts_t - 1)
+    mask = torch.arange(width, device=device)[None, None, :] <= last[:, :, None]  # [B, maxQ, C]
+    return AttentionLayout(max_q, rows, unpad, mask[:, None], False)
+
+
+def _padding(qs: list[int], counts: list[int], max_q: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of [T] for each padded query [B, maxQ] (pads repeat the last real row), and back [T]."""
+    i = torch.arange(max_q)[None, :]  # built on the CPU: nonzero() would sync a GPU
+    counts_t = torch.tensor(counts)[:, None]
+    rows = torch.tensor(qs[:-1])[:, None] + torch.minimum(i, counts_t - 1)
+    unpad = (i < counts_t).flatten().nonzero().squeeze(1)
+    return rows.to(device, non_blocking=True), unpad.to(device, non_blocking=True)
+
+
+def attention_layout(ctx: ForwardContext) -> AttentionLayout:
+    """The step's layout, built on first use and kept in the context for the other layers."""
+    if ctx.layout is None:
+        ctx.layout = _build_layout(ctx)
+    return ctx.layout
+
+
+def write_cache(cache: torch.Tensor, ctx: ForwardContext, values: torch.Tensor) -> None:
+    """cache [S, *shape] <- values [T, *shape] at the step's slots."""
+    cache.index_copy_(0, ctx.slot_mapping, values.to(cache.dtype))
+
+
+def gather_context(cache: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+    """cache [S, *shape] -> each sequence's context rows [B, C, *shape] (pads hold slot 0)."""
+    return cache[ctx.context_slots]
+
+
+def pad_queries(x: torch.Tensor, layout: AttentionLayout, num_seqs: int) -> torch.Tensor:
+    """x [T, ...] -> [B, maxQ, ...]."""
+    if layout.query_rows is None:
+        return x.view(num_seqs, -1, *x.shape[1:])
+    return x[layout.query_rows]
+
+
+def unpad_queries(x: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
+    """x [B, maxQ, ...] -> [T, ...]."""
+    flat = x.flatten(0, 1)
+    return flat if layout.unpad_index is None else flat[layout.unpad_index]
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv: tuple[torch.Tensor, torch.Tensor],
+    ctx: ForwardContext,
+    scale: float,
+) -> torch.Tensor:
+    """q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq, D]; stores k/v in kv = (k_cache, v_cache)."""
+    k_cache, v_cache = kv
+    write_cache(k_cache, ctx, k)
+    write_cache(v_cache, ctx, v)
+    layout = attention_layout(ctx)
+    keys = gather_context(k_cache, ctx).transpose(1, 2)  # [B, Hkv, C, D]
+    values = gather_context(v_cache, ctx).transpose(1, 2)
+    queries = pad_queries(q, layout, ctx.num_seqs).transpose(1, 2)  # [B, Hq, maxQ, D]
+    out = F.scaled_dot_product_attention(
+        queries,
+        keys.to(q.dtype),
+        values.to(q.dtype),
+        attn_mask=layout.attn_mask,
+        is_causal=layout.is_causal,
+        scale=scale,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )
+    return unpad_queries(out.transpose(1, 2), layout)  # [T, Hq, D]

@@ -1,0 +1,70 @@
+"""Which device runs which layer: one device, or a host's GPUs split by contiguous layer ranges.
+
+Only layer-wise splitting for now; tensor parallelism would replace `layer_devices` and shard
+the Linear layers, leaving the Stage API as it is.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from engine.batch import ForwardContext
+from engine.models.base import LayerKV, StageModel
+
+
+def layer_devices(layer_start: int, layer_end: int, device: str) -> dict[int, torch.device]:
+    """"cuda" with several GPUs: equal contiguous shares per GPU; anything else: one device."""
+    layers = list(range(layer_start, layer_end))
+    if device != "cuda" or torch.cuda.device_count() <= 1:
+        dev = torch.device(device)
+        return {i: dev for i in layers}
+    gpus = torch.cuda.device_count()
+    per_gpu = -(-len(layers) // gpus)
+    return {i: torch.device("cuda", k // per_gpu) for k, i in enumerate(layers)}
+
+
+def place(model: StageModel, devices: dict[int, torch.device], dtype: torch.dtype) -> StageModel:
+    """Materialize a meta-built model: embedding with the first layer, head with the last."""
+    first, last = devices[model.layer_start], devices[model.layer_end - 1]
+    model.to(dtype)
+    if len(set(devices.values())) == 1:
+        return model.to_empty(device=first)
+    if model.is_first:
+        model.model.embed_tokens.to_empty(device=first)
+    for idx, layer in model.model.layers.items():
+        layer.to_empty(device=devices[int(idx)])
+    if model.is_last:
+        model.model.norm.to_empty(device=last)
+        model.lm_head.to_empty(device=last)
+    return model
+
+
+def context_on(ctx: ForwardContext, device: torch.device) -> ForwardContext:
+    """The same step's context with its tensors on another device (layout rebuilt there)."""
+    return dataclasses.replace(
+        ctx,
+        positions=ctx.positions.to(device),
+        slot_mapping=ctx.slot_mapping.to(device),
+        context_slots=ctx.context_slots.to(device),
+        context_mask=ctx.context_mask.to(device),
+        layout=None,
+    )
+
+
+def forward_spread(
+    model: StageModel,
+    inputs: torch.Tensor,
+    ctx: ForwardContext,
+    kv: dict[int, LayerKV],
+    devices: dict[int, torch.device],
+) -> torch.Tensor:
+    """StageModel.forward with the hidden state following its layers across devices."""
+    hidden = model.model.embed_tokens(inputs) if model.is_first else inputs
+    contexts = {ctx.positions.device: ctx}
+    for idx, layer in model.model.layers.items():
+        dev = devices[int(idx)]
+        if dev not in contexts:
+            contexts[dev] = context_on(ctx, dev)
+        hidden = layer(hidden.to(dev), contexts[dev], kv[int(idx)])
+    return hidden

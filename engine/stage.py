@@ -1,0 +1,110 @@
+"""A loaded layer range of a checkpoint with its KV cache: what the master and the worker run."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from engine.batch import StepBatch
+from engine.config import ModelConfig
+from engine.errors import CheckpointError
+from engine.kv_cache import KVCache
+from engine.models import model_class
+from engine.models.base import StageModel
+from engine.placement import forward_spread, layer_devices, place
+from engine.weights import load_weights
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+LOAD_FORMATS = ("safetensors", "dummy")
+
+
+class Stage:
+    """Layers [layer_start, layer_end) of one checkpoint, loaded on a device, with a KV cache."""
+
+    def __init__(self, config: ModelConfig, model: StageModel, kv: KVCache,
+                 devices: dict[int, torch.device], dtype: str, load_seconds: float):
+        self.config, self.model, self.kv = config, model, kv
+        self.layer_start, self.layer_end = model.layer_start, model.layer_end
+        self.is_first, self.is_last = model.is_first, model.is_last
+        self.dtype, self.load_seconds = dtype, load_seconds
+        self.devices = devices
+        self.device = devices[self.layer_start]  # where inputs go (and the forward context)
+        self._spread = len(set(devices.values())) > 1
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: str | Path,
+        layer_start: int,
+        layer_end: int,
+        *,
+        dtype: str = "float32",
+        device: str = "cpu",
+        kv_cache_bytes: int = 256 * 2**20,
+        block_size: int = 16,
+        load_format: str = "safetensors",
+        seed: int = 0,
+    ) -> "Stage":
+        """Build the stage's layers on `device` and fill them (load_format "dummy": seeded random)."""
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if load_format not in LOAD_FORMATS:
+            raise ValueError(f"load_format must be one of {', '.join(LOAD_FORMATS)}, got {load_format!r}")
+        started = time.perf_counter()
+        config = ModelConfig.from_dir(model_dir)
+        layers = config.num_hidden_layers
+        if not 0 <= layer_start < layer_end <= layers:
+            raise CheckpointError(
+                f"{Path(model_dir) / 'config.json'}: layer range [{layer_start}, {layer_end}) "
+                f"is outside the model's {layers} layers"
+            )
+        cls_ = model_class(config.architecture)
+        with torch.device("meta"):  # no memory and no random init for weights about to be loaded
+            model = cls_(config, layer_start, layer_end)
+        devices = layer_devices(layer_start, layer_end, device)
+        place(model, devices, DTYPES[dtype]).eval()
+        load_weights(model, model_dir, load_format=load_format, seed=seed)
+        kv = KVCache(model.kv_token_shapes(), devices, kv_cache_bytes,
+                     block_size=block_size, dtype=DTYPES[dtype])
+        return cls(config, model, kv, devices, dtype, time.perf_counter() - started)
+
+    def forward(self, batch: StepBatch, inputs: torch.Tensor) -> torch.Tensor:
+        """inputs: token ids [T] (first stage) or hidden [T, H] -> hidden [T, H] after the last layer.
+
+        Reserves KV for every chunk first: KVCacheFull names the first sequence that does not
+        fit and leaves the cache as it was.
+        """
+        self._check_inputs(batch, inputs)
+        self.kv.check_batch(batch)
+        self.kv.reserve_all((c.seq_id, c.end_pos) for c in batch.chunks)
+        ctx = self.kv.build_context(batch)
+        with torch.inference_mode():
+            inputs = inputs.to(self.device)
+            if not self.is_first:
+                inputs = inputs.to(DTYPES[self.dtype])
+            if self._spread:
+                return forward_spread(self.model, inputs, ctx, self.kv.layers, self.devices)
+            return self.model(inputs, ctx, self.kv.layers)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [N, H] -> fp32 logits [N, V]; last stage only."""
+        if not self.is_last:
+            raise RuntimeError("compute_logits: this stage does not hold the LM head")
+        with torch.inference_mode():
+            last = self.devices[self.layer_end - 1]
+            return self.model.compute_logits(hidden.to(last, DTYPES[self.dtype]))
+
+    def release(self, seq_id: str) -> None:
+        """Free a sequence's KV blocks (unknown ids are ignored)."""
+        self.kv.release(seq_id)
+
+    def _check_inputs(self, batch: StepBatch, inputs: torch.Tensor) -> None:
+        t, h = batch.num_tokens, self.config.hidden_size
+        if self.is_first:
+            if inputs.dim() != 1 or inputs.shape[0] != t or inputs.is_floating_point():
+                raise ValueError(f"expected {t} token ids [T] for the first stage, got {list(inputs.shape)} {inputs.dtype}")
+            if t and (int(inputs.min()) < 0 or int(inputs.max()) >= self.config.vocab_size):
+                raise ValueError(f"token ids must lie in [0, {self.config.vocab_size})")
+        elif inputs.dim() != 2 or list(inputs.shape) != [t, h] or not inputs.is_floating_point():
+            raise ValueError(f"expected hidden states [{t}, {h}], got {list(inputs.shape)} {inputs.dtype}")
