@@ -1,0 +1,127 @@
+"""The worker's settings: a TOML file, overridden field by field by DUET_WORKER_<FIELD> env vars."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+DTYPES = ("bfloat16", "float16", "float32")
+EXECUTORS = ("triton", "local")
+ENV_PREFIX = "DUET_WORKER_"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Where the tail comes from, how it runs, and how the pipeline reaches it."""
+
+    model_dir: str
+    layer_start: int  # the worker runs layers [layer_start, L); the API runs [0, layer_start)
+    dtype: str = "bfloat16"
+    device: str = "cpu"  # torch device of the tail: "cpu", "cuda", "cuda:1"
+    kv_cache_bytes: int = 1 << 30
+    kv_block_size: int = 16  # tokens per KV block
+    listen: str = "0.0.0.0:50051"  # host:port of the Pipeline gRPC service
+    executor: str = "triton"
+    triton_url: str = ""  # host:port of an existing Triton (gRPC); empty = start our own
+    triton_grpc_port: int = 0  # managed Triton's ports on 127.0.0.1; 0 = pick a free one
+    triton_http_port: int = 0
+    triton_model_name: str = "duet_tail"
+    triton_start_timeout_s: float = 120.0  # load a big checkpoint before giving up
+    run_dir: str = ""  # managed Triton's model repository and backend dir; empty = a temp dir
+    idle_timeout_s: float = 300.0  # a sequence untouched this long is released
+    max_message_bytes: int = 256 << 20  # gRPC send/receive limit of one step message
+    tls_cert_file: str = ""  # server certificate (PEM); with tls_key_file enables TLS
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""  # CA of client certificates; set = mutual TLS required
+
+    def __post_init__(self):
+        checks = {
+            "model_dir": bool(self.model_dir),
+            "layer_start": self.layer_start >= 1,
+            "dtype": self.dtype in DTYPES,
+            "device": bool(self.device),
+            "kv_cache_bytes": self.kv_cache_bytes > 0,
+            "kv_block_size": self.kv_block_size > 0,
+            "listen": _is_host_port(self.listen),
+            "executor": self.executor in EXECUTORS,
+            "triton_url": not self.triton_url or _is_host_port(self.triton_url),
+            "triton_grpc_port": 0 <= self.triton_grpc_port < 65536,
+            "triton_http_port": 0 <= self.triton_http_port < 65536,
+            "triton_model_name": self.triton_model_name.isidentifier(),
+            "triton_start_timeout_s": self.triton_start_timeout_s > 0,
+            "idle_timeout_s": self.idle_timeout_s > 0,
+            "max_message_bytes": 1024 <= self.max_message_bytes < 2**31,
+            "tls_key_file": bool(self.tls_cert_file) == bool(self.tls_key_file),
+            "tls_client_ca_file": not self.tls_client_ca_file or bool(self.tls_cert_file),
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"worker config: {name} is invalid: {getattr(self, name)!r}"
+                                 f"{_HINTS.get(name, '')}")
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert_file)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, environ: dict | None = None) -> "WorkerConfig":
+        """Read a TOML file (top-level keys or a [worker] table), apply env overrides."""
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as e:
+            raise ValueError(f"worker config: cannot read {path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"worker config: {path} is not valid TOML: {e}") from None
+        return cls.from_dict(data.get("worker", data), environ)
+
+    @classmethod
+    def from_dict(cls, data: dict, environ: dict | None = None) -> "WorkerConfig":
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"worker config: unknown field(s) {', '.join(unknown)}")
+        values = dict(data)
+        env = os.environ if environ is None else environ
+        for name in known:
+            if ENV_PREFIX + name.upper() in env:
+                values[name] = env[ENV_PREFIX + name.upper()]
+        for name in ("model_dir", "layer_start"):
+            if name not in values:
+                raise ValueError(f"worker config: {name} is required")
+        return cls(**{name: _coerce(known[name], value) for name, value in values.items()})
+
+    def replace(self, **changes) -> "WorkerConfig":
+        return dataclasses.replace(self, **changes)
+
+
+_HINTS = {
+    "layer_start": " (must be >= 1: the API runs at least the embedding and one layer)",
+    "dtype": f" (one of {', '.join(DTYPES)})",
+    "executor": f" (one of {', '.join(EXECUTORS)})",
+    "listen": " (host:port)",
+    "triton_url": " (host:port of Triton's gRPC endpoint)",
+    "tls_key_file": " (tls_cert_file and tls_key_file go together)",
+    "tls_client_ca_file": " (mutual TLS needs tls_cert_file and tls_key_file)",
+}
+
+
+def _is_host_port(value: str) -> bool:
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 <= int(port) < 65536)
+
+
+def _coerce(field: dataclasses.Field, value):
+    """Cast a TOML or env value to the field's type; the error names the field."""
+    kind = {"int": int, "float": float, "str": str}[field.type]
+    wrong = isinstance(value, bool) or (kind is int and isinstance(value, float))
+    if wrong or (kind is str and not isinstance(value, str)):
+        raise ValueError(f"worker config: {field.name} must be a {kind.__name__}: {value!r}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"worker config: {field.name} must be a {kind.__name__}: {value!r}"
+        ) from None

@@ -1,0 +1,229 @@
+"""Run one pipeline step on the tail stage: check it against the sequence table, reserve KV,
+forward, sample, release. Both executors (local and inside Triton) run exactly this class."""
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import torch
+
+from engine.batch import SeqChunk, StepBatch
+from engine.errors import KVCacheFull
+from engine.fingerprint import checkpoint_fingerprint
+from engine.sampler import SamplerState, sample
+from proto import pipeline_pb2 as pb
+from worker import wire
+
+log = logging.getLogger(__name__)
+TOMBSTONES_PER_STREAM = 4096  # recently ended ids remembered per stream, for clear errors
+
+
+@dataclass
+class TailSeq:
+    """A live sequence: its KV key, owner stream, sampler state and where it continues."""
+
+    key: str  # "<stream>/<seq_id>": two APIs may use the same seq_id
+    stream: str
+    sampler: SamplerState
+    next_pos: int = 0
+    touched_s: float = 0.0
+
+
+class SeqFailed(Exception):
+    """One sequence cannot run this step; it is released and its result carries the error."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class TailRunner:
+    """The worker's sequence table around a tail Stage (layers [k, L), norm, LM head)."""
+
+    def __init__(self, stage, *, fingerprint: str, model_name: str, idle_timeout_s: float,
+                 clock=time.monotonic):
+        self.stage = stage
+        cfg = stage.config
+        self.hidden_size, self.num_layers = cfg.hidden_size, cfg.num_hidden_layers
+        self.dtype = stage.dtype  # "bfloat16", "float16" or "float32"
+        self.fingerprint, self.model_name = fingerprint, model_name
+        self.idle_timeout_s = idle_timeout_s
+        self.clock = clock
+        self.seqs: dict[str, TailSeq] = {}
+        self.ended: dict[str, OrderedDict[str, str]] = {}  # stream -> seq_id -> why it ended
+
+    @classmethod
+    def load(cls, model_dir: str, layer_start: int, *, dtype: str, device: str,
+             kv_cache_bytes: int, block_size: int, idle_timeout_s: float) -> "TailRunner":
+        from engine.config import ModelConfig
+        from engine.stage import Stage
+
+        num_layers = ModelConfig.from_dir(model_dir).num_hidden_layers
+        stage = Stage.load(model_dir, layer_start, num_layers, dtype=dtype, device=device,
+                           kv_cache_bytes=kv_cache_bytes, block_size=block_size)
+        return cls(stage, fingerprint=checkpoint_fingerprint(model_dir),
+                   model_name=Path(model_dir).name, idle_timeout_s=idle_timeout_s)
+
+    def info(self) -> pb.HandshakeReply:
+        """What the worker tells an API at handshake (executor and limits are the server's)."""
+        return pb.HandshakeReply(
+            fingerprint=self.fingerprint, layer_start=self.stage.layer_start,
+            layer_end=self.num_layers, num_layers=self.num_layers, dtype=self.dtype,
+            hidden_size=self.hidden_size, kv_capacity_tokens=self.stage.kv.capacity_tokens,
+            model_name=self.model_name,
+        )
+
+    # --- one step ------------------------------------------------------------------------
+    def step(self, stream: str, request: pb.StepRequest) -> pb.StepReply:
+        start_s = time.perf_counter()
+        results = [pb.SeqResult(seq_id=s.seq_id) for s in request.seqs]
+        try:
+            self._check_layout(request)
+        except wire.WireError as e:
+            for index, seq_step in enumerate(request.seqs):
+                self._fail(stream, seq_step.seq_id, results[index],
+                           SeqFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e)))
+        else:
+            self._run(stream, request, results)
+        for seq_id in request.release:
+            self._release(stream, seq_id, "released")
+        return self._reply(request.step_id, results, time.perf_counter() - start_s)
+
+    def _check_layout(self, request: pb.StepRequest) -> None:
+        """Message-level checks: without them no row of `hidden` can be attributed."""
+        for s in request.seqs:
+            if s.num_tokens < 1:
+                raise wire.WireError(f"sequence {s.seq_id!r} has num_tokens {s.num_tokens}, "
+                                     "so the rows of hidden cannot be attributed")
+        rows = sum(s.num_tokens for s in request.seqs)
+        if rows or request.HasField("hidden"):
+            wire.check_hidden(request.hidden, self.dtype, rows, self.hidden_size)
+
+    def _run(self, stream: str, request: pb.StepRequest, results: list[pb.SeqResult]) -> None:
+        planned: list[tuple[int, TailSeq, pb.SeqStep, int]] = []  # (index, seq, step, row)
+        row, counts = 0, _count_ids(request)
+        for index, seq_step in enumerate(request.seqs):
+            try:
+                if counts[seq_step.seq_id] > 1:
+                    raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"sequence {seq_step.seq_id!r} appears twice in one step")
+                seq = self._admit(stream, seq_step)
+                planned.append((index, seq, seq_step, row))
+            except SeqFailed as e:
+                self._fail(stream, seq_step.seq_id, results[index], e)
+            row += seq_step.num_tokens
+        if not planned:
+            return
+        try:
+            self._forward(request, planned, results)
+        except Exception as e:  # a bug or a device error: fail this batch, keep serving
+            log.exception("tail forward failed on step %d", request.step_id)
+            failure = SeqFailed(grpc.StatusCode.INTERNAL, f"tail forward failed: {e}")
+            for index, seq, seq_step, _ in planned:
+                self._fail(stream, seq_step.seq_id, results[index], failure)
+
+    def _admit(self, stream: str, seq_step: pb.SeqStep) -> TailSeq:
+        """The sequence this step continues (or starts), with KV reserved for its tokens."""
+        key = f"{stream}/{seq_step.seq_id}"
+        seq = self.seqs.get(key)
+        if seq is None:
+            seq = self._new_seq(stream, key, seq_step)
+        elif seq_step.HasField("params"):
+            raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"sequence {seq_step.seq_id!r} is already running; "
+                            "params belong on its first step only")
+        if seq_step.start_pos != seq.next_pos:
+            raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"position gap in sequence {seq_step.seq_id!r}: expected start_pos "
+                            f"{seq.next_pos}, got {seq_step.start_pos}")
+        try:
+            self.stage.kv.reserve(key, seq_step.start_pos + seq_step.num_tokens)
+        except KVCacheFull as e:
+            raise SeqFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
+        self.seqs[key] = seq
+        return seq
+
+    def _new_seq(self, stream: str, key: str, seq_step: pb.SeqStep) -> TailSeq:
+        why = self.ended.get(stream, {}).get(seq_step.seq_id)
+        if why is not None:
+            raise SeqFailed(grpc.StatusCode.FAILED_PRECONDITION,
+                            f"sequence {seq_step.seq_id!r} was {why}; ids cannot be reused")
+        if not seq_step.HasField("params"):
+            raise SeqFailed(grpc.StatusCode.NOT_FOUND,
+                            f"unknown sequence {seq_step.seq_id!r}: its first step must carry "
+                            "sampling params")
+        try:
+            params = wire.params_from_proto(seq_step.params)
+        except wire.WireError as e:
+            raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+        return TailSeq(key=key, stream=stream, sampler=SamplerState.create(params))
+
+    def _forward(self, request, planned, results) -> None:
+        hidden = wire.tensor_from_proto(request.hidden, self.stage.device)  # [T, H]
+        rows = [r for _, _, s, start in planned for r in range(start, start + s.num_tokens)]
+        if len(rows) != hidden.shape[0]:  # some sequences failed: drop their rows
+            hidden = hidden[torch.tensor(rows, device=hidden.device)]
+        batch = StepBatch(tuple(SeqChunk(seq.key, s.start_pos, s.num_tokens)
+                                for _, seq, s, _ in planned))
+        out = self.stage.forward(batch, hidden)  # [T', H]
+        last_rows = batch.last_token_rows()
+        sampling = [i for i, (_, _, s, _) in enumerate(planned) if s.sample]
+        if sampling:
+            logits = self.stage.compute_logits(out[[last_rows[i] for i in sampling]])  # [N, V]
+            picks = sample(logits, [planned[i][1].sampler for i in sampling])
+            for i, pick in zip(sampling, picks):
+                results[planned[i][0]].sampled.CopyFrom(wire.sampled_to_proto(pick))
+        now = self.clock()
+        for _, seq, s, _ in planned:
+            seq.next_pos, seq.touched_s = s.start_pos + s.num_tokens, now
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def _fail(self, stream: str, seq_id: str, result: pb.SeqResult, error: SeqFailed) -> None:
+        result.error.code, result.error.message = error.code.value[0], str(error)
+        self._release(stream, seq_id, f"failed ({error.code.name})")
+
+    def _release(self, stream: str, seq_id: str, why: str) -> None:
+        seq = self.seqs.pop(f"{stream}/{seq_id}", None)
+        if seq is not None:
+            self.stage.release(seq.key)
+        ended = self.ended.setdefault(stream, OrderedDict())
+        ended.setdefault(seq_id, why)
+        while len(ended) > TOMBSTONES_PER_STREAM:
+            ended.popitem(last=False)
+
+    def drop_stream(self, stream: str) -> int:
+        """Release every sequence the stream created (it ended or broke); returns how many."""
+        keys = [key for key, seq in self.seqs.items() if seq.stream == stream]
+        for key in keys:
+            self.stage.release(self.seqs.pop(key).key)
+        self.ended.pop(stream, None)
+        return len(keys)
+
+    def expire_idle(self) -> list[str]:
+        """Release sequences untouched for idle_timeout_s; returns their keys."""
+        cutoff = self.clock() - self.idle_timeout_s
+        idle = [seq for seq in self.seqs.values() if seq.touched_s < cutoff]
+        for seq in idle:
+            self._release(seq.stream, seq.key.split("/", 1)[1],
+                          f"released after {self.idle_timeout_s:g} s idle")
+        return [seq.key for seq in idle]
+
+    def _reply(self, step_id: int, results, compute_s: float) -> pb.StepReply:
+        kv = self.stage.kv
+        return pb.StepReply(step_id=step_id, results=results, kv_used_tokens=kv.used_tokens,
+                            kv_capacity_tokens=kv.capacity_tokens, worker_compute_s=compute_s)
+
+    def status(self) -> pb.StepReply:
+        """A reply with no results: the KV counters, for lifecycle calls."""
+        return self._reply(0, [], 0.0)
+
+
+def _count_ids(request: pb.StepRequest) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for s in request.seqs:
+        counts[s.seq_id] = counts.get(s.seq_id, 0) + 1
+    return counts
