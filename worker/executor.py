@@ -1,0 +1,84 @@
+"""Where the tail runs. The server calls an Executor; `local` runs the TailRunner in this
+process, `triton` (worker/triton_executor.py) runs the same TailRunner inside Triton."""
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Protocol
+
+from proto import pipeline_pb2 as pb
+from worker.config import WorkerConfig
+from worker.tail import TailRunner
+
+
+class ExecutorUnavailable(Exception):
+    """The executor cannot run steps right now (Triton died and is restarting)."""
+
+
+class Executor(Protocol):
+    """What the gRPC server needs from a tail executor; every method may be awaited
+    concurrently by several streams, the executor serializes them."""
+
+    kind: str
+
+    async def start(self) -> pb.HandshakeReply:
+        """Load the tail; returns what the handshake reports (executor kind included)."""
+
+    async def step(self, stream: str, request: pb.StepRequest) -> pb.StepReply:
+        """Run one checked-for-order step of `stream`; raises ExecutorUnavailable."""
+
+    async def drop_stream(self, stream: str) -> None:
+        """Release every sequence of a stream that ended or broke."""
+
+    async def expire_idle(self) -> None:
+        """Release sequences idle longer than the configured idle timeout."""
+
+    async def close(self) -> None:
+        """Free everything the executor holds (processes, threads, files)."""
+
+
+def tail_loader(config: WorkerConfig) -> Callable[[], TailRunner]:
+    """A function that loads the tail the config describes (run where the tail will live)."""
+
+    def load() -> TailRunner:
+        return TailRunner.load(
+            config.model_dir, config.layer_start, dtype=config.dtype, device=config.device,
+            kv_cache_bytes=config.kv_cache_bytes, block_size=config.kv_block_size,
+            idle_timeout_s=config.idle_timeout_s,
+        )
+
+    return load
+
+
+class LocalExecutor:
+    """The tail in this process, on one dedicated thread so the event loop keeps serving
+    other streams and health checks while torch computes."""
+
+    kind = "local"
+
+    def __init__(self, config: WorkerConfig):
+        self.config = config
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duet-tail")
+        self.tail: TailRunner | None = None
+
+    async def _call(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def start(self) -> pb.HandshakeReply:
+        self.tail = await self._call(tail_loader(self.config))
+        info = self.tail.info()
+        info.executor = self.kind
+        return info
+
+    async def step(self, stream: str, request: pb.StepRequest) -> pb.StepReply:
+        return await self._call(self.tail.step, stream, request)
+
+    async def drop_stream(self, stream: str) -> None:
+        await self._call(self.tail.drop_stream, stream)
+
+    async def expire_idle(self) -> None:
+        await self._call(self.tail.expire_idle)
+
+    async def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.tail = None

@@ -1,0 +1,110 @@
+"""The `triton` executor: the tail runs as a Python-backend model in Triton Inference Server,
+either a tritonserver this worker starts and supervises, or an existing one at triton_url."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc.aio as triton_grpc
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.utils import InferenceServerException
+
+from proto import pipeline_pb2 as pb
+from worker.config import WorkerConfig
+from worker.executor import ExecutorUnavailable
+from worker.triton_process import ManagedTriton
+from worker.triton_protocol import INPUT_OP, INPUT_STEP, INPUT_STREAM, OUTPUT_RESULT
+from worker.triton_repo import TritonInstall, write_model_repo
+
+log = logging.getLogger(__name__)
+
+
+class TritonExecutor:
+    """Sends each pipeline call to the tail model in Triton as one gRPC inference."""
+
+    kind = "triton"
+
+    def __init__(self, config: WorkerConfig):
+        self.config = config
+        self.model = config.triton_model_name
+        self.server: ManagedTriton | None = None
+        self.client: triton_grpc.InferenceServerClient | None = None
+        self.own_run_dir: Path | None = None
+        self.outputs = [InferRequestedOutput(OUTPUT_RESULT)]
+
+    async def start(self) -> pb.HandshakeReply:
+        url = self.config.triton_url or await self._start_server()
+        self.client = triton_grpc.InferenceServerClient(url)
+        if self.config.triton_url:
+            await self._wait_external(url)
+        info = pb.HandshakeReply.FromString(await self._call("info", "", b""))
+        info.executor = self.kind
+        return info
+
+    async def _start_server(self) -> str:
+        install = TritonInstall.find()
+        run_dir = Path(self.config.run_dir) if self.config.run_dir else None
+        if run_dir is None:
+            run_dir = self.own_run_dir = Path(tempfile.mkdtemp(prefix="duet-worker-"))
+        repo = run_dir / "models"
+        write_model_repo(self.config, repo)
+        self.server = ManagedTriton(
+            install, repo, run_dir, self.model, grpc_port=self.config.triton_grpc_port,
+            http_port=self.config.triton_http_port,
+            start_timeout_s=self.config.triton_start_timeout_s,
+            on_restart=lambda: log.warning("tail restarted inside Triton: every sequence "
+                                           "it held is gone; their next steps fail NOT_FOUND"),
+        )
+        await self.server.start()
+        return self.server.url
+
+    async def _wait_external(self, url: str) -> None:
+        deadline_s = time.monotonic() + self.config.triton_start_timeout_s
+        while True:
+            try:
+                if await self.client.is_model_ready(self.model):
+                    return
+            except InferenceServerException:
+                pass
+            if time.monotonic() > deadline_s:
+                raise ExecutorUnavailable(
+                    f"Triton at {url} has no ready model {self.model!r} after "
+                    f"{self.config.triton_start_timeout_s:g} s (is the model repository "
+                    "written with `duet worker --write-model-repo` mounted there?)")
+            await asyncio.sleep(0.5)
+
+    async def _call(self, op: str, stream: str, payload: bytes) -> bytes:
+        inputs = []
+        for name, value in ((INPUT_OP, op.encode()), (INPUT_STREAM, stream.encode()),
+                            (INPUT_STEP, payload)):
+            tensor = InferInput(name, [1], "BYTES")
+            tensor.set_data_from_numpy(np.array([value], dtype=np.object_))
+            inputs.append(tensor)
+        try:
+            result = await self.client.infer(self.model, inputs, outputs=self.outputs)
+        except InferenceServerException as e:
+            raise ExecutorUnavailable(f"Triton: {e.message()}") from None
+        return result.as_numpy(OUTPUT_RESULT)[0]
+
+    async def step(self, stream: str, request: pb.StepRequest) -> pb.StepReply:
+        return pb.StepReply.FromString(await self._call("step", stream,
+                                                        request.SerializeToString()))
+
+    async def drop_stream(self, stream: str) -> None:
+        await self._call("drop_stream", stream, b"")
+
+    async def expire_idle(self) -> None:
+        await self._call("expire_idle", "", b"")
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+        if self.server is not None:
+            await self.server.stop()
+        if self.own_run_dir is not None:
+            shutil.rmtree(self.own_run_dir, ignore_errors=True)

@@ -1,0 +1,97 @@
+"""Files Triton needs: the tail's model repository (rendered from worker/triton_model/), and
+for a managed server the tritonserver binary and a Python-backend directory from the
+nvidia-pytriton wheel."""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+from worker.config import WorkerConfig
+
+TEMPLATE_DIR = Path(__file__).parent / "triton_model"
+# WorkerConfig fields the model needs to load the tail; they become config.pbtxt parameters.
+MODEL_PARAMETERS = ("model_dir", "layer_start", "dtype", "device", "kv_cache_bytes",
+                    "kv_block_size", "idle_timeout_s")
+
+
+def write_model_repo(config: WorkerConfig, repo_dir: str | Path) -> Path:
+    """Render the tail model into `repo_dir/<triton_model_name>/`; returns the model's dir."""
+    model_dir = Path(repo_dir) / config.triton_model_name
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(TEMPLATE_DIR / "1" / "model.py", model_dir / "1" / "model.py")
+    params = ",\n".join(
+        f'  {{ key: "{name}" value: {{ string_value: "{_escape(getattr(config, name))}" }} }}'
+        for name in MODEL_PARAMETERS
+    )
+    text = Template((TEMPLATE_DIR / "config.pbtxt").read_text()).substitute(
+        model_name=config.triton_model_name, parameters=f"parameters [\n{params}\n]"
+    )
+    (model_dir / "config.pbtxt").write_text(text)
+    return model_dir
+
+
+def _escape(value) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"')
+
+
+class TritonNotInstalled(RuntimeError):
+    """The nvidia-pytriton wheel (which bundles tritonserver) is missing or incomplete."""
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    """Where the wheel keeps the server binary, the Python backend, and their libraries."""
+
+    binary: Path
+    backend_dir: Path  # holds libtriton_python.so and triton_python_backend_utils.py
+    stub: Path  # triton_python_backend_stub built for this Python version
+    libs_dir: Path  # the wheel's vendored shared libraries
+
+    @classmethod
+    def find(cls) -> "TritonInstall":
+        spec = importlib.util.find_spec("pytriton")
+        if spec is None or not spec.submodule_search_locations:
+            raise TritonNotInstalled(
+                "executor 'triton' without triton_url needs the nvidia-pytriton wheel "
+                "(pip install 'duet[triton]'), or set triton_url to an existing Triton"
+            )
+        root = Path(spec.submodule_search_locations[0]) / "tritonserver"
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        install = cls(
+            binary=root / "bin" / "tritonserver",
+            backend_dir=root / "backends" / "python",
+            stub=root / "python_backend_stubs" / version / "triton_python_backend_stub",
+            libs_dir=root.parent.parent / "nvidia_pytriton.libs",
+        )
+        for path in (install.binary, install.backend_dir, install.stub):
+            if not path.exists():
+                raise TritonNotInstalled(f"nvidia-pytriton is incomplete: {path} is missing")
+        return install
+
+    def assemble_backends(self, dest: str | Path) -> Path:
+        """A --backend-directory whose python/ holds the backend and this Python's stub."""
+        python_dir = Path(dest) / "python"
+        python_dir.mkdir(parents=True, exist_ok=True)
+        links = {f.name: f for f in self.backend_dir.iterdir() if f.is_file()}
+        links[self.stub.name] = self.stub
+        for name, target in links.items():
+            link = python_dir / name
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(target)
+        return Path(dest)
+
+    def environment(self, base: dict[str, str]) -> dict[str, str]:
+        """The server's env: this virtualenv first on PATH (the stub imports duet and torch
+        from it), and the libraries the stub and server link on LD_LIBRARY_PATH."""
+        env = dict(base)
+        env["PATH"] = f"{Path(sys.executable).parent}:{base.get('PATH', '/usr/bin:/bin')}"
+        lib_dirs = [sysconfig.get_config_var("LIBDIR") or "", str(self.libs_dir),
+                    base.get("LD_LIBRARY_PATH", "")]
+        env["LD_LIBRARY_PATH"] = ":".join(d for d in lib_dirs if d)
+        return env
