@@ -1,0 +1,147 @@
+"""`duet worker --config FILE`: load the tail, serve the Pipeline until SIGTERM/SIGINT.
+
+Importable too: `await run_worker(config, ready)` (what `duet serve` uses to run both roles),
+or `Worker(config)` with start()/stop() when the caller needs the bound port.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from engine.errors import CheckpointError
+from worker.config import WorkerConfig
+from worker.executor import Executor, ExecutorUnavailable, LocalExecutor
+from worker.server import PipelineService, make_server, set_serving
+from worker.triton_process import TritonStartError
+from worker.triton_repo import TritonNotInstalled, write_model_repo
+
+log = logging.getLogger("worker")
+# Failures that are the operator's to fix: reported as one line, not a traceback.
+STARTUP_ERRORS = (CheckpointError, TritonStartError, TritonNotInstalled, ExecutorUnavailable,
+                  OSError, ValueError)
+
+
+def make_executor(config: WorkerConfig) -> Executor:
+    if config.executor == "local":
+        return LocalExecutor(config)
+    from worker.triton_executor import TritonExecutor  # imports tritonclient only when used
+
+    return TritonExecutor(config)
+
+
+def server_credentials(config: WorkerConfig) -> grpc.ServerCredentials | None:
+    """TLS from the configured PEM files; with a client CA, clients must present a cert."""
+    if not config.tls:
+        return None
+    key, cert = Path(config.tls_key_file).read_bytes(), Path(config.tls_cert_file).read_bytes()
+    ca = Path(config.tls_client_ca_file).read_bytes() if config.tls_client_ca_file else None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                       require_client_auth=ca is not None)
+
+
+class Worker:
+    """One worker: executor + gRPC server + idle sweeper."""
+
+    def __init__(self, config: WorkerConfig):
+        self.config = config
+        self.executor = make_executor(config)
+        self.service = PipelineService(self.executor, config.max_message_bytes)
+        self.server, self.health, self.port = make_server(
+            self.service, config.listen, credentials=server_credentials(config))
+        self.sweeper: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Listen at once (health NOT_SERVING), load the tail, then serve."""
+        await set_serving(self.health, False)
+        await self.server.start()
+        started_s = time.perf_counter()
+        try:
+            info = await self.executor.start()
+        except BaseException:
+            await self.stop()
+            raise
+        self.service.info = info
+        info.max_message_bytes = self.config.max_message_bytes
+        security = ("mutual TLS" if self.config.tls_client_ca_file
+                    else "TLS" if self.config.tls else "plaintext")
+        log.info("worker ready: executor %s, layers [%d, %d) of %d, device %s, dtype %s, "
+                 "KV %d tokens, loaded in %.1f s; listening on port %d (%s)",
+                 info.executor, info.layer_start, info.layer_end, info.num_layers,
+                 self.config.device, info.dtype, info.kv_capacity_tokens,
+                 time.perf_counter() - started_s, self.port, security)
+        self.sweeper = asyncio.create_task(self._sweep(), name="idle-sweeper")
+        await set_serving(self.health, True)
+
+    async def _sweep(self) -> None:
+        period_s = min(1.0, self.config.idle_timeout_s / 4)
+        while True:
+            await asyncio.sleep(period_s)
+            try:
+                await self.executor.expire_idle()
+            except Exception as e:
+                log.warning("idle sweep failed: %s", e)
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        if self.sweeper:
+            self.sweeper.cancel()
+        await self.server.stop(grace_s)
+        await self.executor.close()
+        log.info("worker stopped")
+
+
+async def run_worker(config: WorkerConfig, ready: asyncio.Event | None = None) -> None:
+    """Serve until cancelled; `ready` is set once the tail is loaded and serving."""
+    worker = Worker(config)
+    await worker.start()
+    if ready is not None:
+        ready.set()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await asyncio.shield(worker.stop())
+
+
+async def _serve_until_signal(config: WorkerConfig) -> None:
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await run_worker(config)
+    except asyncio.CancelledError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="duet worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="worker TOML file")
+    parser.add_argument("--write-model-repo", metavar="DIR",
+                        help="write the Triton model repository for an existing Triton, then exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = WorkerConfig.from_toml(args.config)
+    except ValueError as e:
+        print(f"duet worker: {e}", file=sys.stderr)
+        return 2
+    if args.write_model_repo:
+        path = write_model_repo(config, args.write_model_repo)
+        print(f"wrote {path}; mount {args.write_model_repo} as Triton's --model-repository")
+        return 0
+    try:
+        asyncio.run(_serve_until_signal(config))
+    except STARTUP_ERRORS as e:
+        print(f"duet worker: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""The Pipeline gRPC service: handshake, one Step stream per API, health, TLS.
+
+Error policy for a step (each choice keeps other streams, and where possible the same
+stream, running):
+- a message that does not parse as a StepRequest: the stream ends with INVALID_ARGUMENT
+  (nothing in it can be attributed; every sequence of the stream is released);
+- a message larger than max_message_bytes: gRPC ends the stream with RESOURCE_EXHAUSTED;
+- a step id not above the previous one: every sequence of that step fails INVALID_ARGUMENT;
+- a bad hidden tensor, unknown sequence, position gap, KV exhaustion...: the TailRunner
+  fails just the sequences concerned (see worker/tail.py), the stream goes on.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+
+import grpc
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from engine.fingerprint import describe_mismatch
+from proto import pipeline_pb2 as pb
+from worker.executor import Executor, ExecutorUnavailable
+
+log = logging.getLogger(__name__)
+SERVICE = "duet.pipeline.v1.Pipeline"
+
+
+class BadMessage:
+    """Stands in for a request whose bytes are not a valid protobuf message."""
+
+    def __init__(self, error: str):
+        self.error = error
+
+
+def _lenient(parse):
+    def deserialize(data: bytes):
+        try:
+            return parse(data)
+        except DecodeError as e:
+            return BadMessage(str(e))
+
+    return deserialize
+
+
+class PipelineService:
+    """Serves Handshake and Step for every API stream over one executor."""
+
+    def __init__(self, executor: Executor, max_message_bytes: int):
+        self.executor = executor
+        self.max_message_bytes = max_message_bytes
+        self.info: pb.HandshakeReply | None = None  # set once the executor is loaded
+        self.stream_ids = itertools.count(1)
+        self.open_streams: set[str] = set()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            "Handshake": grpc.unary_unary_rpc_method_handler(
+                self.Handshake, request_deserializer=_lenient(pb.HandshakeRequest.FromString),
+                response_serializer=pb.HandshakeReply.SerializeToString),
+            "Step": grpc.stream_stream_rpc_method_handler(
+                self.Step, request_deserializer=_lenient(pb.StepRequest.FromString),
+                response_serializer=pb.StepReply.SerializeToString),
+        })
+
+    async def Handshake(self, request, context) -> pb.HandshakeReply:
+        if self.info is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the worker is still loading")
+        if isinstance(request, BadMessage):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"not a HandshakeRequest: {request.error}")
+        mine = dict(fingerprint=self.info.fingerprint, split_layer=self.info.layer_start,
+                    dtype=self.info.dtype, hidden_size=self.info.hidden_size)
+        theirs = dict(fingerprint=request.fingerprint, split_layer=request.head_layer_end,
+                      dtype=request.dtype, hidden_size=request.hidden_size)
+        mismatch = describe_mismatch(mine, {k: v for k, v in theirs.items() if v})
+        if mismatch:  # the API refuses; say so here too, for whoever reads this log
+            log.warning("handshake from %s (%s) does not match this worker: %s",
+                        request.client_name or "?", context.peer(), mismatch)
+        else:
+            log.info("handshake from %s (%s)", request.client_name or "?", context.peer())
+        return self.info
+
+    async def Step(self, requests, context):
+        if self.info is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the worker is still loading")
+        stream = f"s{next(self.stream_ids)}"
+        self.open_streams.add(stream)
+        log.info("stream %s opened by %s", stream, context.peer())
+        last_step_id = -1
+        try:
+            async for request in requests:
+                if isinstance(request, BadMessage):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                        f"step message is not a StepRequest: {request.error}")
+                if request.step_id <= last_step_id:
+                    yield await self._reject(stream, request, f"step id {request.step_id} "
+                                             f"is not above the previous {last_step_id}")
+                    continue
+                last_step_id = request.step_id
+                yield await self._step(stream, request)
+        finally:
+            self.open_streams.discard(stream)
+            await asyncio.shield(self._drop(stream))
+
+    async def _step(self, stream: str, request: pb.StepRequest) -> pb.StepReply:
+        try:
+            return await self.executor.step(stream, request)
+        except ExecutorUnavailable as e:
+            return _failed_reply(request, grpc.StatusCode.UNAVAILABLE, str(e))
+
+    async def _reject(self, stream: str, request: pb.StepRequest, why: str) -> pb.StepReply:
+        """Fail every sequence of a step that cannot run; release them on the tail."""
+        release = [s.seq_id for s in request.seqs] + list(request.release)
+        try:
+            await self.executor.step(stream, pb.StepRequest(step_id=request.step_id,
+                                                            release=release))
+        except ExecutorUnavailable:
+            pass  # the tail is gone and its sequences with it
+        return _failed_reply(request, grpc.StatusCode.INVALID_ARGUMENT, why)
+
+    async def _drop(self, stream: str) -> None:
+        try:
+            await self.executor.drop_stream(stream)
+            log.info("stream %s closed; its sequences are released", stream)
+        except Exception as e:  # never let cleanup take the server down
+            log.warning("stream %s: releasing its sequences failed: %s", stream, e)
+
+
+def _failed_reply(request: pb.StepRequest, code: grpc.StatusCode, why: str) -> pb.StepReply:
+    error = pb.SeqError(code=code.value[0], message=why)
+    return pb.StepReply(step_id=request.step_id,
+                        results=[pb.SeqResult(seq_id=s.seq_id, error=error) for s in request.seqs])
+
+
+def make_server(service: PipelineService, listen: str, *, credentials=None) -> tuple[
+        grpc.aio.Server, health.HealthServicer, int]:
+    """A grpc.aio server with the Pipeline and health services bound to `listen`;
+    returns (server, health servicer, bound port)."""
+    limit = service.max_message_bytes
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+        ("grpc.so_reuseport", 0),
+    ])
+    server.add_generic_rpc_handlers((service.handler(),))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, credentials)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise OSError(f"cannot listen on {listen} (address in use or not local?)")
+    return server, health_servicer, port
+
+
+async def set_serving(health_servicer, serving: bool) -> None:
+    status = (health_pb2.HealthCheckResponse.SERVING if serving
+              else health_pb2.HealthCheckResponse.NOT_SERVING)
+    for name in ("", SERVICE):
+        await health_servicer.set(name, status)
