@@ -1,0 +1,89 @@
+"""API keys: parsed from config or DUET_API_KEYS, checked in constant time, logged by id only."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Mapping
+
+from master.errors import APIError
+
+
+def key_id(key: str) -> str:
+    """A name for an unnamed key that is safe to log: a short hash, never the key."""
+    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+def parse_api_keys(value) -> dict[str, str]:
+    """Key id -> key from `"name1:key1,key2"`, a list of keys, or a {name: key} table."""
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, Mapping):
+        entries = [(str(name), key) for name, key in value.items()]
+    elif isinstance(value, (list, tuple)):
+        entries = [_split(item) for item in value]
+    else:
+        raise ValueError("expected a list of keys, a {name = key} table or 'name:key,...'")
+    keys: dict[str, str] = {}
+    for name, key in entries:
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"empty or non-string key for {name or 'an entry'!r}")
+        keys[name or key_id(key)] = key
+    return keys
+
+
+def _split(item) -> tuple[str, str]:
+    if not isinstance(item, str):
+        raise ValueError(f"expected a string key, got {type(item).__name__}")
+    name, sep, key = item.partition(":")
+    return (name.strip(), key.strip()) if sep else ("", item)
+
+
+class ApiKeyChecker:
+    """Checks `Authorization: Bearer <key>` against the configured keys."""
+
+    def __init__(self, keys: Mapping[str, str]):
+        self._keys = [(name, key.encode()) for name, key in keys.items()]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def check(self, authorization: str | None) -> str | None:
+        """The key's id if the header carries a configured key, else None.
+
+        Every configured key is compared, so the time taken does not say which one matched.
+        """
+        if not self.enabled:
+            return "anonymous"
+        scheme, _, token = (authorization or "").partition(" ")
+        given = token.strip().encode() if scheme.lower() == "bearer" else b""
+        found = None
+        for name, key in self._keys:
+            if hmac.compare_digest(given, key) and found is None:
+                found = name
+        return found if given else None
+
+
+class ApiKeyMiddleware:
+    """Answers 401 in OpenAI's shape before any /v1 route runs without a valid key."""
+
+    def __init__(self, app, checker: ApiKeyChecker, prefix: str = "/v1/"):
+        self.app, self.checker, self.prefix = app, checker, prefix
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope.get("headers", [])).get(b"authorization")
+        found = self.checker.check(header.decode("latin-1") if header else None)
+        record = scope.get("state", {}).get("access")
+        if found is None:
+            message = ("Incorrect API key provided." if header else
+                       "You didn't provide an API key: use the Authorization: Bearer header.")
+            error = APIError(401, message, code="invalid_api_key",
+                             headers={"WWW-Authenticate": "Bearer"})
+            await error.response()(scope, receive, send)
+            return
+        if record is not None:
+            record.key_id = found
+        await self.app(scope, receive, send)

@@ -1,0 +1,151 @@
+"""The API host's settings: one TOML file, overridden by DUET_MASTER_<FIELD> and DUET_API_KEYS.
+
+Add a field by adding it to `MasterConfig` (with a unit in its name if it is a time or a size)
+and, if it has a range, a line in `_checks`; loading, env overrides and errors follow.
+"""
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from master.auth import parse_api_keys
+
+ENV_PREFIX = "DUET_MASTER_"
+DTYPES = ("bfloat16", "float16", "float32")
+ROLES = ("master", "standby")
+
+
+@dataclass(frozen=True)
+class MasterConfig:
+    """Everything the master (or the standby API) reads at start-up."""
+
+    model_dir: str
+    served_model_name: str = ""  # "" = the model directory's name
+    host: str = "127.0.0.1"
+    port: int = 8000
+    head_layer_end: int = 1  # k: this host runs layers [0, k)
+    dtype: str = "float32"
+    device: str = "cpu"
+    kv_cache_bytes: int = 256 * 2**20
+    worker_address: str = "127.0.0.1:50051"
+    tls_ca_file: str = ""  # all three empty = plaintext gRPC
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    api_keys: Mapping[str, str] = field(default_factory=dict, repr=False)  # id -> key; {} = open
+    max_num_seqs: int = 64  # sequences running at once
+    max_waiting: int = 256  # queued sequences before 429
+    step_token_budget: int = 512  # new tokens per step, prefill chunks included
+    max_model_len: int = 0  # 0 = the checkpoint's max_position_embeddings
+    log_prompts: bool = False  # prompt text in the access log
+    role: str = "master"  # "standby" answers only after POST /admin/activate
+    reasoning_parser: str = "auto"  # "auto" (R1-style <think> if the template uses it) | "none"
+
+    def __post_init__(self):
+        bad = [f"{name}: expected {expected}, got {getattr(self, name)!r}"
+               for name, (ok, expected) in _checks(self).items() if not ok]
+        if bad:
+            raise ValueError("; ".join(bad))
+        if not self.served_model_name:
+            object.__setattr__(self, "served_model_name", Path(self.model_dir).name)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_ca_file or self.tls_cert_file or self.tls_key_file)
+
+
+def _checks(c: MasterConfig) -> dict[str, tuple[bool, str]]:
+    """Field -> (valid, what a valid value looks like)."""
+    return {
+        "model_dir": (bool(c.model_dir), "a checkpoint directory"),
+        "port": (0 <= c.port <= 65535, "0..65535"),
+        "head_layer_end": (c.head_layer_end >= 1, "k >= 1"),
+        "dtype": (c.dtype in DTYPES, " | ".join(DTYPES)),
+        "device": (bool(c.device), "a torch device such as cpu or cuda:0"),
+        "kv_cache_bytes": (c.kv_cache_bytes > 0, "a positive number of bytes"),
+        "worker_address": (":" in c.worker_address, "host:port"),
+        "max_num_seqs": (c.max_num_seqs >= 1, ">= 1"),
+        "max_waiting": (c.max_waiting >= 0, ">= 0"),
+        "step_token_budget": (c.step_token_budget >= 1, ">= 1"),
+        "max_model_len": (c.max_model_len >= 0, ">= 0 (0 = the checkpoint's)"),
+        "role": (c.role in ROLES, " | ".join(ROLES)),
+        "reasoning_parser": (c.reasoning_parser in ("auto", "none"), "auto | none"),
+    }
+
+
+def load_master_config(
+    path: str | Path | None = None, env: Mapping[str, str] | None = None, **overrides
+) -> MasterConfig:
+    """TOML file (optional) < environment < keyword overrides; errors name the field."""
+    env = os.environ if env is None else env
+    raw: dict[str, object] = {}
+    if path is not None:
+        try:
+            raw.update(tomllib.loads(Path(path).read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ValueError(f"{path}: {e}") from None
+    for f in dataclasses.fields(MasterConfig):
+        if ENV_PREFIX + f.name.upper() in env:
+            raw[f.name] = env[ENV_PREFIX + f.name.upper()]
+    if "DUET_API_KEYS" in env:
+        raw["api_keys"] = env["DUET_API_KEYS"]
+    raw.update(overrides)
+    where = f"{path}: " if path is not None else ""
+    try:
+        return MasterConfig(**_coerce(raw))
+    except ValueError as e:
+        raise ValueError(f"{where}{e}") from None
+
+
+def _coerce(raw: dict[str, object]) -> dict[str, object]:
+    """Convert TOML or env values to each field's type; unknown or mistyped fields are errors."""
+    hints = typing.get_type_hints(MasterConfig)
+    out, bad = {}, []
+    for name, value in raw.items():
+        try:
+            if name not in hints:
+                raise ValueError("unknown field")
+            out[name] = _convert(hints[name], value)
+        except (TypeError, ValueError) as e:
+            bad.append(f"{name}: {e}")
+    if "model_dir" not in raw:
+        bad.append("model_dir: missing")
+    if bad:
+        raise ValueError("; ".join(bad))
+    return out
+
+
+def _convert(kind, value):
+    if typing.get_origin(kind) is collections.abc.Mapping:
+        return types.MappingProxyType(parse_api_keys(value))
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ValueError(f"expected true or false, got {value!r}")
+    if kind is int:
+        try:
+            if isinstance(value, bool) or not isinstance(value, (int, str)):
+                raise ValueError
+            return int(value)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {value!r}") from None
+    if kind is float:
+        try:
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise ValueError
+            return float(value)
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
+    if kind is str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"no converter for {kind}")
