@@ -1,0 +1,66 @@
+"""The FastAPI app: OpenAI routes, probes, metrics; the serving modules do the work."""
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from master.access_log import AccessLogMiddleware, AccessRecord
+from master.auth import ApiKeyChecker, ApiKeyMiddleware
+from master.bundle import ModelBundle
+from master.config import MasterConfig
+from master.errors import install_error_handlers
+from master.generation import Generator
+from master.metrics import Metrics
+from master.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from master.serving import ServingContext
+from master.serving_chat import chat_completion
+from master.serving_completion import completion
+
+log = logging.getLogger("duet.master")
+
+
+def _record(request: Request) -> AccessRecord:
+    return getattr(request.state, "access", None) or AccessRecord()
+
+
+def create_app(config: MasterConfig, generator: Generator, bundle: ModelBundle,
+               metrics: Metrics | None = None, lifespan=None) -> FastAPI:
+    """The API of one master (or standby). `lifespan` starts and stops the scheduler."""
+    app = FastAPI(title="duet", lifespan=lifespan, docs_url=None, redoc_url=None)
+    ctx = ServingContext(config, generator, bundle,
+                         metrics or Metrics(config.served_model_name))
+    app.state.ctx = ctx
+    install_error_handlers(app)
+    app.add_middleware(ApiKeyMiddleware, checker=ApiKeyChecker(config.api_keys))
+    app.add_middleware(AccessLogMiddleware, log_prompts=config.log_prompts)  # outermost
+
+    @app.post("/v1/chat/completions")
+    async def _chat(req: ChatCompletionRequest, request: Request):
+        return await chat_completion(ctx, req, request, _record(request))
+
+    @app.post("/v1/completions")
+    async def _completions(req: CompletionRequest, request: Request):
+        return await completion(ctx, req, request, _record(request))
+
+    @app.get("/v1/models")
+    async def _models():
+        card = ModelCard(id=config.served_model_name, max_model_len=bundle.max_model_len)
+        return ModelList(data=[card]).model_dump()
+
+    @app.get("/health")
+    async def _health():
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def _ready():
+        ready, reason = generator.readiness()
+        return JSONResponse({"ready": ready, "reason": reason}, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    async def _metrics():
+        body, content_type = ctx.metrics.render()
+        return Response(body, media_type=content_type)
+
+    return app

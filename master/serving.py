@@ -1,0 +1,202 @@
+"""What chat and completions share: requests -> sampling params -> choices -> SSE or a body.
+
+serving_chat.py and serving_completion.py shape the two endpoints' responses on top of this.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator, Awaitable
+
+from fastapi import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from engine.sampling_params import SamplingParams
+from master.access_log import AccessRecord
+from master.bundle import ModelBundle
+from master.choices import ChoiceState, ChoiceUpdate, run_choices
+from master.config import MasterConfig
+from master.errors import APIError, to_api_error
+from master.generation import GenerationRequest, Generator
+from master.metrics import Metrics
+from master.protocol import Usage, _SamplingFields
+from master.reasoning import ReasoningParser, prompt_opens_think
+
+SSE_DONE = "data: [DONE]\n\n"
+
+
+class ClientGone(Exception):
+    """The client disconnected before the response started."""
+
+
+@dataclass
+class ServingContext:
+    """The app-wide pieces every request handler uses."""
+
+    config: MasterConfig
+    generator: Generator
+    bundle: ModelBundle
+    metrics: Metrics
+
+    def check_model(self, model: str | None) -> None:
+        if model not in (None, "", self.config.served_model_name):
+            raise APIError(404, f"The model `{model}` does not exist.", param="model",
+                           code="model_not_found")
+
+    def max_tokens(self, prompt_len: int, requested: int | None, param: str) -> int:
+        """Tokens to generate; 400 when the prompt plus them exceed the context."""
+        limit = self.bundle.max_model_len
+        if requested is None:
+            requested = min(self.bundle.default_max_tokens or limit, limit - prompt_len)
+        if prompt_len + max(requested, 1) > limit:
+            raise APIError(
+                400, f"This model's maximum context length is {limit} tokens. However, you "
+                f"requested {prompt_len + requested} tokens ({prompt_len} in the prompt, "
+                f"{requested} for the completion). Please reduce the length of the prompt "
+                "or the completion.", param=param, code="context_length_exceeded")
+        return requested
+
+    def sampling_params(self, req: _SamplingFields, logprobs: int | None,
+                        prompt_ids: list[int], choice: int) -> SamplingParams:
+        """Request fields, else generation_config.json's defaults, else OpenAI's."""
+        defaults = self.bundle.sampling_defaults
+
+        def pick(name: str, fallback):
+            value = getattr(req, name)
+            return defaults.get(name, fallback) if value is None else value
+
+        repetition_penalty = float(pick("repetition_penalty", 1.0))
+        try:
+            return SamplingParams(
+                temperature=float(pick("temperature", 1.0)), top_p=float(pick("top_p", 1.0)),
+                top_k=max(int(pick("top_k", 0)), 0), min_p=float(pick("min_p", 0.0)),
+                seed=None if req.seed is None else (req.seed + choice) % 2**64,
+                presence_penalty=req.presence_penalty,
+                frequency_penalty=req.frequency_penalty,
+                repetition_penalty=repetition_penalty, logprobs=logprobs,
+                stop_token_ids=self.bundle.stop_token_ids + tuple(req.stop_token_ids or ()),
+                prompt_token_ids=tuple(prompt_ids) if repetition_penalty != 1.0 else (),
+            )
+        except ValueError as e:
+            raise APIError(400, str(e), param=str(e).split(" ")[0]) from None
+
+    def choice_states(self, response_id: str, req: _SamplingFields, prompts: list[list[int]],
+                      max_tokens: list[int], logprobs: int | None,
+                      think_open: bool | None = None) -> list[ChoiceState]:
+        """n choices per prompt, index = prompt * n + i, seed + i for choice i.
+
+        think_open None: no reasoning split (completions); else whether the prompt opened it.
+        """
+        states = []
+        for p, (ids, budget) in enumerate(zip(prompts, max_tokens)):
+            for i in range(req.n):
+                index = p * req.n + i
+                params = self.sampling_params(req, logprobs, ids, i)
+                gen = GenerationRequest(f"{response_id}-{index}", ids, params, budget)
+                parser = None
+                if think_open is not None and self.bundle.reasoning:
+                    parser = ReasoningParser(in_reasoning=think_open)
+                states.append(ChoiceState(index, self.bundle.tokenizer, gen,
+                                          req.stop_strings(), parser))
+        return states
+
+    def think_open(self, prompt: str) -> bool:
+        return self.bundle.reasoning and prompt_opens_think(prompt)
+
+
+class RequestRun:
+    """The choices of one request, with metrics and access-log bookkeeping as tokens come."""
+
+    def __init__(self, ctx: ServingContext, record: AccessRecord, states: list[ChoiceState],
+                 n: int):
+        self.ctx, self.record, self.states, self.n = ctx, record, states, n
+        self.prompt_tokens = sum(len(s.request.prompt_token_ids) for s in states[::n])
+        record.prompt_tokens = self.prompt_tokens
+        self.finish_reasons: dict[int, str] = {}
+
+    def _on_token(self, state: ChoiceState) -> None:
+        metrics = self.ctx.metrics
+        if state.first_token_s is None:
+            metrics.observe_ttft(time.perf_counter() - self.record.start_s)
+            self.record.mark_first_token()
+        state.mark_time(metrics.observe_tpot)
+        self.record.output_tokens += 1
+
+    def _on_finish(self, update: ChoiceUpdate) -> None:
+        state = self.states[update.index]
+        self.finish_reasons[update.index] = update.finish_reason
+        self.record.finish = ",".join(sorted(set(self.finish_reasons.values())))
+        prompt = len(state.request.prompt_token_ids) if update.index % self.n == 0 else 0
+        e2e_s = time.perf_counter() - self.record.start_s
+        self.ctx.metrics.observe_request(prompt, state.num_tokens, e2e_s, update.finish_reason)
+
+    async def updates(self) -> AsyncIterator[ChoiceUpdate]:
+        stream = run_choices(self.ctx.generator, self.states, self._on_token)
+        try:
+            async for update in stream:
+                if update.finish_reason is not None:
+                    self._on_finish(update)
+                yield update
+        except (asyncio.CancelledError, GeneratorExit):
+            self.record.finish = "disconnect"
+            raise
+        except Exception:
+            self.record.finish = "error"
+            raise
+        finally:
+            await stream.aclose()
+
+    def usage(self) -> Usage:
+        completion = sum(s.num_tokens for s in self.states)
+        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=completion,
+                     total_tokens=self.prompt_tokens + completion)
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_disconnect(request: Request, work: Awaitable):
+    """work's result, or ClientGone (work cancelled) if the client leaves first."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if task in done:
+        return task.result()
+    await asyncio.gather(task, return_exceptions=True)
+    raise ClientGone()
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """Closes its body iterator however the response ends, so a client that disconnects
+    while the stream waits in `send` still frees its sequences at once (not at GC)."""
+
+    def __init__(self, content, **kwargs):
+        super().__init__(content, media_type="text/event-stream", **kwargs)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+
+
+def sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def sse_error(exc: BaseException) -> str:
+    return sse(to_api_error(exc).body())
+
+
+def gone_response() -> Response:
+    return Response(status_code=499)  # nobody reads it; the access log shows the disconnect

@@ -1,0 +1,145 @@
+"""POST /v1/chat/completions: messages -> chat template -> choices -> message or SSE deltas."""
+from __future__ import annotations
+
+import time
+import uuid
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from master.access_log import AccessRecord
+from master.chat_template import ChatTemplateError
+from master.choices import ChoiceUpdate
+from master.errors import APIError, to_api_error
+from master.protocol import (AssistantMessage, ChatChoice, ChatChunkChoice,
+                             ChatCompletionChunk, ChatCompletionRequest,
+                             ChatCompletionResponse, ChatLogprobs, ChatMessage, DeltaMessage,
+                             TokenLogprobEntry, TopLogprob)
+from master.serving import (SSE_DONE, ClientGone, ClosingStreamingResponse, RequestRun,
+                            ServingContext, gone_response, sse, sse_error, until_disconnect)
+from master.tokenizer import Tokenizer
+
+
+def _message_dict(m: ChatMessage, index: int) -> dict:
+    """What the template sees: the message as sent, text parts joined into one string."""
+    d = m.model_dump(exclude_none=True)
+    d["content"] = m.content
+    if isinstance(m.content, list):
+        if any(part.get("type") != "text" for part in m.content):
+            raise APIError(400, "only text content parts are supported",
+                           param=f"messages[{index}].content")
+        d["content"] = "".join(str(part.get("text", "")) for part in m.content)
+    return d
+
+
+def render_prompt(ctx: ServingContext, req: ChatCompletionRequest) -> tuple[str, list[int]]:
+    template = ctx.bundle.chat_template
+    if template is None:
+        raise APIError(400, "this model has no chat template; use /v1/completions",
+                       param="messages")
+    messages = [_message_dict(m, i) for i, m in enumerate(req.messages)]
+    try:
+        prompt = template.render(messages, add_generation_prompt=req.add_generation_prompt,
+                                 tools=req.tools, **(req.chat_template_kwargs or {}))
+    except ChatTemplateError as e:
+        raise APIError(400, str(e), param="messages") from None
+    return prompt, template.encode(prompt)
+
+
+def chat_logprobs(tok: Tokenizer, update: ChoiceUpdate, top_n: int) -> ChatLogprobs | None:
+    if not update.logprobs:
+        return None
+
+    def entry(cls, token_id: int, logprob: float, **extra):
+        data = tok.token_bytes(token_id)
+        return cls(token=tok.token_text(token_id), logprob=logprob, bytes=list(data), **extra)
+
+    return ChatLogprobs(content=[
+        entry(TokenLogprobEntry, lp.token_id, lp.logprob,
+              top_logprobs=[entry(TopLogprob, t, v) for t, v in lp.top[:top_n]])
+        for lp in update.logprobs])
+
+
+async def chat_completion(ctx: ServingContext, req: ChatCompletionRequest,
+                          request: Request, record: AccessRecord):
+    ctx.check_model(req.model)
+    prompt, ids = render_prompt(ctx, req)
+    record.prompt = prompt
+    budget = ctx.max_tokens(len(ids), req.max_completion_tokens or req.max_tokens,
+                            "max_completion_tokens" if req.max_completion_tokens else "max_tokens")
+    response_id = record.request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    states = ctx.choice_states(response_id, req, [ids], [budget], logprobs,
+                               think_open=ctx.think_open(prompt))
+    run = RequestRun(ctx, record, states, req.n)
+    updates = run.updates()
+    try:
+        first = await until_disconnect(request, anext(updates))
+        if not req.stream:
+            rest = await until_disconnect(request, _collect(updates))
+    except ClientGone:
+        return gone_response()
+    except Exception as e:
+        raise to_api_error(e) from None
+    if req.stream:
+        return ClosingStreamingResponse(_stream(ctx, req, run, first, updates, response_id))
+    return JSONResponse(_response(ctx, req, run, [first, *rest], response_id).model_dump())
+
+
+async def _collect(updates) -> list[ChoiceUpdate]:
+    return [u async for u in updates]
+
+
+def _response(ctx, req, run: RequestRun, updates: list[ChoiceUpdate], response_id: str):
+    n = len(run.states)
+    content, reasoning = [[] for _ in range(n)], [[] for _ in range(n)]
+    logprobs: list[list[TokenLogprobEntry]] = [[] for _ in range(n)]
+    for u in updates:
+        content[u.index].append(u.content)
+        reasoning[u.index].append(u.reasoning)
+        if req.logprobs and (lp := chat_logprobs(ctx.bundle.tokenizer, u, req.top_logprobs or 0)):
+            logprobs[u.index].extend(lp.content)
+    choices = []
+    for i, state in enumerate(run.states):
+        thought = "".join(reasoning[i])
+        message = AssistantMessage(content="".join(content[i]), reasoning_content=thought or None)
+        choices.append(ChatChoice(
+            index=i, message=message, finish_reason=run.finish_reasons.get(i),
+            logprobs=ChatLogprobs(content=logprobs[i]) if req.logprobs else None))
+    return ChatCompletionResponse(id=response_id, model=ctx.config.served_model_name,
+                                  choices=choices, usage=run.usage())
+
+
+async def _stream(ctx, req, run: RequestRun, first: ChoiceUpdate, updates, response_id: str):
+    created, model = int(time.time()), ctx.config.served_model_name
+
+    def chunk(choices, usage=None) -> str:
+        body = ChatCompletionChunk(id=response_id, created=created, model=model,
+                                   choices=choices, usage=usage).model_dump(exclude_none=True)
+        for c in body["choices"]:
+            c.setdefault("logprobs", None)
+            c.setdefault("finish_reason", None)
+        return sse(body)
+
+    def delta(u: ChoiceUpdate) -> str:
+        d = DeltaMessage(content=u.content or None, reasoning_content=u.reasoning or None)
+        lp = chat_logprobs(ctx.bundle.tokenizer, u, req.top_logprobs or 0)
+        return chunk([ChatChunkChoice(index=u.index, delta=d, logprobs=lp,
+                                      finish_reason=u.finish_reason)])
+
+    try:
+        for i in range(len(run.states)):
+            yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant",
+                                                                     content=""))])
+        if not first.is_empty():
+            yield delta(first)
+        async for u in updates:
+            if not u.is_empty():
+                yield delta(u)
+        if req.stream_options and req.stream_options.include_usage:
+            yield chunk([], usage=run.usage())
+    except Exception as e:  # headers are sent: the error goes in the stream
+        yield sse_error(e)
+    finally:
+        await updates.aclose()
+    yield SSE_DONE

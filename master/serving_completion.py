@@ -1,0 +1,122 @@
+"""POST /v1/completions: prompt text or token ids -> choices -> text or SSE chunks."""
+from __future__ import annotations
+
+import time
+import uuid
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from master.access_log import AccessRecord
+from master.choices import ChoiceUpdate
+from master.errors import APIError, to_api_error
+from master.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest,
+                             CompletionResponse)
+from master.serving import (SSE_DONE, ClientGone, ClosingStreamingResponse, RequestRun,
+                            ServingContext, gone_response, sse, sse_error, until_disconnect)
+from master.tokenizer import Tokenizer
+
+
+def tokenize_prompts(ctx: ServingContext, prompt) -> list[list[int]]:
+    """The four prompt forms OpenAI accepts -> one token list per prompt."""
+    tok = ctx.bundle.tokenizer
+    if isinstance(prompt, str):
+        prompts = [tok.encode(prompt)]
+    elif all(isinstance(p, str) for p in prompt):
+        prompts = [tok.encode(p) for p in prompt]
+    elif all(isinstance(p, int) for p in prompt):
+        prompts = [list(prompt)]
+    else:
+        prompts = [list(p) for p in prompt]
+    for i, ids in enumerate(prompts):
+        if not ids:
+            raise APIError(400, "the prompt is empty", param="prompt")
+        bad = next((t for t in ids if not 0 <= t < tok.vocab_size), None)
+        if bad is not None:
+            raise APIError(400, f"token id {bad} of prompt {i} is outside the vocabulary "
+                           f"(0..{tok.vocab_size - 1})", param="prompt")
+    return prompts
+
+
+def completion_logprobs(tok: Tokenizer, update: ChoiceUpdate, top_n: int) -> CompletionLogprobs:
+    out = CompletionLogprobs(top_logprobs=[])
+    for lp in update.logprobs:
+        out.tokens.append(tok.token_text(lp.token_id))
+        out.token_logprobs.append(lp.logprob)
+        out.top_logprobs.append({tok.token_text(t): v for t, v in lp.top[:top_n]})
+        out.text_offset.append(lp.text_offset)
+    return out
+
+
+async def completion(ctx: ServingContext, req: CompletionRequest, request: Request,
+                     record: AccessRecord):
+    ctx.check_model(req.model)
+    prompts = tokenize_prompts(ctx, req.prompt)
+    if isinstance(req.prompt, str):
+        record.prompt = req.prompt
+    budgets = [ctx.max_tokens(len(ids), req.max_tokens, "max_tokens") for ids in prompts]
+    response_id = record.request_id = f"cmpl-{uuid.uuid4().hex}"
+    states = ctx.choice_states(response_id, req, prompts, budgets, req.logprobs)
+    run = RequestRun(ctx, record, states, req.n)
+    updates = run.updates()
+    try:
+        first = await until_disconnect(request, anext(updates))
+        if not req.stream:
+            rest = await until_disconnect(request, _collect(updates))
+    except ClientGone:
+        return gone_response()
+    except Exception as e:
+        raise to_api_error(e) from None
+    if req.stream:
+        return ClosingStreamingResponse(_stream(ctx, req, run, first, updates, response_id))
+    return JSONResponse(_response(ctx, req, run, [first, *rest], response_id).model_dump())
+
+
+async def _collect(updates) -> list[ChoiceUpdate]:
+    return [u async for u in updates]
+
+
+def _response(ctx, req, run: RequestRun, updates: list[ChoiceUpdate], response_id: str):
+    tok = ctx.bundle.tokenizer
+    texts: list[list[str]] = [[] for _ in run.states]
+    logprobs = [CompletionLogprobs(top_logprobs=[]) for _ in run.states]
+    for u in updates:
+        texts[u.index].append(u.content)
+        if req.logprobs is not None:
+            part = completion_logprobs(tok, u, req.logprobs)
+            for name in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+                getattr(logprobs[u.index], name).extend(getattr(part, name))
+    choices = [CompletionChoice(index=i, text="".join(texts[i]),
+                                logprobs=logprobs[i] if req.logprobs is not None else None,
+                                finish_reason=run.finish_reasons.get(i))
+               for i in range(len(run.states))]
+    return CompletionResponse(id=response_id, model=ctx.config.served_model_name,
+                              choices=choices, usage=run.usage())
+
+
+async def _stream(ctx, req, run: RequestRun, first: ChoiceUpdate, updates, response_id: str):
+    created, model, tok = int(time.time()), ctx.config.served_model_name, ctx.bundle.tokenizer
+
+    def chunk(u: ChoiceUpdate) -> str:
+        lp = completion_logprobs(tok, u, req.logprobs) if req.logprobs is not None else None
+        choice = CompletionChoice(index=u.index, text=u.content, logprobs=lp,
+                                  finish_reason=u.finish_reason)
+        body = CompletionResponse(id=response_id, created=created, model=model,
+                                  choices=[choice]).model_dump()
+        body.pop("usage")
+        return sse(body)
+
+    try:
+        if not first.is_empty():
+            yield chunk(first)
+        async for u in updates:
+            if not u.is_empty():
+                yield chunk(u)
+        if req.stream_options and req.stream_options.include_usage:
+            yield sse(CompletionResponse(id=response_id, created=created, model=model,
+                                         choices=[], usage=run.usage()).model_dump())
+    except Exception as e:  # headers are sent: the error goes in the stream
+        yield sse_error(e)
+    finally:
+        await updates.aclose()
+    yield SSE_DONE
