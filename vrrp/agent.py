@@ -13,7 +13,7 @@ from vrrp.health import HealthCheck, effective_priority
 from vrrp.host import Host
 from vrrp.notify import Notifier
 from vrrp.packet import DropError, decode_ip
-from vrrp.state import Action, Machine, SendAdvert, State, Transition
+from vrrp.state import Action, Machine, SendAdvert, SendGarp, State, Transition
 from vrrp.status import Status
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,8 @@ class Agent:
                 self.status.sent(self.host.send_advert(action.priority))
             elif isinstance(action, Transition):
                 await self._enter(action)
+            elif isinstance(action, SendGarp):
+                self.host.garp_burst()
 
     async def _enter(self, t: Transition) -> None:
         log.warning("%s -> %s (%s)", t.old.value, t.new.value, t.reason)

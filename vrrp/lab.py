@@ -155,17 +155,22 @@ class Lab:
         subprocess.run(["ip", "netns", "exec", self.ns("br"), "bridge", "link", "set", "dev",
                         f"port-{host}", "isolated", "on" if on else "off"], check=True)
 
+    def port(self, host: str, up: bool) -> None:
+        """Take the host's bridge port down or up: its eth0 loses or regains carrier."""
+        run_ip("-n", self.ns("br"), "link", "set", f"port-{host}", "up" if up else "down")
+
     def sniffer(self, host: str = "c") -> Sniffer:
         return Sniffer(self.ns(host), "eth0")
 
-    def http_get(self, host: str, ip: str, path: str, timeout_s: float = 1.0) -> str:
+    def http_get(self, host: str, ip: str, path: str, timeout_s: float = 1.0,
+                 port: int = WEB_PORT) -> str:
         """GET from inside `host`'s namespace; '' on any failure."""
         import socket
 
         try:
             with socket_in_netns(self.ns(host), socket.AF_INET, socket.SOCK_STREAM) as s:
                 s.settimeout(timeout_s)
-                s.connect((ip, WEB_PORT))
+                s.connect((ip, port))
                 s.sendall(f"GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n".encode())
                 data = b"".join(iter(lambda: s.recv(4096), b""))
         except OSError:

@@ -102,10 +102,13 @@ class HostNet:
 
 
 def restrict_arp(ifname: str) -> None:
-    """Answer ARP only for addresses on the receiving interface (needed beside a vmac)."""
+    """Beside a vmac, keep the parent from speaking for the VIP: answer ARP only for its own
+    addresses (arp_ignore=1) and never source its ARP requests from the VIP (arp_announce=2),
+    or clients would learn the parent's MAC for the VIP."""
     for name in (ifname, "all"):
-        path = Path(f"/proc/sys/net/ipv4/conf/{name}/arp_ignore")
-        try:
-            path.write_text("1\n")
-        except OSError as exc:
-            log.warning("cannot set %s: %s", path, exc)
+        for key, value in (("arp_ignore", 1), ("arp_announce", 2)):
+            path = Path(f"/proc/sys/net/ipv4/conf/{name}/{key}")
+            try:
+                path.write_text(f"{value}\n")
+            except OSError as exc:
+                log.warning("cannot set %s: %s", path, exc)

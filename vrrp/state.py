@@ -34,7 +34,12 @@ class Transition:
     reason: str
 
 
-Action = SendAdvert | Transition
+@dataclass(frozen=True)
+class SendGarp:
+    """Re-announce the VIPs (another master was heard: clients may point at it)."""
+
+
+Action = SendAdvert | Transition | SendGarp
 
 
 @dataclass
@@ -143,15 +148,18 @@ class Machine:
         return []  # else: discard, so Master_Down_Timer fires and we preempt
 
     def _master_advert(self, now: float, src_ip: str, priority: int, interval_cs: int):
-        if priority == 0:
+        if priority == 0:  # another master leaves: clients may point at it, so GARP too
             self.timers.adver_at = now + self.advert_interval_s
-            return [SendAdvert(self.priority)]
+            return [SendAdvert(self.priority), SendGarp()]
         if priority > self.priority or (priority == self.priority and _ip_gt(src_ip, self.primary_ip)):
             self._accept_master(now, src_ip, interval_cs)
-            return [self._go(State.BACKUP, f"higher priority {priority} from {src_ip}")]
-        # RFC 9568: assert mastership at once, which heals a split brain in one exchange.
+            # Beyond the RFC: say goodbye (priority 0) so the winner re-announces the VIPs
+            # to clients that learnt our MAC during a split brain.
+            return [SendAdvert(0), self._go(State.BACKUP, f"higher priority {priority} from {src_ip}")]
+        # RFC 9568: assert mastership at once, which heals a split brain in one exchange;
+        # and GARP, since clients may have learnt the other master's MAC meanwhile.
         self.timers.adver_at = now + self.advert_interval_s
-        return [SendAdvert(self.priority)]
+        return [SendAdvert(self.priority), SendGarp()]
 
     def set_priority(self, now: float, priority: int) -> list[Action]:
         """Effective priority changed (health); a master advertises it at once."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vrrp.state import Machine, SendAdvert, State, Transition
+from vrrp.state import Machine, SendAdvert, SendGarp, State, Transition
 
 A, B = "10.99.0.1", "10.99.0.2"
 
@@ -98,7 +98,7 @@ def _master(priority=100, ip=B) -> Machine:
 def test_master_steps_down_for_higher_priority():
     m = _master()
     acts = m.on_advert(11.0, A, 150, 100)
-    assert states(acts) == [State.BACKUP] and adverts(acts) == []
+    assert states(acts) == [State.BACKUP] and adverts(acts) == [0]
     assert m.master_ip == A and m.timers.adver_at is None
 
 
@@ -116,12 +116,14 @@ def test_master_answers_lower_priority_at_once():
     m = _master(priority=150, ip=A)
     acts = m.on_advert(10.3, B, 100, 100)
     assert adverts(acts) == [150] and states(acts) == []
+    assert SendGarp() in acts  # clients may have learnt the other master's MAC
     assert m.next_deadline() == pytest.approx(11.3)
 
 
-def test_master_answers_priority_zero():
+def test_master_answers_priority_zero_and_reclaims_clients():
     m = _master()
-    assert adverts(m.on_advert(10.2, A, 0, 100)) == [100]
+    acts = m.on_advert(10.2, A, 0, 100)
+    assert adverts(acts) == [100] and SendGarp() in acts
 
 
 def test_shutdown_sends_priority_zero_only_from_master():
