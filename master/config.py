@@ -46,6 +46,12 @@ class MasterConfig:
     log_prompts: bool = False  # prompt text in the access log
     role: str = "master"  # "standby" answers only after POST /admin/activate
     reasoning_parser: str = "auto"  # "auto" (R1-style <think> if the template uses it) | "none"
+    # The pipeline (master/pipeline_generator.py, master/pipeline_client.py):
+    kv_block_size: int = 16  # tokens per KV block of the head's cache
+    max_inflight_batches: int = 2  # micro-batches sent to the worker, not yet answered
+    step_timeout_s: float = 120.0  # a step unanswered this long means the worker is gone
+    max_message_bytes: int = 256 * 2**20  # gRPC limit of one step message, both ways
+    reconnect_max_s: float = 5.0  # longest wait between attempts to reach the worker
 
     def __post_init__(self):
         bad = [f"{name}: expected {expected}, got {getattr(self, name)!r}"
@@ -76,6 +82,11 @@ def _checks(c: MasterConfig) -> dict[str, tuple[bool, str]]:
         "max_model_len": (c.max_model_len >= 0, ">= 0 (0 = the checkpoint's)"),
         "role": (c.role in ROLES, " | ".join(ROLES)),
         "reasoning_parser": (c.reasoning_parser in ("auto", "none"), "auto | none"),
+        "kv_block_size": (c.kv_block_size >= 1, ">= 1"),
+        "max_inflight_batches": (c.max_inflight_batches >= 1, ">= 1"),
+        "step_timeout_s": (c.step_timeout_s > 0, "> 0 seconds"),
+        "max_message_bytes": (1024 <= c.max_message_bytes < 2**31, "1024 .. 2**31 - 1 bytes"),
+        "reconnect_max_s": (c.reconnect_max_s >= 0.1, ">= 0.1 seconds"),
     }
 
 
