@@ -1,0 +1,158 @@
+"""DeepSeek mixture of experts: a router picks top-k routed experts per token; shared experts see all.
+
+Routing methods (DeepSeek-V2 / V3 configs):
+  greedy                softmax scores, plain top-k
+  group_limited_greedy  softmax scores, top-k inside the `topk_group` groups with the best max score
+  noaux_tc              sigmoid scores; choice adds `e_score_correction_bias`, groups ranked by the
+                        sum of their two best biased scores; weights are the unbiased scores
+Then optionally normalised to sum to one (`norm_topk_prob`), then scaled by `routed_scaling_factor`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.models.llama import LlamaMLP
+
+ROUTING_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
+
+
+@dataclass(frozen=True)
+class MoESpec:
+    """The shape and routing of one MoE block, read from the model config."""
+
+    hidden_size: int
+    num_experts: int
+    top_k: int
+    expert_intermediate_size: int
+    num_shared_experts: int
+    method: str
+    num_groups: int = 1
+    topk_groups: int = 1
+    norm_topk_prob: bool = False
+    routed_scaling_factor: float = 1.0
+
+    def __post_init__(self):
+        if self.method not in ROUTING_METHODS:
+            raise ValueError(f"topk_method must be one of {ROUTING_METHODS}, got {self.method!r}")
+        if not 0 < self.top_k <= self.num_experts:
+            raise ValueError(f"num_experts_per_tok must be in [1, {self.num_experts}], got {self.top_k}")
+        if self.num_groups < 1 or self.num_experts % self.num_groups:
+            raise ValueError(f"n_group ({self.num_groups}) must divide n_routed_experts ({self.num_experts})")
+        if not 0 < self.topk_groups <= self.num_groups:
+            raise ValueError(f"topk_group must be in [1, n_group={self.num_groups}], got {self.topk_groups}")
+
+
+class Router(nn.Module):
+    """Chooses each token's experts and their weights (computed in fp32)."""
+
+    def __init__(self, spec: MoESpec):
+        super().__init__()
+        self.spec = spec
+        self.weight = nn.Parameter(torch.empty(spec.num_experts, spec.hidden_size))
+        if spec.method == "noaux_tc":
+            self.e_score_correction_bias = nn.Parameter(torch.zeros(spec.num_experts))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [T, H] -> (weights [T, K] fp32, expert ids [T, K] long)."""
+        s = self.spec
+        logits = F.linear(x.float(), self.weight.float())  # [T, E]
+        if s.method == "noaux_tc":
+            scores = logits.sigmoid()
+            choice = scores + self.e_score_correction_bias.float()
+            choice = self._limit_groups(choice, _sum_of_best_two, float("-inf"))
+        else:
+            scores = choice = logits.softmax(dim=-1)
+            if s.method == "group_limited_greedy":
+                choice = self._limit_groups(choice, _best_one, 0.0)
+        ids = choice.topk(s.top_k, dim=-1, sorted=False)[1]  # [T, K]
+        weights = scores.gather(1, ids)
+        if s.norm_topk_prob:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        return weights * s.routed_scaling_factor, ids
+
+    def _limit_groups(self, choice: torch.Tensor, group_score, fill: float) -> torch.Tensor:
+        """Keep only the experts of each token's best `topk_groups` groups; others get `fill`."""
+        s = self.spec
+        if s.num_groups == 1:
+            return choice
+        grouped = choice.view(-1, s.num_groups, s.num_experts // s.num_groups)  # [T, G, E/G]
+        group_scores = group_score(grouped)  # [T, G]
+        best = group_scores.topk(s.topk_groups, dim=-1, sorted=False)[1]  # [T, topk_groups]
+        keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, best, True)
+        return grouped.masked_fill(~keep.unsqueeze(-1), fill).view_as(choice)
+
+
+def _sum_of_best_two(grouped: torch.Tensor) -> torch.Tensor:
+    return grouped.topk(2, dim=-1)[0].sum(dim=-1)
+
+
+def _best_one(grouped: torch.Tensor) -> torch.Tensor:
+    return grouped.amax(dim=-1)
+
+
+class Experts(nn.Module):
+    """The routed experts, stacked so that a step runs each chosen expert once on its rows.
+
+    gate_up_proj is [2E, I, H]: rows 2e and 2e + 1 are expert e's gate_proj and up_proj, so that
+    the checkpoint's per-expert tensors stack into it and it reads as [E, 2I, H] (one matmul).
+    """
+
+    def __init__(self, spec: MoESpec):
+        super().__init__()
+        e, h, i = spec.num_experts, spec.hidden_size, spec.expert_intermediate_size
+        self.num_experts = e
+        self.gate_up_proj = nn.Parameter(torch.empty(2 * e, i, h))
+        self.down_proj = nn.Parameter(torch.empty(e, h, i))
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """x [T, H], weights/ids [T, K] -> sum over k of weight * expert(x) [T, H]."""
+        gate_up = self.gate_up_proj.view(self.num_experts, -1, x.shape[1])  # [E, 2I, H]
+        k = ids.shape[1]
+        flat = ids.flatten()  # [T*K]
+        order = flat.argsort()
+        rows = order // k  # token row of each (token, k) pair, grouped by expert
+        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
+        xs = x[rows]  # [T*K, H]
+        out = torch.empty_like(xs)
+        start = 0
+        for e, n in enumerate(counts):
+            if n:
+                gate, up = F.linear(xs[start : start + n], gate_up[e]).chunk(2, dim=-1)
+                out[start : start + n] = F.linear(F.silu(gate) * up, self.down_proj[e])
+                start += n
+        out = (out.float() * weights.flatten()[order, None]).to(x.dtype)
+        return torch.zeros_like(x).index_add_(0, rows, out)
+
+
+def expert_checkpoint_names(param_name: str, num_experts: int) -> list[str] | None:
+    """The per-expert checkpoint tensors an `Experts` parameter stacks; None for other parameters."""
+    prefix, _, leaf = param_name.rpartition(".")
+    if not prefix.endswith(".experts") or leaf not in ("gate_up_proj", "down_proj"):
+        return None
+    projs = ("gate_proj", "up_proj") if leaf == "gate_up_proj" else ("down_proj",)
+    return [f"{prefix}.{e}.{p}.weight" for e in range(num_experts) for p in projs]
+
+
+class MoE(nn.Module):
+    """Routed experts plus always-on shared experts."""
+
+    def __init__(self, spec: MoESpec):
+        super().__init__()
+        self.gate = Router(spec)
+        self.experts = Experts(spec)
+        self.shared_experts = (
+            LlamaMLP(spec.hidden_size, spec.expert_intermediate_size * spec.num_shared_experts)
+            if spec.num_shared_experts
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [T, H] -> [T, H]."""
+        out = self.experts(x, *self.gate(x))
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(x)
+        return out
