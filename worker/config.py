@@ -22,6 +22,7 @@ class WorkerConfig:
     device: str = "cpu"  # torch device of the tail: "cpu", "cuda", "cuda:1"
     kv_cache_bytes: int = 1 << 30
     kv_block_size: int = 16  # tokens per KV block
+    torch_threads: int = 0  # intra-op CPU threads in the tail's process; 0 = torch's default
     listen: str = "0.0.0.0:50051"  # host:port of the Pipeline gRPC service
     executor: str = "triton"
     triton_url: str = ""  # host:port of an existing Triton (gRPC); empty = start our own
@@ -44,6 +45,7 @@ class WorkerConfig:
             "device": bool(self.device),
             "kv_cache_bytes": self.kv_cache_bytes > 0,
             "kv_block_size": self.kv_block_size > 0,
+            "torch_threads": self.torch_threads >= 0,
             "listen": _is_host_port(self.listen),
             "executor": self.executor in EXECUTORS,
             "triton_url": not self.triton_url or _is_host_port(self.triton_url),

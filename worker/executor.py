@@ -6,6 +6,8 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Protocol
 
+import torch
+
 from proto import pipeline_pb2 as pb
 from worker.config import WorkerConfig
 from worker.tail import TailRunner
@@ -41,6 +43,8 @@ def tail_loader(config: WorkerConfig) -> Callable[[], TailRunner]:
     """A function that loads the tail the config describes (run where the tail will live)."""
 
     def load() -> TailRunner:
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
         return TailRunner.load(
             config.model_dir, config.layer_start, dtype=config.dtype, device=config.device,
             kv_cache_bytes=config.kv_cache_bytes, block_size=config.kv_block_size,

@@ -5,7 +5,6 @@ or `Worker(config)` with start()/stop() when the caller needs the bound port.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import signal
@@ -119,21 +118,16 @@ async def _serve_until_signal(config: WorkerConfig) -> None:
         pass
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="duet worker", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="worker TOML file")
-    parser.add_argument("--write-model-repo", metavar="DIR",
-                        help="write the Triton model repository for an existing Triton, then exit")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+def run_cli(config_path: str, write_model_repo_dir: str | None = None) -> int:
+    """What `duet worker` does; returns the exit code (2: bad config, 1: failed to start)."""
     try:
-        config = WorkerConfig.from_toml(args.config)
+        config = WorkerConfig.from_toml(config_path)
     except ValueError as e:
         print(f"duet worker: {e}", file=sys.stderr)
         return 2
-    if args.write_model_repo:
-        path = write_model_repo(config, args.write_model_repo)
-        print(f"wrote {path}; mount {args.write_model_repo} as Triton's --model-repository")
+    if write_model_repo_dir:
+        path = write_model_repo(config, write_model_repo_dir)
+        print(f"wrote {path}; mount {write_model_repo_dir} as Triton's --model-repository")
         return 0
     try:
         asyncio.run(_serve_until_signal(config))
@@ -141,6 +135,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"duet worker: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m worker.main --config FILE`, the same as `duet worker --config FILE`."""
+    from duet.cli import main as duet_main
+
+    return duet_main(["worker", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
