@@ -7,7 +7,7 @@ import torch
 
 from engine.batch import SeqChunk, StepBatch
 from engine.stage import Stage
-from master.wire import WIRE_DTYPES, empty_hidden, tensor_to_proto
+from master.wire import empty_hidden, tensor_to_proto
 from proto import pipeline_pb2 as pb
 
 
@@ -46,9 +46,7 @@ class Head:
 
     @property
     def dtype(self) -> str:
-        return WIRE_DTYPES[self.stage.dtype] if isinstance(self.stage.dtype, torch.dtype) else str(
-            self.stage.dtype
-        )
+        return self.stage.dtype  # "bfloat16", "float16" or "float32", as on the wire
 
     @property
     def kv_capacity_tokens(self) -> int:

@@ -1,0 +1,129 @@
+"""`duet master --config FILE`: load the head, connect to the worker, serve the OpenAI API.
+
+The standby API on host B is this same process with `role = "standby"`: it loads, connects
+and answers /health, but its API answers 503 until the VRRP agent's notify hook calls
+`POST /admin/activate` (master/admin.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from dataclasses import dataclass
+from typing import Callable
+
+import uvicorn
+
+from engine.fingerprint import checkpoint_fingerprint
+from master.admin import admin_router
+from master.app import create_app
+from master.auth import ApiKeyChecker
+from master.bundle import ModelBundle
+from master.config import MasterConfig
+from master.head import Head
+from master.metrics import Metrics
+from master.pipeline_client import HeadIdentity, PipelineClient, PipelineClientConfig
+from master.pipeline_generator import PipelineGenerator
+from master.scheduler import SchedulerConfig
+
+log = logging.getLogger("duet.master")
+
+
+@dataclass
+class Master:
+    """The loaded pieces of one API process."""
+
+    config: MasterConfig
+    head: Head
+    generator: PipelineGenerator
+    app: object  # the FastAPI app
+
+
+def build(config: MasterConfig) -> Master:
+    """Load tokenizer, template and head weights; wire them to a (not yet started) pipeline."""
+    bundle = ModelBundle.load(config.model_dir, config.max_model_len, config.reasoning_parser)
+    head = Head.load(
+        config.model_dir, config.head_layer_end, dtype=config.dtype, device=config.device,
+        kv_cache_bytes=config.kv_cache_bytes, block_size=config.kv_block_size,
+    )
+    identity = HeadIdentity(checkpoint_fingerprint(config.model_dir), config.head_layer_end,
+                            config.dtype, head.hidden_size)
+    client = PipelineClient(PipelineClientConfig(
+        worker_address=config.worker_address,
+        client_name=f"{config.role}@{socket.gethostname()}",
+        max_message_bytes=config.max_message_bytes,
+        tls_ca_file=config.tls_ca_file, tls_cert_file=config.tls_cert_file,
+        tls_key_file=config.tls_key_file, reconnect_max_s=config.reconnect_max_s,
+    ), identity)
+    scheduling = SchedulerConfig(
+        max_num_seqs=config.max_num_seqs, max_waiting=config.max_waiting,
+        step_token_budget=config.step_token_budget, kv_block_size=config.kv_block_size,
+        max_inflight_batches=config.max_inflight_batches,
+    )
+    metrics = Metrics(config.served_model_name)
+    generator = PipelineGenerator(head, client, scheduling, metrics=metrics,
+                                  step_timeout_s=config.step_timeout_s,
+                                  active=config.role == "master")
+    app = create_app(config, generator, bundle, metrics=metrics)
+    app.include_router(admin_router(generator, ApiKeyChecker(config.api_keys)))
+    return Master(config, head, generator, app)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: `run` owns SIGINT/SIGTERM and shutdown order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+async def run(config: MasterConfig, *, stop: asyncio.Event | None = None,
+              on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve until `stop` is set (or SIGINT/SIGTERM when no event is given)."""
+    master = await asyncio.to_thread(build, config)
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    server = _Server(uvicorn.Config(master.app, host=config.host, port=config.port,
+                                    log_level="warning", access_log=False, lifespan="off"))
+    sock = _bind(config.host, config.port)  # here, so a taken port is one readable line
+    master.generator.start()
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.02)
+        if not serving.done():
+            url = _url(config.host, sock.getsockname()[1])
+            log.info("serving %s on %s (role %s)", config.served_model_name, url, config.role)
+            if on_ready is not None:
+                on_ready(url)
+            await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        server.should_exit = True
+        stopping.cancel()
+        await asyncio.gather(serving, stopping, return_exceptions=True)
+        await master.generator.close()
+        sock.close()
+        log.info("master stopped")
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    return sock
+
+
+def _url(host: str, port: int) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
