@@ -12,6 +12,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from master.tokenizer import Tokenizer
 
 
+REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+
 class ChatTemplateError(ValueError):
     """The template refused the conversation (raise_exception) or failed to render."""
 
@@ -30,13 +33,43 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
+class _Namespace(jinja2.utils.Namespace):
+    """namespace() that refuses underscore names, so a template cannot reach CPython internals."""
+
+    def __init__(*args, **kwargs):  # Jinja's signature trick: `namespace(self=...)` still works
+        self, attrs = args[0], dict(*args[1:], **kwargs)
+        for name in attrs:
+            _Namespace._check(name)
+        jinja2.utils.Namespace.__init__(self, attrs)
+
+    def __setitem__(self, name, value):
+        _Namespace._check(name)
+        jinja2.utils.Namespace.__setitem__(self, name, value)
+
+    @staticmethod
+    def _check(name):
+        if isinstance(name, str) and name.startswith("_"):
+            raise jinja2.exceptions.SecurityError(f"namespace attribute {name!r} is not allowed")
+
+
 def _environment() -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                         extensions=[jinja2.ext.loopcontrols])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
+    env.globals["namespace"] = _Namespace
     return env
+
+
+def _alias_reasoning(messages: list[dict]) -> list[dict]:
+    """Templates read a message's reasoning as reasoning_content (or thinking); accept all three."""
+    out = []
+    for m in messages:
+        reasoning = next((m[k] for k in REASONING_FIELDS if m.get(k) is not None), None)
+        out.append(m if reasoning is None else
+                   {"thinking": reasoning, **m, "reasoning_content": reasoning})
+    return out
 
 
 def find_template_sources(model_dir: str | Path, tokenizer_config: dict) -> dict[str, str]:
@@ -79,7 +112,7 @@ class ChatTemplate:
         template = self._templates.get(name) or next(iter(self._templates.values()))
         scope = {**self._tokenizer.special_tokens, **kwargs}
         try:
-            return template.render(messages=messages, tools=tools, documents=None,
+            return template.render(messages=_alias_reasoning(messages), tools=tools, documents=None,
                                    add_generation_prompt=add_generation_prompt, **scope)
         except jinja2.TemplateError as e:
             raise ChatTemplateError(e.message or str(e)) from None

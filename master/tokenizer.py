@@ -7,6 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import tokenizers
+import tokenizers.decoders
 
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
 _BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
@@ -43,8 +44,7 @@ class Tokenizer:
             name: text for name in SPECIAL_TOKEN_NAMES
             if (text := _token_content(config.get(name))) is not None
         }
-        decoder = json.loads(tok.to_str()).get("decoder") or {}
-        self._byte_level = decoder.get("type") == "ByteLevel"
+        self._byte_level = isinstance(tok.decoder, tokenizers.decoders.ByteLevel)
 
     @classmethod
     def load(cls, model_dir: str | Path) -> "Tokenizer":
