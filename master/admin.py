@@ -2,8 +2,9 @@
 
 `POST /admin/activate` makes a standby API serve (its /ready turns 200 once the worker is
 connected); `POST /admin/deactivate` makes it answer 503 again, letting running requests
-finish. /health stays 200 either way: the process is alive. Callers must be on loopback or
-carry a configured API key (with no keys configured, loopback only).
+finish. /health stays 200 either way: the process is alive. `GET /admin/stats` shows the
+scheduler's and both stages' KV numbers. Callers must be on loopback or carry a configured
+API key (with no keys configured, loopback only).
 """
 from __future__ import annotations
 
@@ -30,15 +31,16 @@ def admin_router(generator, keys: ApiKeyChecker) -> APIRouter:
     """Routes that flip `generator.set_active(...)`."""
     router = APIRouter()
 
-    def allowed(request: Request) -> bool:
+    def check(request: Request) -> None:
         if _is_loopback(request):
-            return True
-        return keys.enabled and keys.check(request.headers.get("authorization")) is not None
+            return
+        if keys.enabled and keys.check(request.headers.get("authorization")) is not None:
+            return
+        raise APIError(403, "admin endpoints take loopback callers or an API key",
+                       code="forbidden", type="invalid_request_error")
 
     async def switch(request: Request, active: bool) -> dict:
-        if not allowed(request):
-            raise APIError(403, "admin endpoints take loopback callers or an API key",
-                           code="forbidden", type="invalid_request_error")
+        check(request)
         generator.set_active(active)
         log.warning("API %s by %s", "activated" if active else "deactivated",
                     request.client.host if request.client else "?")
@@ -52,5 +54,11 @@ def admin_router(generator, keys: ApiKeyChecker) -> APIRouter:
     @router.post("/admin/deactivate")
     async def deactivate(request: Request) -> dict:
         return await switch(request, False)
+
+    @router.get("/admin/stats")
+    async def stats(request: Request) -> dict:
+        check(request)
+        ready, reason = generator.readiness()
+        return generator.stats() | {"active": generator.active, "ready": ready, "reason": reason}
 
     return router

@@ -23,7 +23,7 @@ class SchedulerConfig:
     """Batching limits, validated once."""
 
     max_num_seqs: int = 64  # running sequences (KV reserved on both stages)
-    max_waiting: int = 256  # queued beyond that: QueueFull (HTTP 429)
+    max_waiting: int = 256  # queued beyond the free running slots: QueueFull (HTTP 429)
     step_token_budget: int = 512  # new tokens per micro-batch, prefill chunks included
     max_inflight_batches: int = 2  # micro-batches sent and not yet answered
     kv_block_size: int = 16  # tokens per KV block: reservations round up to it
@@ -76,8 +76,9 @@ class Scheduler:
         return math.ceil(seq.max_len / block) * block
 
     def add(self, seq: Sequence) -> None:
-        """Queue a sequence; QueueFull when the queue is at its bound."""
-        if len(self.waiting) >= self.config.max_waiting:
+        """Queue a sequence; QueueFull when more than max_waiting would wait for a free slot."""
+        free_slots = max(0, self.config.max_num_seqs - len(self.running))
+        if len(self.waiting) - free_slots >= self.config.max_waiting:
             raise QueueFull(self.config.retry_after_s)
         if self.kv_capacity_tokens and self._kv_need(seq) > self.kv_capacity_tokens:
             raise SequenceFailed(

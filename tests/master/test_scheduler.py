@@ -92,11 +92,12 @@ def test_admission_waits_for_kv_capacity_and_resumes_when_freed():
 
 
 def test_queue_bound_raises_queue_full_and_oversized_request_fails():
-    s = make_scheduler(capacity=64, max_waiting=2)
-    s.add(make_seq("a", 4))
+    s = make_scheduler(capacity=64, max_num_seqs=1, max_waiting=2)
+    s.add(make_seq("a", 4))  # will take the free slot: does not count as waiting
     s.add(make_seq("b", 4))
+    s.add(make_seq("c", 4))
     with pytest.raises(QueueFull) as e:
-        s.add(make_seq("c", 4))
+        s.add(make_seq("d", 4))
     assert e.value.retry_after_s > 0
     with pytest.raises(SequenceFailed) as e:
         make_scheduler(capacity=64).add(make_seq("huge", 100))
