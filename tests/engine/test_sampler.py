@@ -60,23 +60,34 @@ def test_sampling_follows_the_distribution():
     assert 0.65 < tokens.count(3) / 400 < 0.85
 
 
+def kept(probs: list[float], **params) -> list[int]:
+    ids, values = truncate(torch.tensor(probs), SamplingParams(**params))
+    assert values.tolist() == pytest.approx([probs[i] for i in ids.tolist()])
+    return sorted(ids.tolist())
+
+
 def test_min_p_drops_tokens_below_fraction_of_the_best():
-    probs = torch.tensor([0.5, 0.3, 0.1, 0.06, 0.04])
-    kept = truncate(probs, SamplingParams(min_p=0.2))  # threshold 0.1
-    assert kept.nonzero().flatten().tolist() == [0, 1, 2]
+    assert kept([0.5, 0.3, 0.1, 0.06, 0.04], min_p=0.2) == [0, 1, 2]  # threshold 0.1
 
 
 def test_top_p_keeps_the_smallest_set_reaching_p():
-    probs = torch.tensor([0.1, 0.5, 0.25, 0.15])
-    kept = truncate(probs, SamplingParams(top_p=0.7))  # 0.5 + 0.25 reaches 0.7
-    assert kept.nonzero().flatten().tolist() == [1, 2]
-    only_best = truncate(probs, SamplingParams(top_p=0.01))
-    assert only_best.nonzero().flatten().tolist() == [1]
+    probs = [0.1, 0.5, 0.25, 0.15]
+    assert kept(probs, top_p=0.7) == [1, 2]  # 0.5 + 0.25 reaches 0.7
+    assert kept(probs, top_p=0.01) == [1]
+
+
+def test_top_p_on_a_flat_vocabulary_larger_than_the_first_guess():
+    probs = [1 / 5000] * 5000
+    assert abs(len(kept(probs, top_p=0.5)) - 2500) <= 1  # float sums may tip one either way
 
 
 def test_top_k_keeps_k_most_likely():
-    probs = torch.tensor([0.1, 0.5, 0.25, 0.15])
-    assert truncate(probs, SamplingParams(top_k=2)).nonzero().flatten().tolist() == [1, 2]
+    assert kept([0.1, 0.5, 0.25, 0.15], top_k=2) == [1, 2]
+
+
+def test_filters_combine():
+    probs = [0.4, 0.3, 0.2, 0.06, 0.04]
+    assert kept(probs, top_k=4, top_p=0.6, min_p=0.1) == [0, 1]
 
 
 def test_truncated_tokens_are_never_sampled():
