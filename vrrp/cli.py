@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -51,6 +52,12 @@ def main(argv: list[str]) -> int:
         print(f"duet vrrp: needs {' and '.join(missing)} (run as root or grant them)",
               file=sys.stderr)
         return 1
+    if cfg.realtime_priority:  # timers must fire on time on a busy host
+        try:
+            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(cfg.realtime_priority))
+        except OSError as exc:
+            print(f"duet vrrp: realtime_priority: {exc.strerror}", file=sys.stderr)
+            return 1
     logging.basicConfig(level=args.log_level.upper(),
                         format=f"%(asctime)s vrrp[{cfg.vrid}] %(levelname)s %(message)s")
     try:

@@ -59,6 +59,7 @@ class VrrpConfig:
     notify_commands: tuple[tuple[str, ...], ...] = ()  # each gets the new state appended
     notify_url: str = ""
     notify_timeout_s: float = 5.0
+    realtime_priority: int = 0  # SCHED_RR priority (like keepalived's vrrp_rt_priority); 0 = off
     health: HealthConfig | None = None
 
     def __post_init__(self) -> None:
@@ -86,6 +87,8 @@ class VrrpConfig:
             _ipv4_address("source_ip", self.source_ip)
         if not 1 <= self.garp_burst_count <= 100:
             raise ValueError("garp_burst_count: must be 1..100")
+        if not 0 <= self.realtime_priority <= 99:
+            raise ValueError("realtime_priority: must be 0..99 (0 = normal scheduling)")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError("metrics_port: must be 0..65535")
         if self.notify_url and not self.notify_url.startswith(("http://", "https://")):

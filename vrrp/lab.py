@@ -115,7 +115,7 @@ class Lab:
         settings = {"interface": "eth0", "vrid": 51, "priority": 150 if host == "a" else 100,
                     "vips": [f"{VIP}/24"], "advert_interval_s": 0.1,
                     "status_file": str(self.dir / f"status-{host}.json"),
-                    "status_interval_s": 0.1}
+                    "status_interval_s": 0.1, "realtime_priority": 10}
         settings.update(overrides)
         return "[vrrp]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in settings.items()
                                     if not isinstance(v, dict)) + "".join(
