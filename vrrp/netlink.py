@@ -60,27 +60,24 @@ class HostNet:
         addrs = [a async for a in await self._ipr.addr("dump", index=index)]
         return any(a.get("address") == address and a["prefixlen"] == prefixlen for a in addrs)
 
-    async def add_vip(self, index: int, vip: str) -> bool:
-        """Add; True if it was added now, False if it was already there."""
+    async def _change_addr(self, command: str, index: int, vip: str, benign: tuple) -> bool:
+        """add/del one address; False (no error) when it was already so (idempotent)."""
         address, prefixlen = _split(vip)
         try:
-            await self._ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
+            await self._ipr.addr(command, index=index, address=address, prefixlen=prefixlen)
             return True
         except NetlinkError as exc:
-            if exc.code == errno.EEXIST:
+            if exc.code in benign:
                 return False
             raise
 
+    async def add_vip(self, index: int, vip: str) -> bool:
+        """True if it was added now, False if it was already there."""
+        return await self._change_addr("add", index, vip, (errno.EEXIST,))
+
     async def remove_vip(self, index: int, vip: str) -> bool:
-        """Remove; True if it was there."""
-        address, prefixlen = _split(vip)
-        try:
-            await self._ipr.addr("del", index=index, address=address, prefixlen=prefixlen)
-            return True
-        except NetlinkError as exc:
-            if exc.code in (errno.EADDRNOTAVAIL, errno.ENODEV):
-                return False
-            raise
+        """True if it was there."""
+        return await self._change_addr("del", index, vip, (errno.EADDRNOTAVAIL, errno.ENODEV))
 
     async def ensure_macvlan(self, parent: int, name: str, mac: str) -> int:
         """Create (or reuse) a private-mode macvlan carrying the virtual MAC; return its index."""

@@ -151,11 +151,13 @@ class Machine:
         if priority == 0:  # another master leaves: clients may point at it, so GARP too
             self.timers.adver_at = now + self.advert_interval_s
             return [SendAdvert(self.priority), SendGarp()]
-        if priority > self.priority or (priority == self.priority and _ip_gt(src_ip, self.primary_ip)):
+        outranked = priority == self.priority and _ip_gt(src_ip, self.primary_ip)
+        if priority > self.priority or outranked:
             self._accept_master(now, src_ip, interval_cs)
             # Beyond the RFC: say goodbye (priority 0) so the winner re-announces the VIPs
             # to clients that learnt our MAC during a split brain.
-            return [SendAdvert(0), self._go(State.BACKUP, f"higher priority {priority} from {src_ip}")]
+            reason = f"higher priority {priority} from {src_ip}"
+            return [SendAdvert(0), self._go(State.BACKUP, reason)]
         # RFC 9568: assert mastership at once, which heals a split brain in one exchange;
         # and GARP, since clients may have learnt the other master's MAC meanwhile.
         self.timers.adver_at = now + self.advert_interval_s

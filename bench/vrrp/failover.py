@@ -93,13 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "uname": subprocess.run(["uname", "-a"], capture_output=True, text=True).stdout.strip(), "cpus": os.cpu_count(), "runs": args.runs,
+        "uname": subprocess.run(["uname", "-a"], capture_output=True,
+                                text=True).stdout.strip(), "cpus": os.cpu_count(), "runs": args.runs,
         "advert_interval_s": ADVERT_S, "figures": measure(args.runs),
     }
     (args.out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "results.md").write_text(to_markdown(report))
     print(to_markdown(report))
-    return 0 if all(f["all_within_bound"] for f in report["figures"].values()) else 1
+    within = all(f["all_within_bound"] for f in report["figures"].values())
+    return 0 if within else 1
 
 
 if __name__ == "__main__":

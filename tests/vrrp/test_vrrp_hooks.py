@@ -99,7 +99,8 @@ async def _until(predicate, timeout_s: float = 5.0):
 
 async def test_notify_runs_commands_then_posts_in_order(tmp_path):
     out = tmp_path / "hook.log"
-    script = f"import os,sys; open({str(out)!r},'a').write(sys.argv[1]+' '+os.environ['DUET_VRRP_PRIORITY']+'\\n')"
+    script = (f"import os, sys; open({str(out)!r}, 'a')"
+              ".write(sys.argv[1] + ' ' + os.environ['DUET_VRRP_PRIORITY'] + '\\n')")
     async with TinyHttp() as srv:
         notifier = Notifier(((sys.executable, "-c", script),), f"http://127.0.0.1:{srv.port}/hook",
                             5.0, vrid=51)
