@@ -165,13 +165,15 @@ class PipelineClient:
 
     async def connect_with_backoff(self) -> StepStream:
         """Retry `connect` with exponential backoff until it succeeds (or is cancelled)."""
-        delay = self.config.reconnect_initial_s
+        delay, last = self.config.reconnect_initial_s, None
         while True:
             try:
                 return await self.connect()
             except PipelineUnavailable as e:
                 self.mark_down(f"{e}; retrying in {delay:.1f} s")
-                log.warning("%s", self._reason)
+                # A long outage logs once per distinct reason, not once per attempt.
+                log.log(logging.WARNING if str(e) != last else logging.DEBUG, "%s", self._reason)
+                last = str(e)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.config.reconnect_max_s)
 

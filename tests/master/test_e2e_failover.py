@@ -1,0 +1,120 @@
+"""Worker loss and recovery, handshake refusal and the standby switch, with real processes."""
+import signal
+import threading
+import time
+from types import SimpleNamespace
+
+import httpx
+import openai
+import pytest
+
+from e2e_harness import Reference, start_master, start_worker, wait_ready
+from engine.tiny_model import write_tiny_model
+from master.bundle import ModelBundle
+
+SPLIT = 2
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e_failover")
+    model = write_tiny_model("qwen2", tmp / "tiny-qwen2", num_layers=4)
+    services = []
+    try:
+        worker, port = start_worker(tmp, model, SPLIT)
+        services.append(worker)
+        master, url = start_master(tmp, model, SPLIT, port, reconnect_max_s=0.5)
+        services.append(master)
+        standby, standby_url = start_master(tmp, model, SPLIT, port, name="standby",
+                                            role="standby")
+        services.append(standby)
+        wait_ready(url)
+        bundle = ModelBundle.load(model)
+        state = SimpleNamespace(tmp=tmp, model=model, port=port, url=url, worker=worker,
+                                standby_url=standby_url, tok=bundle.tokenizer,
+                                ref=Reference(model, bundle.stop_token_ids))
+        yield state
+        services[0] = state.worker  # the test may have restarted it
+    finally:
+        for service in reversed(services):
+            service.stop()
+
+
+def client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=30)
+
+
+def greedy_text(stack, text: str, n: int) -> str:
+    ids = stack.ref.greedy(stack.tok.encode(text), n)
+    return stack.tok.decode([i for i in ids if i not in stack.ref.stop_ids])
+
+
+def test_worker_gone_fails_fast_with_503_then_the_master_reconnects(stack):
+    errors = []
+
+    def long_stream():
+        try:
+            for _ in client(stack.url).completions.create(
+                    model=stack.model.name, prompt="Go on", max_tokens=3000, stream=True):
+                pass
+        except openai.APIError as e:
+            errors.append(e)
+
+    streamer = threading.Thread(target=long_stream)
+    streamer.start()
+    time.sleep(1.0)  # the stream is under way
+    stack.worker.stop(signal.SIGKILL)
+    killed = time.monotonic()
+    streamer.join(10)
+    assert not streamer.is_alive() and errors, "the running stream must end with an error"
+    assert time.monotonic() - killed < 10
+
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as e:
+        client(stack.url).completions.create(model=stack.model.name, prompt="hi", max_tokens=2)
+    assert e.value.status_code == 503 and time.monotonic() - started < 2.0
+    assert set(e.value.body) >= {"message", "type", "param", "code"}
+    ready = httpx.get(f"{stack.url}/ready")
+    assert ready.status_code == 503 and "worker" in ready.json()["reason"]
+
+    stack.worker, _ = start_worker(stack.tmp, stack.model, SPLIT, port=stack.port,
+                                   name="worker-again")
+    wait_ready(stack.url)
+    r = client(stack.url).completions.create(model=stack.model.name, prompt="Hello again",
+                                             max_tokens=6, temperature=0)
+    assert r.choices[0].text == greedy_text(stack, "Hello again", 6)
+
+
+def test_mismatched_split_is_refused_with_the_reason(stack):
+    master, url = start_master(stack.tmp, stack.model, SPLIT + 1, stack.port, name="wrong")
+    try:
+        deadline = time.monotonic() + 30
+        while "split_layer" not in (reason := httpx.get(f"{url}/ready").json()["reason"]):
+            assert time.monotonic() < deadline, reason
+            time.sleep(0.2)
+        assert "expected 3, got 2" in reason and httpx.get(f"{url}/ready").status_code == 503
+        with pytest.raises(openai.APIStatusError) as e:
+            client(url).completions.create(model=stack.model.name, prompt="hi", max_tokens=2)
+        assert e.value.status_code == 503 and "split_layer" in e.value.message
+    finally:
+        master.stop()
+
+
+def test_standby_serves_only_while_activated(stack):
+    url = stack.standby_url
+    assert httpx.get(f"{url}/health").status_code == 200
+    ready = httpx.get(f"{url}/ready")
+    assert ready.status_code == 503 and "standby" in ready.json()["reason"]
+    with pytest.raises(openai.APIStatusError) as e:
+        client(url).completions.create(model=stack.model.name, prompt="hi", max_tokens=2)
+    assert e.value.status_code == 503
+
+    assert httpx.post(f"{url}/admin/activate").json()["active"] is True
+    wait_ready(url)
+    r = client(url).completions.create(model=stack.model.name, prompt="Standby speaks",
+                                       max_tokens=5, temperature=0)
+    assert r.choices[0].text == greedy_text(stack, "Standby speaks", 5)
+
+    httpx.post(f"{url}/admin/deactivate")
+    assert httpx.get(f"{url}/ready").status_code == 503
+    assert httpx.get(f"{url}/health").status_code == 200
