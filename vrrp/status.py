@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections import Counter as Tally
@@ -11,6 +12,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from vrrp.state import State
+
+log = logging.getLogger(__name__)
 
 
 class Status:
@@ -84,12 +87,17 @@ class Status:
         }
 
     def write(self) -> None:
-        """Replace the status file atomically (readers never see half a file)."""
+        """Replace the status file atomically (readers never see half a file). A failure is
+        logged, never raised: reporting must not stop a failover."""
         if self.path is None:
             return
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(self.snapshot(), indent=1) + "\n")
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(self.snapshot(), indent=1) + "\n")
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.error("status file %s: %s", self.path, exc)
 
     def serve_metrics(self, addr: str, port: int) -> None:
         self._server, _thread = start_http_server(port, addr, registry=self.registry)
