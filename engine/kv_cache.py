@@ -98,6 +98,8 @@ class KVCache:
 
     def check_batch(self, batch: StepBatch) -> None:
         """ValueError naming a sequence whose chunk does not continue what the cache holds."""
+        if not batch.chunks:
+            raise ValueError("a step with no sequences")
         seen = set()
         for c in batch.chunks:
             if c.seq_id in seen:
