@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import shutil
 import signal
@@ -124,6 +125,7 @@ async def _announce(url: str, model: str, worker: subprocess.Popen, stop: asynci
     """Once /ready says 200: the URL and a curl line to paste."""
     import httpx
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per readiness poll
     async with httpx.AsyncClient(timeout=5.0) as client:
         for _ in range(int(READY_TIMEOUT_S / 0.2)):
             if worker.poll() is not None:
@@ -157,7 +159,7 @@ async def _serve(args: argparse.Namespace) -> int:
     config = load_master_config(
         model_dir=str(model_dir.resolve()), host=args.host, port=args.port, head_layer_end=k,
         dtype=args.dtype, device=args.device, kv_cache_bytes=args.kv_cache_bytes,
-        worker_address=f"127.0.0.1:{free_port()}")
+        worker_address=f"127.0.0.1:{free_port()}", reconnect_max_s=1.0)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
