@@ -14,6 +14,7 @@ import socket
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 import uvicorn
 
 from engine.fingerprint import checkpoint_fingerprint
@@ -43,6 +44,8 @@ class Master:
 
 def build(config: MasterConfig) -> Master:
     """Load tokenizer, template and head weights; wire them to a (not yet started) pipeline."""
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)  # a CPU host shared with the worker
     bundle = ModelBundle.load(config.model_dir, config.max_model_len, config.reasoning_parser)
     head = Head.load(
         config.model_dir, config.head_layer_end, dtype=config.dtype, device=config.device,
