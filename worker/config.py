@@ -118,12 +118,11 @@ def _is_host_port(value: str) -> bool:
 def _coerce(field: dataclasses.Field, value):
     """Cast a TOML or env value to the field's type; the error names the field."""
     kind = {"int": int, "float": float, "str": str}[field.type]
+    noun = {int: "an integer", float: "a number", str: "a string"}[kind]
     wrong = isinstance(value, bool) or (kind is int and isinstance(value, float))
     if wrong or (kind is str and not isinstance(value, str)):
-        raise ValueError(f"worker config: {field.name} must be a {kind.__name__}: {value!r}")
+        raise ValueError(f"worker config: {field.name} must be {noun}: {value!r}")
     try:
         return kind(value)
     except (TypeError, ValueError):
-        raise ValueError(
-            f"worker config: {field.name} must be a {kind.__name__}: {value!r}"
-        ) from None
+        raise ValueError(f"worker config: {field.name} must be {noun}: {value!r}") from None

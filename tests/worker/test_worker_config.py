@@ -1,0 +1,94 @@
+"""Worker config: each bad field named, env overrides, the CLI's one-line errors, the example
+file, and the Triton model repository it writes."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from pipeline_driver import write_config
+from worker.config import WorkerConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BASE = dict(model_dir="/models/x", layer_start=2)
+
+
+def test_toml_with_table_and_env_override(tmp_path):
+    path = tmp_path / "w.toml"
+    path.write_text('[worker]\nmodel_dir = "/m"\nlayer_start = 3\nexecutor = "local"\n')
+    config = WorkerConfig.from_toml(path, environ={"DUET_WORKER_LAYER_START": "5",
+                                                   "DUET_WORKER_IDLE_TIMEOUT_S": "2.5"})
+    assert (config.model_dir, config.layer_start, config.executor) == ("/m", 5, "local")
+    assert config.idle_timeout_s == 2.5
+
+
+@pytest.mark.parametrize("changes, field", [
+    (dict(dtype="fp8"), "dtype"),
+    (dict(executor="gpu"), "executor"),
+    (dict(listen="50051"), "listen"),
+    (dict(layer_start=0), "layer_start"),
+    (dict(layer_start=2.5), "layer_start"),
+    (dict(kv_cache_bytes="lots"), "kv_cache_bytes"),
+    (dict(idle_timeout_s=0), "idle_timeout_s"),
+    (dict(tls_cert_file="/c.pem"), "tls_key_file"),
+    (dict(tls_client_ca_file="/ca.pem"), "tls_client_ca_file"),
+    (dict(triton_url="localhost"), "triton_url"),
+    (dict(colour="blue"), "colour"),
+])
+def test_each_bad_field_is_named(changes, field):
+    with pytest.raises(ValueError, match=field):
+        WorkerConfig.from_dict({**BASE, **changes}, environ={})
+
+
+def test_bad_env_override_is_named():
+    with pytest.raises(ValueError, match="layer_start must be an integer"):
+        WorkerConfig.from_dict(BASE, environ={"DUET_WORKER_LAYER_START": "two"})
+
+
+def test_missing_required_field():
+    with pytest.raises(ValueError, match="model_dir is required"):
+        WorkerConfig.from_dict({"layer_start": 1}, environ={})
+
+
+def test_example_config_is_valid():
+    config = WorkerConfig.from_toml(REPO_ROOT / "deploy" / "worker" / "host-b.toml", environ={})
+    assert config.executor == "triton" and config.tls_client_ca_file
+
+
+def duet_worker(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "duet.cli", "worker", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_bad_config_is_one_line_and_exit_2(tmp_path):
+    path = write_config(tmp_path / "w.toml", model_dir="/m", layer_start=2, dtype="fp8")
+    result = duet_worker("--config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "dtype" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_bad_checkpoint_is_one_line_and_exit_1(tmp_path):
+    path = write_config(tmp_path / "w.toml", model_dir=str(tmp_path / "nothing"), layer_start=2,
+                        executor="local", listen="127.0.0.1:0")
+    result = duet_worker("--config", str(path))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("duet worker:") and "config.json" in last
+
+
+def test_write_model_repo_renders_a_valid_triton_config(tmp_path, ckpt):
+    path = write_config(tmp_path / "w.toml", model_dir=str(ckpt), layer_start=2, dtype="float32",
+                        kv_cache_bytes=12345)
+    result = duet_worker("--config", str(path), "--write-model-repo", str(tmp_path / "repo"))
+    assert result.returncode == 0, result.stderr
+    model = tmp_path / "repo" / "duet_tail"
+    config = text_format.Parse((model / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert config.name == "duet_tail" and config.backend == "python"
+    assert params["model_dir"] == str(ckpt) and params["kv_cache_bytes"] == "12345"
+    assert [i.name for i in config.input] == ["OP", "STREAM", "STEP"]
+    assert (model / "1" / "model.py").is_file()
