@@ -115,19 +115,18 @@ class ChoiceState:
         self.last_token_s = now
 
 
-async def _pump(generator: Generator, state: ChoiceState, queue: asyncio.Queue,
-                on_token: Callable[[ChoiceState], None]) -> None:
+async def _choice_updates(generator: Generator, state: ChoiceState,
+                          on_token: Callable[[ChoiceState], None]) -> AsyncIterator[ChoiceUpdate]:
+    """One choice's updates, the last one with its finish_reason; closes its generation."""
     stream = generator.generate(state.request)
     try:
         async for ev in stream:
             on_token(state)
             update = state.on_token(ev)
-            queue.put_nowait((update, None))
+            yield update
             if update.finish_reason is not None:
                 return
-        queue.put_nowait((state.end_without_reason(), None))
-    except Exception as e:  # handed to the consumer, which decides what the client sees
-        queue.put_nowait((None, e))
+        yield state.end_without_reason()
     finally:
         aclose = getattr(stream, "aclose", None)
         if aclose is not None:
@@ -137,11 +136,28 @@ async def _pump(generator: Generator, state: ChoiceState, queue: asyncio.Queue,
                 log.exception("closing the generation of %s failed", state.request.request_id)
 
 
+async def _pump(updates: AsyncIterator[ChoiceUpdate], queue: asyncio.Queue) -> None:
+    try:
+        async for update in updates:
+            queue.put_nowait((update, None))
+    except Exception as e:  # handed to the consumer, which decides what the client sees
+        queue.put_nowait((None, e))
+
+
 async def run_choices(generator: Generator, states: list[ChoiceState],
                       on_token: Callable[[ChoiceState], None]) -> AsyncIterator[ChoiceUpdate]:
     """Updates of all choices as they come; raises the first choice's failure."""
+    if len(states) == 1:  # the common case: no tasks, no queue
+        single = _choice_updates(generator, states[0], on_token)
+        try:
+            async for update in single:
+                yield update
+        finally:
+            await single.aclose()
+        return
     queue: asyncio.Queue = asyncio.Queue()
-    tasks = [asyncio.create_task(_pump(generator, s, queue, on_token)) for s in states]
+    tasks = [asyncio.create_task(_pump(_choice_updates(generator, s, on_token), queue))
+             for s in states]
     try:
         finished = 0
         while finished < len(states):

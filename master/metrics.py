@@ -46,33 +46,40 @@ class Metrics:
                               "Master-to-worker-and-back time of one step, worker compute "
                               "included.", labels, buckets=HOP_BUCKETS_S, registry=r)
 
+        # Children bound to this model once: .labels() costs more than the observation.
+        m = model_name
+        self._running, self._waiting = self._running.labels(m), self._waiting.labels(m)
+        self._cache, self._hop = self._cache.labels(m), self._hop.labels(m)
+        self._ttft, self._tpot, self._e2e = (self._ttft.labels(m), self._tpot.labels(m),
+                                             self._e2e.labels(m))
+        self._prompt, self._generation = self._prompt.labels(m), self._generation.labels(m)
+
     # --- the scheduler's side ----------------------------------------------------------
     def set_queue(self, running: int, waiting: int) -> None:
-        self._running.labels(self.model_name).set(running)
-        self._waiting.labels(self.model_name).set(waiting)
+        self._running.set(running)
+        self._waiting.set(waiting)
 
     def set_cache_usage(self, frac: float) -> None:
         """frac in [0, 1]: used / capacity of the KV cache."""
-        self._cache.labels(self.model_name).set(frac)
+        self._cache.set(frac)
 
     def observe_hop(self, s: float) -> None:
-        self._hop.labels(self.model_name).observe(s)
+        self._hop.observe(s)
 
     # --- the HTTP layer's side ---------------------------------------------------------
     def observe_ttft(self, s: float) -> None:
-        self._ttft.labels(self.model_name).observe(s)
+        self._ttft.observe(s)
 
     def observe_tpot(self, s: float) -> None:
-        self._tpot.labels(self.model_name).observe(s)
+        self._tpot.observe(s)
 
     def observe_request(self, prompt_tokens: int, output_tokens: int, e2e_s: float,
                         finish_reason: str) -> None:
         """A finished sequence (one per choice)."""
-        m = self.model_name
-        self._prompt.labels(m).inc(prompt_tokens)
-        self._generation.labels(m).inc(output_tokens)
-        self._e2e.labels(m).observe(e2e_s)
-        self._success.labels(m, finish_reason).inc()
+        self._prompt.inc(prompt_tokens)
+        self._generation.inc(output_tokens)
+        self._e2e.observe(e2e_s)
+        self._success.labels(self.model_name, finish_reason).inc()
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

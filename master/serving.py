@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable
 
 from fastapi import Request
+from pydantic import BaseModel
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -46,12 +47,15 @@ class ServingContext:
             raise APIError(404, f"The model `{model}` does not exist.", param="model",
                            code="model_not_found")
 
-    def max_tokens(self, prompt_len: int, requested: int | None, param: str) -> int:
+    def max_tokens(self, prompt_len: int, requested: int | None, param: str,
+                   prompt_param: str) -> int:
         """Tokens to generate; 400 when the prompt plus them exceed the context."""
         limit = self.bundle.max_model_len
-        if requested is None:
-            requested = min(self.bundle.default_max_tokens or limit, limit - prompt_len)
-        if prompt_len + max(requested, 1) > limit:
+        if prompt_len >= limit:
+            param = prompt_param
+        if requested is None:  # as much as fits
+            requested = max(1, min(self.bundle.default_max_tokens or limit, limit - prompt_len))
+        if prompt_len + requested > limit:
             raise APIError(
                 400, f"This model's maximum context length is {limit} tokens. However, you "
                 f"requested {prompt_len + requested} tokens ({prompt_len} in the prompt, "
@@ -188,6 +192,21 @@ class ClosingStreamingResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self.body_iterator.aclose()
+
+
+class SSEWriter:
+    """The `data: {...}` events of one stream; the constant head is serialised only once."""
+
+    def __init__(self, response_id: str, obj: str, model: str):
+        head = json.dumps({"id": response_id, "object": obj, "created": int(time.time()),
+                           "model": model}, ensure_ascii=False, separators=(",", ":"))
+        self._head = "data: " + head[:-1] + ',"choices":['
+
+    def event(self, choices: list[BaseModel], usage: Usage | None = None) -> str:
+        body = self._head + ",".join(c.model_dump_json() for c in choices) + "]"
+        if usage is not None:
+            body += ',"usage":' + usage.model_dump_json()
+        return body + "}\n\n"
 
 
 def sse(payload: dict) -> str:

@@ -1,7 +1,6 @@
 """POST /v1/chat/completions: messages -> chat template -> choices -> message or SSE deltas."""
 from __future__ import annotations
 
-import time
 import uuid
 
 from fastapi import Request
@@ -12,11 +11,12 @@ from master.chat_template import ChatTemplateError
 from master.choices import ChoiceUpdate
 from master.errors import APIError, to_api_error
 from master.protocol import (AssistantMessage, ChatChoice, ChatChunkChoice,
-                             ChatCompletionChunk, ChatCompletionRequest,
+                             ChatCompletionRequest,
                              ChatCompletionResponse, ChatLogprobs, ChatMessage, DeltaMessage,
                              TokenLogprobEntry, TopLogprob)
 from master.serving import (SSE_DONE, ClientGone, ClosingStreamingResponse, RequestRun,
-                            ServingContext, gone_response, sse, sse_error, until_disconnect)
+                            SSEWriter, ServingContext, gone_response, sse_error,
+                            until_disconnect)
 from master.tokenizer import Tokenizer
 
 
@@ -66,7 +66,8 @@ async def chat_completion(ctx: ServingContext, req: ChatCompletionRequest,
     prompt, ids = render_prompt(ctx, req)
     record.prompt = prompt
     budget = ctx.max_tokens(len(ids), req.max_completion_tokens or req.max_tokens,
-                            "max_completion_tokens" if req.max_completion_tokens else "max_tokens")
+                            "max_completion_tokens" if req.max_completion_tokens else "max_tokens",
+                            "messages")
     response_id = record.request_id = f"chatcmpl-{uuid.uuid4().hex}"
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     states = ctx.choice_states(response_id, req, [ids], [budget], logprobs,
@@ -111,33 +112,25 @@ def _response(ctx, req, run: RequestRun, updates: list[ChoiceUpdate], response_i
 
 
 async def _stream(ctx, req, run: RequestRun, first: ChoiceUpdate, updates, response_id: str):
-    created, model = int(time.time()), ctx.config.served_model_name
-
-    def chunk(choices, usage=None) -> str:
-        body = ChatCompletionChunk(id=response_id, created=created, model=model,
-                                   choices=choices, usage=usage).model_dump(exclude_none=True)
-        for c in body["choices"]:
-            c.setdefault("logprobs", None)
-            c.setdefault("finish_reason", None)
-        return sse(body)
+    writer = SSEWriter(response_id, "chat.completion.chunk", ctx.config.served_model_name)
 
     def delta(u: ChoiceUpdate) -> str:
         d = DeltaMessage(content=u.content or None, reasoning_content=u.reasoning or None)
         lp = chat_logprobs(ctx.bundle.tokenizer, u, req.top_logprobs or 0)
-        return chunk([ChatChunkChoice(index=u.index, delta=d, logprobs=lp,
-                                      finish_reason=u.finish_reason)])
+        return writer.event([ChatChunkChoice(index=u.index, delta=d, logprobs=lp,
+                                             finish_reason=u.finish_reason)])
 
     try:
+        role = DeltaMessage(role="assistant", content="")
         for i in range(len(run.states)):
-            yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant",
-                                                                     content=""))])
+            yield writer.event([ChatChunkChoice(index=i, delta=role)])
         if not first.is_empty():
             yield delta(first)
         async for u in updates:
             if not u.is_empty():
                 yield delta(u)
         if req.stream_options and req.stream_options.include_usage:
-            yield chunk([], usage=run.usage())
+            yield writer.event([], usage=run.usage())
     except Exception as e:  # headers are sent: the error goes in the stream
         yield sse_error(e)
     finally:

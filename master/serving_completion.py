@@ -1,7 +1,6 @@
 """POST /v1/completions: prompt text or token ids -> choices -> text or SSE chunks."""
 from __future__ import annotations
 
-import time
 import uuid
 
 from fastapi import Request
@@ -13,7 +12,8 @@ from master.errors import APIError, to_api_error
 from master.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest,
                              CompletionResponse)
 from master.serving import (SSE_DONE, ClientGone, ClosingStreamingResponse, RequestRun,
-                            ServingContext, gone_response, sse, sse_error, until_disconnect)
+                            SSEWriter, ServingContext, gone_response, sse_error,
+                            until_disconnect)
 from master.tokenizer import Tokenizer
 
 
@@ -54,7 +54,7 @@ async def completion(ctx: ServingContext, req: CompletionRequest, request: Reque
     prompts = tokenize_prompts(ctx, req.prompt)
     if isinstance(req.prompt, str):
         record.prompt = req.prompt
-    budgets = [ctx.max_tokens(len(ids), req.max_tokens, "max_tokens") for ids in prompts]
+    budgets = [ctx.max_tokens(len(ids), req.max_tokens, "max_tokens", "prompt") for ids in prompts]
     response_id = record.request_id = f"cmpl-{uuid.uuid4().hex}"
     states = ctx.choice_states(response_id, req, prompts, budgets, req.logprobs)
     run = RequestRun(ctx, record, states, req.n)
@@ -95,16 +95,13 @@ def _response(ctx, req, run: RequestRun, updates: list[ChoiceUpdate], response_i
 
 
 async def _stream(ctx, req, run: RequestRun, first: ChoiceUpdate, updates, response_id: str):
-    created, model, tok = int(time.time()), ctx.config.served_model_name, ctx.bundle.tokenizer
+    writer = SSEWriter(response_id, "text_completion", ctx.config.served_model_name)
+    tok = ctx.bundle.tokenizer
 
     def chunk(u: ChoiceUpdate) -> str:
         lp = completion_logprobs(tok, u, req.logprobs) if req.logprobs is not None else None
-        choice = CompletionChoice(index=u.index, text=u.content, logprobs=lp,
-                                  finish_reason=u.finish_reason)
-        body = CompletionResponse(id=response_id, created=created, model=model,
-                                  choices=[choice]).model_dump()
-        body.pop("usage")
-        return sse(body)
+        return writer.event([CompletionChoice(index=u.index, text=u.content, logprobs=lp,
+                                              finish_reason=u.finish_reason)])
 
     try:
         if not first.is_empty():
@@ -113,8 +110,7 @@ async def _stream(ctx, req, run: RequestRun, first: ChoiceUpdate, updates, respo
             if not u.is_empty():
                 yield chunk(u)
         if req.stream_options and req.stream_options.include_usage:
-            yield sse(CompletionResponse(id=response_id, created=created, model=model,
-                                         choices=[], usage=run.usage()).model_dump())
+            yield writer.event([], usage=run.usage())
     except Exception as e:  # headers are sent: the error goes in the stream
         yield sse_error(e)
     finally:

@@ -26,13 +26,10 @@ def bundle(model_dir) -> ModelBundle:
 
 
 def serve(bundle, generator, **config) -> httpx.AsyncClient:
-    cfg = MasterConfig(model_dir=str(bundle_dir(bundle)), served_model_name="tiny", **config)
+    # The app reads the checkpoint only through the bundle; model_dir is for `duet master`.
+    cfg = MasterConfig(model_dir="unused", served_model_name="tiny", **config)
     app = create_app(cfg, generator, bundle)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
-
-
-def bundle_dir(bundle):
-    return "unused"  # the app reads everything from the bundle
 
 
 def fake(bundle, reply=REPLY, **kw) -> FakeGenerator:
@@ -228,6 +225,9 @@ async def test_not_ready_and_unreachable_worker_are_503_with_the_reason(bundle):
     ({**CHAT, "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role", "'user'"),
     ({**CHAT, "top_logprobs": 2}, None, "top_logprobs needs logprobs"),
     ({**CHAT, "max_tokens": 252}, "max_tokens", "maximum context length is 256"),
+    ({**CHAT, "max_completion_tokens": 252}, "max_completion_tokens", "(5 in the prompt, 252"),
+    ({**CHAT, "messages": [{"role": "user", "content": "hi " * 300}]}, "messages",
+     "maximum context length is 256"),
     ({**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
      "messages[0].content", "only text"),
 ])
