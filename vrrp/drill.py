@@ -27,7 +27,7 @@ class Handover:
     """One measured failover from A to B."""
 
     outage_s: float  # kill -> B's first GARP at the client
-    garp_after_vip_s: float  # B added the VIP -> that GARP at the client
+    garp_after_vip_s: float  # B asked the kernel to add the VIP -> that GARP at the client
     client_mac: str  # the client's neighbour entry for the VIP afterwards
 
 
@@ -59,6 +59,6 @@ def handover(lab: Lab, sig: int = signal.SIGKILL) -> Handover:
         raise AssertionError(f"no GARP from B after the kill:\n{b.log()}")
     a.proc.wait(5)
     wait_until(lambda: lab.neigh_mac("c") == MAC["b"], 2)
-    wait_until(lambda: b.status().get("vip_added_monotonic_s", 0) > killed, 2)
-    added = b.status()["vip_added_monotonic_s"]
+    wait_until(lambda: b.status().get("vip_add_monotonic_s", 0) > killed, 2)
+    added = b.status()["vip_add_monotonic_s"]
     return Handover(garp - killed, garp - added, lab.neigh_mac("c"))

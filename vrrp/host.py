@@ -71,9 +71,9 @@ class Host:
         return sent
 
     async def become_master(self) -> None:
+        self.status.vip_add_monotonic_s = time.monotonic()  # before the request: conservative
         for vip in self.cfg.vips:
             await self.net.add_vip(self.vip_index, vip)
-        self.status.vip_added_monotonic_s = time.monotonic()
         self.garp_burst()
         self.status.first_garp_monotonic_s = time.monotonic()
         self._stop_duties()

@@ -6,6 +6,7 @@ import ctypes
 import os
 import select
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -15,6 +16,7 @@ from vrrp.arp import Garp, parse_arp
 
 CLONE_NEWNET = 0x40000000
 ETH_P_ALL = 0x0003
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 
 
 def run_ip(*args: str) -> str:
@@ -44,12 +46,18 @@ def socket_in_netns(netns: str, *args) -> socket.socket:
 
 
 class Sniffer:
-    """Records every frame seen on an interface with its monotonic arrival time."""
+    """Records every frame seen on an interface with its arrival time on the monotonic clock.
+
+    The time is the kernel's receive timestamp (so our own thread's scheduling delay is not
+    counted), moved from the realtime to the monotonic clock by their offset at start.
+    """
 
     def __init__(self, netns: str, ifname: str):
         self._sock = socket_in_netns(netns, socket.AF_PACKET, socket.SOCK_RAW,
                                      socket.htons(ETH_P_ALL))
         self._sock.bind((ifname, ETH_P_ALL))
+        self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self._realtime_minus_monotonic = time.time() - time.monotonic()
         self.frames: list[tuple[float, bytes]] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -60,8 +68,12 @@ class Sniffer:
         while not self._stop.is_set():
             ready, _, _ = select.select([self._sock], [], [], 0.05)
             if ready:
-                frame = self._sock.recv(65535)
+                frame, ancillary, _, _ = self._sock.recvmsg(65535, 64)
                 t = time.monotonic()
+                for level, kind, data in ancillary:
+                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                        sec, nsec = struct.unpack("qq", data[:16])
+                        t = min(t, sec + nsec / 1e9 - self._realtime_minus_monotonic)
                 with self._lock:
                     self.frames.append((t, frame))
 

@@ -31,7 +31,7 @@ class Status:
         self.adverts_received = 0
         self.dropped: Tally[str] = Tally()
         self.garps_sent = 0
-        self.vip_added_monotonic_s = 0.0  # when the last transition to MASTER added the VIP
+        self.vip_add_monotonic_s = 0.0  # last transition to MASTER: VIP add requested
         self.first_garp_monotonic_s = 0.0  # ... and when its first GARP left
         self.stale_vips_removed: list[str] = []
         self.registry = CollectorRegistry()
@@ -80,7 +80,7 @@ class Status:
             "master_ip": self.master_ip, "transitions": self.transitions,
             "adverts_sent": self.adverts_sent, "adverts_received": self.adverts_received,
             "adverts_dropped": dict(self.dropped), "garps_sent": self.garps_sent,
-            "vip_added_monotonic_s": self.vip_added_monotonic_s,
+            "vip_add_monotonic_s": self.vip_add_monotonic_s,
             "first_garp_monotonic_s": self.first_garp_monotonic_s,
             "stale_vips_removed": self.stale_vips_removed,
             "updated_unix_s": time.time(),

@@ -73,9 +73,10 @@ Measured {report['date']} by `python -m bench.vrrp.failover --runs {report['runs
 - lab: two agents (A priority 150, B priority {B_PRIORITY}) and a client, each in its own
   network namespace on one bridge; adverts every {ADVERT_S} s; agents at SCHED_RR 10
 - outage: from the kill (monotonic clock) to B's first gratuitous ARP for the VIP
-  arriving at the client's interface (AF_PACKET); the client's neighbour entry is then
-  checked to point at B
-- first GARP: from B's VIP being added (netlink call returned) to that GARP at the client
+  arriving at the client's interface (AF_PACKET, kernel receive timestamp); the
+  client's neighbour entry is then checked to point at B
+- first GARP: from B sending the netlink request that adds the VIP to that GARP at the
+  client (kernel receive timestamps on the client's AF_PACKET socket)
 
 | figure | p50 ms | max ms | bound ms | all within | runs |
 |---|---|---|---|---|---|
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "uname": subprocess.run(["uname", "-a"], capture_output=True,
-                                text=True).stdout.strip(), "cpus": os.cpu_count(), "runs": args.runs,
+                                text=True).stdout.strip(),
+        "cpus": os.cpu_count(), "runs": args.runs,
         "advert_interval_s": ADVERT_S, "figures": measure(args.runs),
     }
     (args.out / "results.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -20,7 +20,7 @@ def test_garp_bursts_and_refresh(lab):
     try:
         a = lab.start_agent("a", wait_state="MASTER", garp_repeat_delay_s=0.5,
                             garp_refresh_s=1.0, garp_burst_count=3)
-        became = a.status()["vip_added_monotonic_s"]
+        became = a.status()["vip_add_monotonic_s"]
         wait_until(lambda: len(sniff.garps(became)) >= 9, 3)
         times = [t - became for t, g in sniff.garps(became) if g.sender_mac == A_MAC]
     finally:

@@ -50,7 +50,7 @@ def test_adverts_and_garps_match_keepalived_byte_for_byte(lab, captures):
     ref_goodbye = next(f for f in ref_vrrp if f[36] == 0)
     assert goodbye[34:] == ref_goodbye[34:]  # VRRP part (checksum included) identical
     # first GARP within 10 ms of the VIP being added (agent's clock = our clock: monotonic)
-    added = a.status()["vip_added_monotonic_s"]
+    added = a.status()["vip_add_monotonic_s"]
     assert 0 <= garps[0][0] - added <= 0.010, garps[0][0] - added
 
 
