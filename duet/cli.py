@@ -12,7 +12,7 @@ import logging
 import sys
 
 # Add a command by adding its module here.
-COMMANDS = ("duet.cmd_tiny_model", "duet.cmd_master", "duet.serve", "duet.cmd_worker")
+COMMANDS = ("duet.cmd_tiny_model", "duet.cmd_master", "duet.serve", "duet.cmd_worker", "duet.cmd_vrrp")
 
 EXIT_USAGE = 2
 
