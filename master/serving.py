@@ -181,8 +181,10 @@ async def until_disconnect(request: Request, work: Awaitable):
 
 
 class ClosingStreamingResponse(StreamingResponse):
-    """Closes its body iterator however the response ends, so a client that disconnects
-    while the stream waits in `send` still frees its sequences at once (not at GC)."""
+    """An SSE response that closes its body iterator however the response ends."""
+
+    # Starlette abandons the iterator when the client leaves while it waits in `send`; closing
+    # it here frees the sequences at once instead of whenever the garbage collector runs.
 
     def __init__(self, content, **kwargs):
         super().__init__(content, media_type="text/event-stream", **kwargs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import uuid
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from master.access_log import AccessRecord
 from master.chat_template import ChatTemplateError
@@ -84,7 +84,8 @@ async def chat_completion(ctx: ServingContext, req: ChatCompletionRequest,
         raise to_api_error(e) from None
     if req.stream:
         return ClosingStreamingResponse(_stream(ctx, req, run, first, updates, response_id))
-    return JSONResponse(_response(ctx, req, run, [first, *rest], response_id).model_dump())
+    body = _response(ctx, req, run, [first, *rest], response_id).model_dump_json()
+    return Response(body, media_type="application/json")
 
 
 async def _collect(updates) -> list[ChoiceUpdate]:

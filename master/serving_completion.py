@@ -4,7 +4,7 @@ from __future__ import annotations
 import uuid
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from master.access_log import AccessRecord
 from master.choices import ChoiceUpdate
@@ -69,7 +69,8 @@ async def completion(ctx: ServingContext, req: CompletionRequest, request: Reque
         raise to_api_error(e) from None
     if req.stream:
         return ClosingStreamingResponse(_stream(ctx, req, run, first, updates, response_id))
-    return JSONResponse(_response(ctx, req, run, [first, *rest], response_id).model_dump())
+    body = _response(ctx, req, run, [first, *rest], response_id).model_dump_json()
+    return Response(body, media_type="application/json")
 
 
 async def _collect(updates) -> list[ChoiceUpdate]:

@@ -106,12 +106,11 @@ class Tokenizer:
 
 
 class IncrementalDetokenizer:
-    """Text of a growing token list, released only in whole UTF-8 characters.
+    """Text of a growing token list, released only in whole UTF-8 characters."""
 
-    Decodes a short window [prefix_offset, len) and emits what it adds beyond the window's
-    already-emitted part [prefix_offset, read_offset), so byte-level pieces that join into one
-    character across tokens come out once, whole, and word-start spaces stay right.
-    """
+    # Decodes a short window [prefix_offset, len) and emits what it adds beyond the window's
+    # already-emitted part [prefix_offset, read_offset): byte-level pieces that join into one
+    # character across tokens come out once, whole, and word-start spaces stay right.
 
     def __init__(self, tokenizer: Tokenizer, context_ids: list[int] = ()):
         self._tok = tokenizer

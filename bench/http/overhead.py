@@ -113,7 +113,8 @@ def report(rows: list[tuple[str, float]]) -> str:
     floor = rows[0][1]
     uname = " ".join(platform.uname())
     out = [f"# HTTP-layer cost per token ({datetime.date.today().isoformat()})", "",
-           f"Machine: `{uname}`, nproc {os.cpu_count()}. Reply {REPLY_TOKENS} tokens, "
+           f"Machine: `{uname}`, nproc {os.cpu_count()}, load average "
+           f"{os.getloadavg()[0]:.1f} at the end (shared host). Reply {REPLY_TOKENS} tokens, "
            "DeepSeek-V3 tokenizer and template, uvicorn in its own process, httpx client.", "",
            "| path | output tokens/s | µs per token | generator alone / this |",
            "|---|---:|---:|---:|"]

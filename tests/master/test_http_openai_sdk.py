@@ -1,5 +1,6 @@
 """The official openai SDK against the app on a real uvicorn socket (fake generator behind it)."""
 import asyncio
+import logging
 import time
 
 import httpx
@@ -128,7 +129,8 @@ async def wait_until(predicate, timeout_s: float = 5.0) -> None:
 
 
 @pytest.mark.parametrize("stream", [True, False])
-async def test_client_disconnect_frees_the_sequences(server, gen, stream):
+async def test_client_disconnect_frees_the_sequences(server, gen, stream, caplog):
+    caplog.set_level(logging.INFO, logger="duet.access")
     gen.delay_s, gen.reply = 0.05, (lambda _req: "word " * 200)
     body = {"model": "tiny", "messages": MESSAGES, "n": 2, "stream": stream}
     before = len(gen.closed)
@@ -148,3 +150,6 @@ async def test_client_disconnect_frees_the_sequences(server, gen, stream):
     assert len(gen.closed) == before + 2
     # Freed at once: far fewer than the 400 tokens of the reply were generated.
     assert all(gen.yielded.get(r.request_id, 0) < 50 for r in gen.requests[-2:])
+    await wait_until(lambda: any("finish=disconnect" in r.getMessage() for r in caplog.records))
+    (line,) = [r.getMessage() for r in caplog.records if "finish=disconnect" in r.getMessage()]
+    assert "key=ci" in line and ("status=200" in line) == stream
