@@ -35,6 +35,9 @@ class Executor(Protocol):
     async def expire_idle(self) -> None:
         """Release sequences idle longer than the configured idle timeout."""
 
+    def serving(self) -> bool:
+        """False while the executor cannot run steps (health says NOT_SERVING)."""
+
     async def close(self) -> None:
         """Free everything the executor holds (processes, threads, files)."""
 
@@ -82,6 +85,9 @@ class LocalExecutor:
 
     async def expire_idle(self) -> None:
         await self._call(self.tail.expire_idle)
+
+    def serving(self) -> bool:
+        return self.tail is not None
 
     async def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

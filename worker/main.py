@@ -79,12 +79,19 @@ class Worker:
         await set_serving(self.health, True)
 
     async def _sweep(self) -> None:
+        """Expire idle sequences; keep the health status in step with the executor."""
         period_s = min(1.0, self.config.idle_timeout_s / 4)
+        serving = True
         while True:
             await asyncio.sleep(period_s)
+            if self.executor.serving() != serving:
+                serving = not serving
+                await set_serving(self.health, serving)
+            if not serving:
+                continue
             try:
                 await self.executor.expire_idle()
-            except Exception as e:
+            except Exception as e:  # the sweeper must outlive any one failure
                 log.warning("idle sweep failed: %s", e)
 
     async def stop(self, grace_s: float = 2.0) -> None:

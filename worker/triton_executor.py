@@ -78,7 +78,12 @@ class TritonExecutor:
                     "written with `duet worker --write-model-repo` mounted there?)")
             await asyncio.sleep(0.5)
 
+    def serving(self) -> bool:
+        return self.server is None or self.server.ready.is_set()
+
     async def _call(self, op: str, stream: str, payload: bytes) -> bytes:
+        if not self.serving():
+            raise ExecutorUnavailable("tritonserver died and is restarting")
         inputs = []
         for name, value in ((INPUT_OP, op.encode()), (INPUT_STREAM, stream.encode()),
                             (INPUT_STEP, payload)):

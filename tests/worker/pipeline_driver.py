@@ -18,6 +18,8 @@ from engine.stage import Stage
 from proto import pipeline_pb2 as pb
 from proto import pipeline_pb2_grpc as pb_grpc
 from worker import wire
+from worker.triton_process import SHM_PREFIX, free_port
+from worker.triton_repo import TritonInstall, TritonNotInstalled
 
 SPLIT = 2  # the head runs layers [0, 2), the worker [2, 4)
 NUM_LAYERS = 4
@@ -160,3 +162,65 @@ def stop_worker_process(proc: subprocess.Popen, timeout_s: float = 30) -> int:
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait()
+
+
+def worker_fields(ckpt: Path, executor: str, **overrides) -> dict:
+    fields = dict(model_dir=str(ckpt), layer_start=SPLIT, dtype="float32", device="cpu",
+                  kv_cache_bytes=KV_CACHE_BYTES, listen=f"127.0.0.1:{free_port()}",
+                  executor=executor, idle_timeout_s=IDLE_TIMEOUT_S, torch_threads=1,
+                  max_message_bytes=MAX_MESSAGE_BYTES)
+    fields.update(overrides)
+    return fields
+
+
+def triton_missing() -> str | None:
+    """None when the bundled tritonserver is usable here, else why not."""
+    try:
+        TritonInstall.find()
+    except TritonNotInstalled as e:
+        return str(e)
+    return None
+
+
+class WorkerProcess:
+    """A `duet worker` child process and its address."""
+
+    def __init__(self, tmp: Path, fields: dict):
+        self.address = fields["listen"]
+        self.log_path = tmp / "worker.log"
+        config = write_config(tmp / "worker.toml", run_dir=str(tmp / "run"), **fields)
+        self.proc = start_worker_process(config, self.log_path)
+        try:
+            wait_serving(self.address, self.proc, self.log_path)
+        except BaseException:
+            stop_worker_process(self.proc)
+            raise
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        return stop_worker_process(self.proc)
+
+
+def children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command name) of a process's direct children."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:]
+        if int(rest.split()[1]) == pid:
+            found.append((int(stat.parent.name), name))
+    return found
+
+
+def shm_regions_of(tritonserver_pid: int) -> set[str]:
+    """Python-backend shared memory regions named on the server's stubs' command lines."""
+    regions = set()
+    for pid, _ in children(tritonserver_pid):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        regions |= {a.decode() for a in argv if a.startswith(SHM_PREFIX.encode())}
+    return regions

@@ -1,0 +1,76 @@
+"""The managed tritonserver: restarted when it dies (the worker keeps answering meanwhile),
+stopped with the worker, and its Python-backend shared memory removed."""
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from pipeline_driver import StepStream, children, result_of, shm_regions_of
+from proto import pipeline_pb2 as pb
+
+pytestmark = pytest.mark.triton
+GREEDY = pb.SamplingParams(temperature=0, logprobs=-1)
+
+
+def tritonserver_of(worker_pid: int) -> int:
+    pids = [pid for pid, name in children(worker_pid) if name == "tritonserver"]
+    assert len(pids) == 1, f"expected one tritonserver under {worker_pid}, got {pids}"
+    return pids[0]
+
+
+async def health_status(channel) -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    return (await stub.Check(health_pb2.HealthCheckRequest())).status
+
+
+async def new_sequence(stream: StepStream, head, seq_id: str) -> pb.SeqResult:
+    step = pb.SeqStep(seq_id=seq_id, start_pos=0, num_tokens=1, sample=True, params=GREEDY)
+    reply = await stream.step([step], head.hidden([(seq_id, 0, [9])]))
+    head.release(seq_id)
+    return result_of(reply, seq_id)
+
+
+async def test_tritonserver_restarts_and_stops_clean(ckpt, head, tmp_path, own_triton_worker):
+    worker = own_triton_worker
+    first = tritonserver_of(worker.proc.pid)
+    regions = shm_regions_of(first)
+    assert regions and all((Path("/dev/shm") / r).exists() for r in regions)
+    async with grpc.aio.insecure_channel(worker.address) as channel:
+        stream = StepStream(channel)
+        assert (await new_sequence(stream, head, "before")).WhichOneof("outcome") == "sampled"
+        os.kill(first, signal.SIGKILL)
+        # While Triton is down the stream stays open, failures are per sequence, and the
+        # health service says NOT_SERVING.
+        outcomes, health, deadline = [], set(), time.monotonic() + 120
+        while time.monotonic() < deadline:
+            result = await new_sequence(stream, head, f"during-{len(outcomes)}")
+            outcomes.append(result.WhichOneof("outcome"))
+            if outcomes[-1] == "sampled":
+                break
+            assert result.error.code == grpc.StatusCode.UNAVAILABLE.value[0], result
+            health.add(await health_status(channel))
+            await asyncio.sleep(0.3)
+        assert outcomes[-1] == "sampled", worker.log()
+        assert health_pb2.HealthCheckResponse.NOT_SERVING in health
+        for _ in range(50):  # the health service catches up within a sweep period
+            if await health_status(channel) == health_pb2.HealthCheckResponse.SERVING:
+                break
+            await asyncio.sleep(0.1)
+        assert await health_status(channel) == health_pb2.HealthCheckResponse.SERVING
+        reply = await stream.step([pb.SeqStep(seq_id="before", start_pos=1, num_tokens=1,
+                                              sample=True)], head.hidden([("x", 0, [9])]))
+        head.release("x")
+        assert result_of(reply, "before").error.code == grpc.StatusCode.NOT_FOUND.value[0]
+        stream.cancel()
+    second = tritonserver_of(worker.proc.pid)
+    assert second != first
+    assert not any((Path("/dev/shm") / r).exists() for r in regions), "shm of the dead server"
+    regions = shm_regions_of(second)
+    assert worker.stop() == 0, worker.log()
+    assert not Path(f"/proc/{second}").exists(), "tritonserver outlived the worker"
+    assert not any((Path("/dev/shm") / r).exists() for r in regions), "shm left after stop"
