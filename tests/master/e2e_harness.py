@@ -106,13 +106,21 @@ def start_master(tmp: Path, model_dir: Path, k: int, worker_port: int, *,
     return service, url
 
 
-def wait_ready(url: str, timeout_s: float = 60.0, want: bool = True) -> dict:
+def wait_ready(url: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (r := httpx.get(f"{url}/ready", timeout=5.0)).status_code != 200:
+        assert time.monotonic() < deadline, f"/ready stayed {r.status_code}: {r.text}"
+        time.sleep(0.1)
+
+
+def wait_not_ready(url: str, reason_part: str, timeout_s: float = 30.0) -> str:
+    """/ready's reason once it is 503 and mentions `reason_part`."""
     deadline = time.monotonic() + timeout_s
     while True:
         r = httpx.get(f"{url}/ready", timeout=5.0)
-        if (r.status_code == 200) == want:
-            return r.json()
-        assert time.monotonic() < deadline, f"/ready stayed {r.status_code}: {r.text}"
+        if r.status_code == 503 and reason_part in r.json()["reason"]:
+            return r.json()["reason"]
+        assert time.monotonic() < deadline, f"/ready: {r.status_code} {r.text}"
         time.sleep(0.1)
 
 

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from e2e_harness import Reference, start_master, start_worker, wait_ready
+from e2e_harness import Reference, start_master, start_worker, wait_not_ready, wait_ready
 from engine.tiny_model import write_tiny_model
 from master.bundle import ModelBundle
 
@@ -88,11 +88,7 @@ def test_worker_gone_fails_fast_with_503_then_the_master_reconnects(stack):
 def test_mismatched_split_is_refused_with_the_reason(stack):
     master, url = start_master(stack.tmp, stack.model, SPLIT + 1, stack.port, name="wrong")
     try:
-        deadline = time.monotonic() + 30
-        while "split_layer" not in (reason := httpx.get(f"{url}/ready").json()["reason"]):
-            assert time.monotonic() < deadline, reason
-            time.sleep(0.2)
-        assert "expected 3, got 2" in reason and httpx.get(f"{url}/ready").status_code == 503
+        assert "split_layer: expected 3, got 2" in wait_not_ready(url, "split_layer")
         with pytest.raises(openai.APIStatusError) as e:
             client(url).completions.create(model=stack.model.name, prompt="hi", max_tokens=2)
         assert e.value.status_code == 503 and "split_layer" in e.value.message
