@@ -117,6 +117,11 @@ class PipelineClient:
             return True, "ready"
         return False, self._reason
 
+    def max_message_bytes(self) -> int:
+        """The largest step message both ends accept (after a handshake)."""
+        theirs = self.handshake.max_message_bytes if self.handshake is not None else 0
+        return min(self.config.max_message_bytes, theirs or self.config.max_message_bytes)
+
     def mark_down(self, reason: str) -> None:
         self.handshake = None
         self._reason = reason

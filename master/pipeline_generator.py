@@ -23,6 +23,8 @@ from master.wire import STATUS_NAMES, step_request
 from proto import pipeline_pb2 as pb
 
 log = logging.getLogger("duet.master.generator")
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+MESSAGE_SLACK_BYTES = 1 << 20  # room for the step's sequence list next to the hidden states
 NOT_ACTIVE = "standby API: not active (the VRRP agent activates it with POST /admin/activate)"
 
 
@@ -94,13 +96,21 @@ class PipelineGenerator:
             stream = await self.client.connect_with_backoff()
             reply = self.client.handshake
             self.worker_kv_capacity_tokens = reply.kv_capacity_tokens
-            self.scheduler.set_kv_capacity(
-                min(self.head.kv_capacity_tokens, reply.kv_capacity_tokens))
+            self.scheduler.set_limits(min(self.head.kv_capacity_tokens, reply.kv_capacity_tokens),
+                                      self._max_step_tokens())
             self._connected = True
             try:
                 await self._serve(stream)
             except PipelineUnavailable as e:
                 await self._on_down(stream, str(e))
+
+    def _max_step_tokens(self) -> int:
+        """New tokens whose hidden states fit one step message (both ends' limits)."""
+        per_token = self.head.hidden_size * DTYPE_BYTES[self.head.dtype]
+        tokens = (self.client.max_message_bytes() - MESSAGE_SLACK_BYTES) // per_token
+        if tokens < self.scheduler.config.step_token_budget:
+            log.warning("step_token_budget lowered to %d: a step message holds no more", tokens)
+        return max(1, tokens)
 
     async def _serve(self, stream) -> None:
         tasks = [asyncio.create_task(c) for c in

@@ -67,9 +67,14 @@ class Scheduler:
         self._next_step_id = 1
         self.kv_capacity_tokens = 0  # min over both stages; 0 until the handshake
         self.kv_reserved_tokens = 0  # worst case of every running sequence
+        self.step_token_budget = config.step_token_budget  # lowered to what a message holds
 
-    def set_kv_capacity(self, tokens: int) -> None:
-        self.kv_capacity_tokens = tokens
+    def set_limits(self, kv_capacity_tokens: int, max_step_tokens: int | None = None) -> None:
+        """What the connected pipeline allows: KV slots on both stages, tokens per message."""
+        assert max_step_tokens is None or max_step_tokens >= 1, max_step_tokens
+        self.kv_capacity_tokens = kv_capacity_tokens
+        self.step_token_budget = min(self.config.step_token_budget,
+                                     max_step_tokens or self.config.step_token_budget)
 
     def _kv_need(self, seq: Sequence) -> int:
         block = self.config.kv_block_size
@@ -110,7 +115,7 @@ class Scheduler:
         """The next micro-batch, or None when nothing is ready and nothing needs releasing."""
         batch = MicroBatch(step_id=self._next_step_id, release=self._to_release)
         self._to_release = []
-        budget = self.config.step_token_budget
+        budget = self.step_token_budget
         limit = self._seqs_per_batch()
         ready = [s for s in self.running if not s.in_flight]
         decodes = [s for s in ready if not s.is_prefilling]

@@ -14,7 +14,7 @@ def make_seq(name: str, prompt_len: int, max_tokens: int = 8) -> Sequence:
 
 def make_scheduler(capacity: int = 10_000, **kw) -> Scheduler:
     s = Scheduler(SchedulerConfig(**kw))
-    s.set_kv_capacity(capacity)
+    s.set_limits(capacity)
     return s
 
 
@@ -45,6 +45,19 @@ def test_long_prompt_is_chunked_and_only_the_last_chunk_samples():
     batch = s.schedule()  # the decode feeds the sampled token at position 1000
     assert (batch.chunks[0].start_pos, batch.chunks[0].num_tokens) == (1000, 1)
     assert batch.token_ids == [7] and batch.samples == [True]
+
+
+def test_a_message_size_limit_lowers_the_step_budget():
+    s = make_scheduler(step_token_budget=512)
+    s.set_limits(10_000, max_step_tokens=100)
+    seq = make_seq("a", 250)
+    s.add(seq)
+    sizes = []
+    while seq.is_prefilling:
+        batch = s.schedule()
+        sizes.append(batch.num_tokens)
+        answer(s, batch)
+    assert sizes == [100, 100, 50]
 
 
 def test_budget_caps_a_step_and_decodes_go_before_prefills():

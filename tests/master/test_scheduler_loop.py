@@ -20,6 +20,7 @@ class FakeHead:
     """Puts token ids into [T, 1] float32 'hidden states'; counts KV like a real stage."""
 
     kv_capacity_tokens = 100_000
+    hidden_size, dtype = 1, "float32"
 
     def __init__(self):
         self.forwards: list[list[str]] = []
@@ -111,6 +112,9 @@ class FakeClient:
 
     def readiness(self):
         return self.handshake is not None, self.reason
+
+    def max_message_bytes(self):
+        return 64 * 2**20
 
     def mark_down(self, reason):
         self.handshake, self.reason = None, reason
