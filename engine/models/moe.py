@@ -53,8 +53,17 @@ class Router(nn.Module):
         super().__init__()
         self.spec = spec
         self.weight = nn.Parameter(torch.empty(spec.num_experts, spec.hidden_size))
-        if spec.method == "noaux_tc":
-            self.e_score_correction_bias = nn.Parameter(torch.zeros(spec.num_experts))
+        if spec.method == "noaux_tc":  # a buffer: loaded like a weight, but not a trained one
+            self.register_buffer("e_score_correction_bias", torch.zeros(spec.num_experts))
+
+    def _apply(self, fn, recurse=True):
+        """Casting the model (to bf16, ...) leaves the correction bias fp32, as DeepSeek's and
+        vLLM's code keep it: rounding it would move experts' ranks among near-equal scores."""
+        super()._apply(fn, recurse)
+        bias = getattr(self, "e_score_correction_bias", None)
+        if bias is not None and bias.dtype != torch.float32:
+            self.e_score_correction_bias = bias.float()
+        return self
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [T, H] -> (weights [T, K] fp32, expert ids [T, K] long)."""
@@ -110,13 +119,12 @@ class Experts(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """x [T, H], weights/ids [T, K] -> sum over k of weight * expert(x) [T, H]."""
+        t, k = ids.shape
         gate_up = self.gate_up_proj.view(self.num_experts, -1, x.shape[1])  # [E, 2I, H]
-        k = ids.shape[1]
-        flat = ids.flatten()  # [T*K]
-        order = flat.argsort()
-        rows = order // k  # token row of each (token, k) pair, grouped by expert
-        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
-        xs = x[rows]  # [T*K, H]
+        order = ids.flatten().argsort()  # (token, k) pairs grouped by expert
+        counts = torch.bincount(ids.flatten(), minlength=self.num_experts).tolist()
+        # index_select, not x[...]: the advanced-indexing kernels cost ~10x more on small CPU batches
+        xs = x.index_select(0, order.div(k, rounding_mode="floor"))  # [T*K, H]
         out = torch.empty_like(xs)
         start = 0
         for e, n in enumerate(counts):
@@ -124,8 +132,8 @@ class Experts(nn.Module):
                 gate, up = F.linear(xs[start : start + n], gate_up[e]).chunk(2, dim=-1)
                 out[start : start + n] = F.linear(F.silu(gate) * up, self.down_proj[e])
                 start += n
-        out = (out.float() * weights.flatten()[order, None]).to(x.dtype)
-        return torch.zeros_like(x).index_add_(0, rows, out)
+        per_pair = out.index_select(0, order.argsort()).view(t, k, -1)  # back in (token, k) order
+        return torch.bmm(weights.to(x.dtype)[:, None, :], per_pair)[:, 0]  # weighted sum over k
 
 
 def expert_checkpoint_names(param_name: str, num_experts: int) -> list[str] | None:

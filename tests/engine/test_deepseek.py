@@ -1,0 +1,154 @@
+"""DeepSeek-V2/V3 stages against transformers' own implementations, on tiny random checkpoints.
+
+Each variant rewrites the routing / rope fields of a tiny checkpoint's config.json (the weights
+do not depend on them), so that every routing method and query/rope layout meets the reference.
+Uses the `tiny_checkpoint`, `pipeline` and `prompt` fixtures of conftest.py.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+ATOL = 1e-4  # fp32: only summation order may differ
+
+VARIANTS = {
+    # q_lora_rank set, noaux_tc over 4 groups (best 2), norm_topk_prob, YaRN mscale = mscale_all_dim
+    "v3": ("deepseek_v3", {}),
+    # no groups, unnormalised weights, half-split rope, YaRN with mscale != mscale_all_dim
+    "v3_plain": ("deepseek_v3", {
+        "n_group": 1, "topk_group": 1, "norm_topk_prob": False, "routed_scaling_factor": 1.0,
+        "rope_interleave": False,
+        "rope_scaling": {"type": "yarn", "factor": 8, "beta_fast": 32, "beta_slow": 1, "mscale": 1.0,
+                         "mscale_all_dim": 0.5, "original_max_position_embeddings": 4096},
+    }),
+    # q_lora_rank null, greedy softmax top-k, YaRN
+    "v2": ("deepseek_v2", {}),
+    # group-limited greedy, plain rope (no scaling): softmax scale without mscale
+    "v2_group": ("deepseek_v2", {
+        "topk_method": "group_limited_greedy", "n_group": 4, "topk_group": 2,
+        "routed_scaling_factor": 2.0, "rope_scaling": None,
+    }),
+}
+
+
+def with_config(base: Path, out: Path, **fields) -> Path:
+    """A checkpoint folder sharing `base`'s files, with config.json fields replaced."""
+    out.mkdir(parents=True, exist_ok=True)
+    for f in base.iterdir():
+        if f.name != "config.json":
+            (out / f.name).symlink_to(f)
+    config = json.loads((base / "config.json").read_text())
+    config.update(fields)
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+@pytest.fixture(scope="session")
+def deepseek_checkpoint(tiny_checkpoint, tmp_path_factory):
+    """deepseek_checkpoint(variant) -> folder, made once per session."""
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            arch, fields = VARIANTS[name]
+            made[name] = with_config(tiny_checkpoint(arch), tmp_path_factory.mktemp(name), **fields)
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="session", params=list(VARIANTS))
+def variant(request, deepseek_checkpoint):
+    """(checkpoint folder, transformers' model of it in fp32)."""
+    from transformers import AutoModelForCausalLM
+
+    ckpt = deepseek_checkpoint(request.param)
+    return ckpt, AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+
+
+def reference_logits(hf_model, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return hf_model(torch.tensor([ids])).logits[0]  # [T, V]
+
+
+def test_every_split_gives_transformers_logits(variant, pipeline, prompt):
+    ckpt, hf_model = variant
+    ids = prompt(19, seed=7)
+    want = reference_logits(hf_model, ids)
+    for splits in [(), (1,), (2,), (3,)]:
+        got = pipeline(ckpt, splits=splits).step([("a", 0, len(ids))], ids)
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0, msg=f"splits {splits}")
+
+
+def test_greedy_32_tokens_with_kv_cache_match_transformers(variant, pipeline, prompt):
+    ckpt, hf_model = variant
+    ids = prompt(10, seed=8)
+    with torch.no_grad():
+        out = hf_model.generate(torch.tensor([ids]), max_new_tokens=32, min_new_tokens=32,
+                                do_sample=False, top_p=None, temperature=None)
+    assert pipeline(ckpt, splits=(2,)).greedy("a", ids, 32) == out[0, len(ids):].tolist()
+
+
+def test_prompts_are_routed_to_many_experts(deepseek_checkpoint, pipeline, prompt):
+    """The tiny checkpoints exercise routing: a prompt's tokens spread over the experts."""
+    for name in ("v3", "v2_group"):
+        pipe = pipeline(deepseek_checkpoint(name))
+        chosen = []
+        for layer in pipe.stages[0].model.model.layers.values():
+            if hasattr(layer.mlp, "gate"):
+                layer.mlp.gate.register_forward_hook(lambda m, i, out: chosen.append(out[1]))
+        pipe.step([("a", 0, 16)], prompt(16, seed=9))
+        assert len(chosen) == 3  # layers 1..3 are MoE (first_k_dense_replace = 1)
+        for ids in chosen:
+            assert ids.unique().numel() >= 6  # of 8 experts, top-2 each
+            assert (ids != ids[0]).any(dim=-1).any()  # not every token picks the same pair
+
+
+@pytest.mark.parametrize("name", ["v3", "v2"])
+def test_mixed_batch_gives_what_each_sequence_gets_alone(deepseek_checkpoint, pipeline, prompt, name):
+    ckpt = deepseek_checkpoint(name)
+    a, b, c, d = prompt(9, seed=10), prompt(6, seed=11), prompt(10, seed=12), prompt(1, seed=13)
+    # steps of (seq, start, tokens): b decodes, c prefills in two chunks, a and d start late
+    steps = [
+        [("b", 0, 5), ("c", 0, 4)],
+        [("a", 0, 9), ("b", 5, 1), ("c", 4, 6), ("d", 0, 1)],
+        [("b", 6, 1), ("d", 1, 1), ("a", 9, 1)],
+    ]
+    tokens = {"a": a + [5, 6], "b": b + [7, 8], "c": c, "d": d + [9]}
+
+    def run(pipe, step):
+        return pipe.step(step, [t for s, start, n in step for t in tokens[s][start:start + n]])
+
+    together = pipeline(ckpt, splits=(2,))
+    mixed = [run(together, step) for step in steps]
+    for seq in tokens:
+        alone = pipeline(ckpt, splits=(2,))
+        for step, logits in zip(steps, mixed):
+            offset = 0
+            for s, start, n in step:
+                if s == seq:
+                    want = run(alone, [(s, start, n)])
+                    torch.testing.assert_close(logits[offset:offset + n], want, atol=1e-5, rtol=0)
+                offset += n
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_follows_transformers_in_the_same_dtype(deepseek_checkpoint, pipeline, prompt, dtype):
+    """Routing near-ties flip in half precision; transformers' flip the same way, fp32's not."""
+    from transformers import AutoModelForCausalLM
+
+    ckpt = deepseek_checkpoint("v3")
+    ids = prompt(16, seed=4)
+    hf = AutoModelForCausalLM.from_pretrained(ckpt, dtype=getattr(torch, dtype)).eval()
+    pipe = pipeline(ckpt, splits=(2,), dtype=dtype)
+    got = pipe.step([("a", 0, len(ids))], ids)
+    want = reference_logits(hf, ids).float()
+    assert torch.isfinite(got).all()
+    assert (got - want).abs().max() < 0.05 * want.abs().max()
+    # the router's correction bias stays fp32 (as the reference keeps it)
+    gate = pipe.stages[0].model.model.layers["1"].mlp.gate
+    assert gate.weight.dtype == getattr(torch, dtype)
+    assert gate.e_score_correction_bias.dtype == torch.float32
