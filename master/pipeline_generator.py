@@ -103,6 +103,9 @@ class PipelineGenerator:
                 await self._serve(stream)
             except PipelineUnavailable as e:
                 await self._on_down(stream, str(e))
+            except Exception as e:  # a bug must not leave a server that hangs: fail, reconnect
+                log.exception("pipeline loop failed")
+                await self._on_down(stream, f"internal error in the pipeline loop: {e!r}")
 
     def _max_step_tokens(self) -> int:
         """New tokens whose hidden states fit one step message (both ends' limits)."""
