@@ -71,7 +71,9 @@ def write_cache(cache: torch.Tensor, ctx: ForwardContext, values: torch.Tensor) 
 
 def gather_context(cache: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
     """cache [S, *shape] -> each sequence's context rows [B, C, *shape] (pads hold slot 0)."""
-    return cache[ctx.context_slots]
+    # index_select, not cache[slots]: 3-5x faster on CPU (16 x 550 rows of 288: 1.4 vs 7.5 ms)
+    rows = cache.index_select(0, ctx.context_slots.flatten())
+    return rows.view(*ctx.context_slots.shape, *cache.shape[1:])
 
 
 def pad_queries(x: torch.Tensor, layout: AttentionLayout, num_seqs: int) -> torch.Tensor:
