@@ -52,7 +52,8 @@ def test_half_precision_stages_stay_close_to_fp32(ckpt, hf_model, pipeline, prom
     got = pipe.step([("a", 0, len(ids))], ids)
     want = reference_logits(hf_model, ids)
     assert torch.isfinite(got).all()
-    # bf16 keeps 8 bits of mantissa: logits of order 5 drift by a few tenths at most
-    assert (got - want).abs().max() < 0.1 * want.abs().max()
-    agree = (got.argmax(-1) == want.argmax(-1)).float().mean()
-    assert agree >= 0.8
+    # per token: bf16 keeps 8 mantissa bits, so ~1% drift; a MoE router may flip an expert on a
+    # few tokens, hence the median and the argmax agreement rather than the worst token
+    per_token = (got - want).norm(dim=-1) / want.norm(dim=-1)
+    assert per_token.median() < 0.05
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.8
