@@ -3,7 +3,6 @@ process, `triton` (worker/triton_executor.py) runs the same TailRunner inside Tr
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Protocol
 
 import torch
@@ -58,37 +57,35 @@ def tail_loader(config: WorkerConfig) -> Callable[[], TailRunner]:
 
 
 class LocalExecutor:
-    """The tail in this process, on one dedicated thread so the event loop keeps serving
-    other streams and health checks while torch computes."""
+    """The tail in this process, run on the event loop itself. The tail is one serialized
+    resource, so a step blocking the loop only delays what would wait for the tail anyway
+    (gRPC keepalives run in gRPC's own threads); it saves two thread hand-offs per step,
+    which on a busy host cost more than the whole gRPC hop (bench/worker/results.md)."""
 
     kind = "local"
 
     def __init__(self, config: WorkerConfig):
         self.config = config
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duet-tail")
         self.tail: TailRunner | None = None
 
-    async def _call(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
-
     async def start(self) -> pb.HandshakeReply:
-        self.tail = await self._call(tail_loader(self.config))
+        # Loading takes seconds to minutes: off the loop, so health checks answer meanwhile.
+        self.tail = await asyncio.to_thread(tail_loader(self.config))
         info = self.tail.info()
         info.executor = self.kind
         return info
 
     async def step(self, stream: str, request: pb.StepRequest) -> pb.StepReply:
-        return await self._call(self.tail.step, stream, request)
+        return self.tail.step(stream, request)
 
     async def drop_stream(self, stream: str) -> None:
-        await self._call(self.tail.drop_stream, stream)
+        self.tail.drop_stream(stream)
 
     async def expire_idle(self) -> None:
-        await self._call(self.tail.expire_idle)
+        self.tail.expire_idle()
 
     def serving(self) -> bool:
         return self.tail is not None
 
     async def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
         self.tail = None
