@@ -101,7 +101,8 @@ def start_worker(run_dir: Path, model_dir: Path, k: int, port: int, args) -> sub
     toml = run_dir / "worker.toml"
     fields = dict(model_dir=str(model_dir), layer_start=k, dtype=args.dtype, device=args.device,
                   kv_cache_bytes=args.kv_cache_bytes, listen=f"127.0.0.1:{port}",
-                  executor=args.executor, run_dir=str(run_dir / "triton"))
+                  executor=args.executor, run_dir=str(run_dir / "triton"),
+                  torch_threads=args.threads)
     toml.write_text("".join(f"{key} = {_toml(value)}\n" for key, value in fields.items()))
     return subprocess.Popen([sys.executable, "-m", "worker.main", "--config", str(toml)],
                             start_new_session=True, preexec_fn=_die_with_parent)
@@ -151,6 +152,8 @@ async def _serve(args: argparse.Namespace) -> int:
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
+    # Two processes on one CPU: half the cores each, or torch's threads oversubscribe them.
+    args.threads = max(1, (os.cpu_count() or 2) // 2) if args.device == "cpu" else 0
     model_dir = Path(args.model) if args.model else await asyncio.to_thread(tiny_checkpoint,
                                                                             cache_dir())
     k, layers = split_point(model_dir.resolve(), args.split)
@@ -159,7 +162,8 @@ async def _serve(args: argparse.Namespace) -> int:
     config = load_master_config(
         model_dir=str(model_dir.resolve()), host=args.host, port=args.port, head_layer_end=k,
         dtype=args.dtype, device=args.device, kv_cache_bytes=args.kv_cache_bytes,
-        worker_address=f"127.0.0.1:{free_port()}", reconnect_max_s=1.0)
+        worker_address=f"127.0.0.1:{free_port()}", reconnect_max_s=1.0,
+        torch_threads=args.threads)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
