@@ -10,9 +10,9 @@ from engine.batch import SeqChunk, StepBatch
 from engine.stage import Stage
 from engine.tiny_model import write_tiny_model
 
-# Architectures the end-to-end tests run on. The DeepSeek ones join once engine/models/deepseek.py
-# passes them: add "deepseek_v2", "deepseek_v3" here.
-ARCHS = ["llama", "qwen2"]
+# Architectures every end-to-end engine test runs on (tests/engine/test_deepseek.py adds the
+# DeepSeek routing and rope variants).
+ARCHS = ["llama", "qwen2", "deepseek_v2", "deepseek_v3"]
 NUM_LAYERS = 4
 KV_CACHE_BYTES = 4 * 2**20
 
