@@ -12,9 +12,11 @@ import grpc
 import torch
 
 from engine.batch import SeqChunk, StepBatch
+from engine.config import ModelConfig
 from engine.errors import KVCacheFull
 from engine.fingerprint import checkpoint_fingerprint
 from engine.sampler import SamplerState, sample
+from engine.stage import Stage
 from proto import pipeline_pb2 as pb
 from worker import wire
 
@@ -59,9 +61,6 @@ class TailRunner:
     @classmethod
     def load(cls, model_dir: str, layer_start: int, *, dtype: str, device: str,
              kv_cache_bytes: int, block_size: int, idle_timeout_s: float) -> "TailRunner":
-        from engine.config import ModelConfig
-        from engine.stage import Stage
-
         num_layers = ModelConfig.from_dir(model_dir).num_hidden_layers
         stage = Stage.load(model_dir, layer_start, num_layers, dtype=dtype, device=device,
                            kv_cache_bytes=kv_cache_bytes, block_size=block_size)

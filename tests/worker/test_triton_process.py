@@ -1,5 +1,6 @@
 """The managed tritonserver: restarted when it dies (the worker keeps answering meanwhile),
-stopped with the worker, and its Python-backend shared memory removed."""
+stopped with the worker, and its Python-backend shared memory removed; and an existing
+Triton used through triton_url."""
 import asyncio
 import os
 import signal
@@ -10,8 +11,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pipeline_driver import StepStream, children, result_of, shm_regions_of
+from pipeline_driver import StepStream, children, result_of, shm_regions_of, worker_fields
 from proto import pipeline_pb2 as pb
+from worker.config import WorkerConfig
+from worker.main import Worker
+from worker.triton_process import ManagedTriton
+from worker.triton_repo import TritonInstall, write_model_repo
 
 pytestmark = pytest.mark.triton
 GREEDY = pb.SamplingParams(temperature=0, logprobs=-1)
@@ -74,3 +79,23 @@ async def test_tritonserver_restarts_and_stops_clean(ckpt, head, tmp_path, own_t
     assert worker.stop() == 0, worker.log()
     assert not Path(f"/proc/{second}").exists(), "tritonserver outlived the worker"
     assert not any((Path("/dev/shm") / r).exists() for r in regions), "shm left after stop"
+
+
+async def test_existing_triton_at_triton_url(ckpt, head, tmp_path):
+    """The NGC-container path: a Triton the worker did not start, serving the repository
+    that `--write-model-repo` writes; the worker only connects to it."""
+    fields = worker_fields(ckpt, "triton", listen="127.0.0.1:0")
+    write_model_repo(WorkerConfig.from_dict(fields, environ={}), tmp_path / "models")
+    triton = ManagedTriton(TritonInstall.find(), tmp_path / "models", tmp_path, "duet_tail")
+    await triton.start()
+    worker = Worker(WorkerConfig.from_dict({**fields, "triton_url": triton.url}, environ={}))
+    try:
+        await worker.start()
+        assert worker.executor.server is None  # it started no tritonserver of its own
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
+            stream = StepStream(channel)
+            assert (await new_sequence(stream, head, "ext")).WhichOneof("outcome") == "sampled"
+            stream.cancel()
+    finally:
+        await worker.stop(grace_s=0)
+        await triton.stop()
