@@ -28,6 +28,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from engine.tiny_model import write_tiny_model
 
-    out = write_tiny_model(args.arch, args.out, seed=args.seed, num_layers=args.layers, fp8=args.fp8)
+    out = write_tiny_model(
+        args.arch, args.out, seed=args.seed, num_layers=args.layers, fp8=args.fp8
+    )
     log.info("wrote a %d-layer %s checkpoint to %s", args.layers, args.arch, out)
     return 0

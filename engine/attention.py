@@ -19,7 +19,8 @@ class AttentionLayout:
     """How a step's [T] queries pad into [B, maxQ] and which context rows each query sees."""
 
     max_query_len: int
-    query_rows: torch.Tensor | None  # [B, maxQ] long rows of [T]; pads repeat a real row. None: equal counts
+    query_rows: torch.Tensor | None  # [B, maxQ] long rows of [T], pads repeat a real row; None:
+    #                                  every sequence has maxQ tokens, so [T] just reshapes
     unpad_index: torch.Tensor | None  # [T] long: flat index into [B * maxQ] of each real query
     attn_mask: torch.Tensor | None  # [B, 1, maxQ, C] bool, True = may attend; None: see is_causal
     is_causal: bool  # no mask needed beyond the plain causal one (every chunk starts at 0, fills C)
@@ -48,7 +49,9 @@ def _build_layout(ctx: ForwardContext) -> AttentionLayout:
     return AttentionLayout(max_q, rows, unpad, mask[:, None], False)
 
 
-def _padding(qs: list[int], counts: list[int], max_q: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _padding(
+    qs: list[int], counts: list[int], max_q: int, device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of [T] for each padded query [B, maxQ] (pads repeat the last real row), and back [T]."""
     i = torch.arange(max_q)[None, :]  # built on the CPU: nonzero() would sync a GPU
     counts_t = torch.tensor(counts)[:, None]

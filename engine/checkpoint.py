@@ -15,7 +15,7 @@ SINGLE_FILE = "model.safetensors"
 
 
 class CheckpointFiles:
-    """The tensor -> file map of a checkpoint folder (from the index, or the single file's header)."""
+    """The tensor -> file map of a checkpoint folder (its index, or the single file's header)."""
 
     def __init__(self, model_dir: str | Path):
         self.model_dir = Path(model_dir)

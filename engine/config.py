@@ -78,8 +78,11 @@ class ModelConfig:
             if raw.get(name) is None:
                 raise CheckpointError(f"{source}: field {name!r} is missing")
             value = raw[name]
-            if kind is int and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-                raise CheckpointError(f"{source}: field {name!r} must be a positive integer, got {value!r}")
+            positive_int = isinstance(value, int) and not isinstance(value, bool) and value > 0
+            if kind is int and not positive_int:
+                raise CheckpointError(
+                    f"{source}: field {name!r} must be a positive integer, got {value!r}"
+                )
             return value
 
         archs = raw.get("architectures")

@@ -16,12 +16,26 @@ from engine.models.base import LayerKV, StageModel
 def layer_devices(layer_start: int, layer_end: int, device: str) -> dict[int, torch.device]:
     """"cuda" with several GPUs: equal contiguous shares per GPU; anything else: one device."""
     layers = list(range(layer_start, layer_end))
+    dev = _checked_device(device)
     if device != "cuda" or torch.cuda.device_count() <= 1:
-        dev = torch.device(device)
         return {i: dev for i in layers}
     gpus = torch.cuda.device_count()
     per_gpu = -(-len(layers) // gpus)
     return {i: torch.device("cuda", k // per_gpu) for k, i in enumerate(layers)}
+
+
+def _checked_device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device {device!r} is not a torch device ({e})") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index or 0) >= count:
+            raise ValueError(f"device {device!r}: this host has {count} CUDA devices")
+    elif dev.type != "cpu":
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+    return dev
 
 
 def place(model: StageModel, devices: dict[int, torch.device], dtype: torch.dtype) -> StageModel:

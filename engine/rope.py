@@ -54,15 +54,18 @@ def _yarn(rope: dict, dim: int, max_pos: int) -> tuple[torch.Tensor, float]:
     low, high = max(low, 0), min(high, dim - 1)
     if low == high:
         high += 0.001  # avoid a zero-width ramp
-    ramp = ((torch.arange(dim // 2, dtype=torch.float32, device="cpu") - low) / (high - low)).clamp(0, 1)
+    dims = torch.arange(dim // 2, dtype=torch.float32, device="cpu")
+    ramp = ((dims - low) / (high - low)).clamp(0, 1)
     pos_freqs = theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim)
     keep = 1 - ramp  # share of the unscaled (extrapolated) frequency per dimension
     inv_freq = 1.0 / (factor * pos_freqs) * (1 - keep) + 1.0 / pos_freqs * keep
     return inv_freq, float(attention_factor)
 
 
-def rope_frequencies(rope: dict, dim: int, max_position_embeddings: int) -> tuple[torch.Tensor, float]:
-    """inv_freq [dim // 2] fp32 and the factor cos/sin are multiplied by, for a normalized rope dict.
+def rope_frequencies(
+    rope: dict, dim: int, max_position_embeddings: int
+) -> tuple[torch.Tensor, float]:
+    """inv_freq [dim // 2] fp32 and the factor cos/sin are multiplied by, for a normalized rope.
 
     `dynamic` uses the frequencies of a max_position_embeddings-long sequence (transformers'
     values for every sequence within it): keys in the cache are rotated once, so they cannot
@@ -90,8 +93,10 @@ class RotaryEmbedding:
         self.inv_freq, self.attention_factor = rope_frequencies(rope, dim, max_position_embeddings)
         self._memo: tuple | None = None  # (positions, dtype, cos, sin) of the last step
 
-    def __call__(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [T] -> cos, sin [T, dim] in `dtype`; computed once per step, reused by layers."""
+    def __call__(
+        self, positions: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [T] -> cos, sin [T, dim] in `dtype`; once per step, reused by the layers."""
         memo = self._memo
         if memo is not None and memo[0] is positions and memo[1] == dtype:
             return memo[2], memo[3]

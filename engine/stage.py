@@ -22,8 +22,15 @@ LOAD_FORMATS = ("safetensors", "dummy")
 class Stage:
     """Layers [layer_start, layer_end) of one checkpoint, loaded on a device, with a KV cache."""
 
-    def __init__(self, config: ModelConfig, model: StageModel, kv: KVCache,
-                 devices: dict[int, torch.device], dtype: str, load_seconds: float):
+    def __init__(
+        self,
+        config: ModelConfig,
+        model: StageModel,
+        kv: KVCache,
+        devices: dict[int, torch.device],
+        dtype: str,
+        load_seconds: float,
+    ):
         self.config, self.model, self.kv = config, model, kv
         self.layer_start, self.layer_end = model.layer_start, model.layer_end
         self.is_first, self.is_last = model.is_first, model.is_last
@@ -46,11 +53,16 @@ class Stage:
         load_format: str = "safetensors",
         seed: int = 0,
     ) -> "Stage":
-        """Build the stage's layers on `device` and fill them (load_format "dummy": seeded random)."""
+        """Build the stage's layers on `device` and fill them (load_format "dummy": seeded random).
+
+        device "cuda" on a host of several GPUs spreads the layers over all of them.
+        """
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if load_format not in LOAD_FORMATS:
-            raise ValueError(f"load_format must be one of {', '.join(LOAD_FORMATS)}, got {load_format!r}")
+            raise ValueError(
+                f"load_format must be one of {', '.join(LOAD_FORMATS)}, got {load_format!r}"
+            )
         started = time.perf_counter()
         config = ModelConfig.from_dir(model_dir)
         layers = config.num_hidden_layers
@@ -70,7 +82,7 @@ class Stage:
         return cls(config, model, kv, devices, dtype, time.perf_counter() - started)
 
     def forward(self, batch: StepBatch, inputs: torch.Tensor) -> torch.Tensor:
-        """inputs: token ids [T] (first stage) or hidden [T, H] -> hidden [T, H] after the last layer.
+        """inputs: token ids [T] (first stage) or hidden [T, H] -> hidden [T, H] after its layers.
 
         Reserves KV for every chunk first: KVCacheFull names the first sequence that does not
         fit and leaves the cache as it was.
@@ -101,10 +113,12 @@ class Stage:
 
     def _check_inputs(self, batch: StepBatch, inputs: torch.Tensor) -> None:
         t, h = batch.num_tokens, self.config.hidden_size
-        if self.is_first:
-            if inputs.dim() != 1 or inputs.shape[0] != t or inputs.is_floating_point():
-                raise ValueError(f"expected {t} token ids [T] for the first stage, got {list(inputs.shape)} {inputs.dtype}")
-            if t and (int(inputs.min()) < 0 or int(inputs.max()) >= self.config.vocab_size):
-                raise ValueError(f"token ids must lie in [0, {self.config.vocab_size})")
-        elif inputs.dim() != 2 or list(inputs.shape) != [t, h] or not inputs.is_floating_point():
-            raise ValueError(f"expected hidden states [{t}, {h}], got {list(inputs.shape)} {inputs.dtype}")
+        got = f"got {list(inputs.shape)} {inputs.dtype}"
+        if not self.is_first:
+            if list(inputs.shape) != [t, h] or not inputs.is_floating_point():
+                raise ValueError(f"expected hidden states [{t}, {h}], {got}")
+            return
+        if inputs.dim() != 1 or inputs.shape[0] != t or inputs.is_floating_point():
+            raise ValueError(f"expected {t} token ids [T] for the first stage, {got}")
+        if t and (int(inputs.min()) < 0 or int(inputs.max()) >= self.config.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size})")

@@ -141,7 +141,9 @@ def _llama() -> dict:
     }
 
 
-_BUILDERS = {"deepseek_v3": _deepseek_v3, "deepseek_v2": _deepseek_v2, "qwen2": _qwen2, "llama": _llama}
+_BUILDERS = {
+    "deepseek_v3": _deepseek_v3, "deepseek_v2": _deepseek_v2, "qwen2": _qwen2, "llama": _llama,
+}
 
 
 def generation_config(config: dict) -> dict:

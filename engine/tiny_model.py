@@ -32,7 +32,9 @@ def write_tiny_model(arch: str, out: str | Path, *, seed: int = 0, num_layers: i
                      fp8: bool = False) -> Path:
     """Write the checkpoint into `out` (created; existing files there are overwritten)."""
     if num_layers < 2:
-        raise ValueError(f"num_layers must be >= 2 (one shard per layer, at least two), got {num_layers}")
+        raise ValueError(
+            f"num_layers must be >= 2 (one shard per layer, at least two), got {num_layers}"
+        )
     if fp8 and arch != "deepseek_v3":
         raise ValueError(f"--fp8 is for deepseek_v3 only (it ships FP8 weights), not {arch}")
     out = Path(out)

@@ -75,7 +75,8 @@ def load_weights(
     order = sorted(targets, key=lambda n: (files.weight_map[plan[n][0]], n))  # file by file
     with TensorReader(files) as reader:
         for name in order:
-            _copy_into(targets[name], [_read(reader, s, block) for s in plan[name]], plan[name], files)
+            tensors = [_read(reader, s, block) for s in plan[name]]
+            _copy_into(targets[name], tensors, plan[name], files)
             progress.update(targets[name].numel() * targets[name].element_size())
         opened = tuple(p.name for p in reader.opened)
     seconds = progress.close(f"{len(targets)} tensors from {len(opened)} files")

@@ -143,3 +143,16 @@ def test_bad_inputs_to_forward_are_refused_before_touching_the_cache(work):
     with pytest.raises(ValueError, match=r"expected hidden states \[3, 64\]"):
         tail.forward(batch, torch.zeros(3, 32))
     assert head.kv.used_tokens == 0 and tail.kv.used_tokens == 0
+
+
+@pytest.mark.parametrize("device, message", [
+    ("gpu", "is not a torch device"),
+    ("cuda:7", "CUDA devices"),
+    ("meta", "device must be cpu, cuda or cuda:N"),
+])
+def test_a_device_the_host_lacks_is_refused_naming_it(work, device, message):
+    if device == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this host has 8 GPUs")
+    with pytest.raises(ValueError, match=message) as info:
+        Stage.load(work, 0, 4, device=device)
+    assert repr(device) in str(info.value)
