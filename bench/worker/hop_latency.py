@@ -1,6 +1,8 @@
 """Per-step cost of the master -> worker hop on loopback, in one run, side by side:
 
   in-process   TailRunner.step on this process's own tail (no gRPC at all)
+  grpc-echo    a bare grpc.aio bidi stream echoing the same request bytes (no compute):
+               the floor that gRPC itself sets on this machine
   local        a `duet worker` process, executor local, over a gRPC Step stream
   triton       a `duet worker` process, executor triton (managed tritonserver), same stream
 
@@ -84,6 +86,31 @@ async def time_stream(call, decoder: Decoder, steps: int) -> list[Sample]:
     return out
 
 
+async def time_echo(call, decoder: Decoder, steps: int) -> list[Sample]:
+    out = []
+    for _ in range(steps):
+        request = decoder.next().SerializeToString()
+        start = time.perf_counter()
+        await call.write(request)
+        await call.read()
+        out.append((time.perf_counter() - start, 0.0))
+    return out
+
+
+async def echo_server(port: int) -> None:
+    """A bare bidi stream that sends every message back (run as `--echo-server PORT`)."""
+    async def echo(requests, context):
+        async for message in requests:
+            yield message
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Echo": grpc.stream_stream_rpc_method_handler(echo)}),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
 def start_worker(ckpt: Path, executor: str, tmp: Path) -> tuple[subprocess.Popen, str]:
     address = f"127.0.0.1:{free_port()}"
     toml = tmp / f"{executor}.toml"
@@ -122,35 +149,41 @@ async def run(args) -> str:
     ckpt = write_tiny_model("qwen2", tmp / "ckpt", num_layers=LAYERS)
     tail = TailRunner.load(str(ckpt), SPLIT, dtype="float32", device="cpu",
                            kv_cache_bytes=KV_CACHE_BYTES, block_size=16, idle_timeout_s=3600)
+    echo_port = free_port()
+    echo = subprocess.Popen([sys.executable, __file__, "--echo-server", str(echo_port)])
     workers = {ex: start_worker(ckpt, ex, tmp) for ex in ("local", "triton")}
     try:
         for proc, address in workers.values():
             await wait_ready(address, proc)
-        return await measure(args, tail, {ex: addr for ex, (_, addr) in workers.items()})
+        addresses = {ex: addr for ex, (_, addr) in workers.items()}
+        return await measure(args, tail, f"127.0.0.1:{echo_port}", addresses)
     finally:
-        for proc, _ in workers.values():
+        for proc, _ in [*workers.values(), (echo, None)]:
             proc.terminate()
             proc.wait(60)
 
 
-async def measure(args, tail: TailRunner, addresses: dict[str, str]) -> str:
+async def measure(args, tail: TailRunner, echo: str, addresses: dict[str, str]) -> str:
     channels = {ex: grpc.aio.insecure_channel(a) for ex, a in addresses.items()}
+    echo_channel = grpc.aio.insecure_channel(echo)
     samples: dict[tuple[str, int], list[Sample]] = {}
     for batch in args.batches:
         calls = {ex: pb_grpc.PipelineStub(ch).Step() for ex, ch in channels.items()}
+        calls["grpc-echo"] = echo_channel.stream_stream("/bench.Echo/Echo")()
         decoders = {ex: Decoder(batch, f"b{batch}") for ex in ("in-process", *calls)}
         per_round = args.steps // args.rounds
         for round_ in range(args.rounds + 1):  # round 0 warms up and is dropped
             n = 20 if round_ == 0 else per_round
             got = {"in-process": time_in_process(tail, decoders["in-process"], n)}
             for ex, call in calls.items():
-                got[ex] = await time_stream(call, decoders[ex], n)
+                timer = time_echo if ex == "grpc-echo" else time_stream
+                got[ex] = await timer(call, decoders[ex], n)
             if round_:
                 for mode, values in got.items():
                     samples.setdefault((mode, batch), []).extend(values)
         for call in calls.values():
             call.cancel()
-    for ch in channels.values():
+    for ch in [*channels.values(), echo_channel]:
         await ch.close()
     return report(args, samples)
 
@@ -182,8 +215,8 @@ def report(args, samples) -> str:
     ]
     for batch in args.batches:
         overhead = {mode: percentiles([w - c for w, c in samples[(mode, batch)]])
-                    for mode in ("in-process", "local", "triton")}
-        for mode, base, target in (("in-process", None, ""),
+                    for mode in ("in-process", "grpc-echo", "local", "triton")}
+        for mode, base, target in (("in-process", None, ""), ("grpc-echo", None, ""),
                                    ("local", "in-process", "≤ 200 µs over in-process"),
                                    ("triton", "local", "≤ 500 µs over local")):
             step = percentiles([w for w, _ in samples[(mode, batch)]])
@@ -199,7 +232,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--out", help="also write the table to this file")
+    parser.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.echo_server:
+        asyncio.run(echo_server(args.echo_server))
+        return
     args.load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     table = asyncio.run(run(args))
     print(table)
