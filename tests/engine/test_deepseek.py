@@ -152,3 +152,57 @@ def test_half_precision_follows_transformers_in_the_same_dtype(deepseek_checkpoi
     gate = pipe.stages[0].model.model.layers["1"].mlp.gate
     assert gate.weight.dtype == getattr(torch, dtype)
     assert gate.e_score_correction_bias.dtype == torch.float32
+
+
+def test_multi_token_prediction_layers_are_never_read(deepseek_checkpoint, pipeline, prompt, tmp_path):
+    """A V3 checkpoint with an MTP layer (model.layers.L.*, in its own shard): the stages skip
+    it, so even an unreadable shard there changes nothing."""
+    base = deepseek_checkpoint("v3")
+    mtp = with_config(base, tmp_path / "mtp", num_nextn_predict_layers=1)
+    (mtp / "model.safetensors.index.json").unlink()
+    index = json.loads((base / "model.safetensors.index.json").read_text())
+    for name in ("enorm.weight", "hnorm.weight", "eh_proj.weight", "self_attn.kv_a_proj_with_mqa.weight",
+                 "mlp.experts.0.gate_proj.weight", "shared_head.head.weight"):
+        index["weight_map"][f"model.layers.4.{name}"] = "model-mtp.safetensors"
+    (mtp / "model.safetensors.index.json").write_text(json.dumps(index))
+    (mtp / "model-mtp.safetensors").write_bytes(b"not a safetensors file")
+    ids = prompt(8, seed=14)
+    want = pipeline(base, splits=(3,)).step([("a", 0, 8)], ids)
+    torch.testing.assert_close(pipeline(mtp, splits=(3,)).step([("a", 0, 8)], ids), want, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"topk_method": "bogus"}, "topk_method 'bogus'"),
+    ({"scoring_func": "softmax"}, "topk_method 'noaux_tc' with scoring_func 'softmax'"),
+    ({"n_group": 3}, r"n_group \(3\) must divide n_routed_experts \(8\)"),
+    ({"topk_group": 5}, "topk_group must be in"),
+    ({"kv_lora_rank": None}, "field 'kv_lora_rank' must be an integer"),
+    ({"num_experts_per_tok": 0}, "field 'num_experts_per_tok'"),
+])
+def test_bad_deepseek_config_is_one_clear_line(deepseek_checkpoint, tmp_path, fields, message):
+    from engine.errors import CheckpointError
+    from engine.stage import Stage
+
+    bad = with_config(deepseek_checkpoint("v3"), tmp_path / "bad", **fields)
+    with pytest.raises(CheckpointError, match=message) as err:
+        Stage.load(bad, 0, 4)
+    assert "\n" not in str(err.value) and str(err.value).startswith("config.json: ")
+
+
+def test_moe_layer_freq_and_first_k_dense_replace_choose_the_moe_layers():
+    """Layer i is MoE when i >= first_k_dense_replace and i % moe_layer_freq == 0, so the stage
+    asks the checkpoint for experts exactly there (dense MLP weights elsewhere)."""
+    from engine.config import ModelConfig
+    from engine.models import model_class
+    from engine.tiny_configs import tiny_config
+
+    raw = {**tiny_config("deepseek_v3", 6), "first_k_dense_replace": 1, "moe_layer_freq": 2}
+    config = ModelConfig.from_dict(raw)
+    with torch.device("meta"):
+        model = model_class(config.architecture)(config, 1, 6)
+    names = {n for p in model.state_dict() for n in model.checkpoint_names(p)}
+    for i in range(1, 6):
+        expert = f"model.layers.{i}.mlp.experts.7.up_proj.weight"
+        dense = f"model.layers.{i}.mlp.up_proj.weight"
+        assert (expert in names, dense in names) == ((True, False) if i % 2 == 0 else (False, True)), i
+    assert model.kv_token_shapes() == [(32 + 8,)]  # kv_lora_rank + qk_rope_head_dim per token
