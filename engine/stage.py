@@ -1,6 +1,7 @@
 """A loaded layer range of a checkpoint with its KV cache: what the master and the worker run."""
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from engine.models import model_class
 from engine.models.base import StageModel
 from engine.placement import forward_spread, layer_devices, place
 from engine.weights import load_weights
+
+log = logging.getLogger("duet.engine.load")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LOAD_FORMATS = ("safetensors", "dummy")
@@ -79,7 +82,14 @@ class Stage:
         load_weights(model, model_dir, load_format=load_format, seed=seed)
         kv = KVCache(model.kv_token_shapes(), devices, kv_cache_bytes,
                      block_size=block_size, dtype=DTYPES[dtype])
-        return cls(config, model, kv, devices, dtype, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        log.info(
+            "stage [%d, %d) of %s ready in %.1f s on %s, %s: KV cache for %d tokens (%.2f GiB)",
+            layer_start, layer_end, Path(model_dir).name, seconds,
+            ", ".join(sorted({str(d) for d in devices.values()})), dtype,
+            kv.capacity_tokens, kv.capacity_tokens * kv.bytes_per_token / 2**30,
+        )
+        return cls(config, model, kv, devices, dtype, seconds)
 
     def forward(self, batch: StepBatch, inputs: torch.Tensor) -> torch.Tensor:
         """inputs: token ids [T] (first stage) or hidden [T, H] -> hidden [T, H] after its layers.

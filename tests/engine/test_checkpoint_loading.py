@@ -142,4 +142,6 @@ def test_loading_logs_its_progress_and_the_time_taken(ckpt, caplog):
         Stage.load(ckpt, 0, 2, kv_cache_bytes=KV)
     lines = [r.getMessage() for r in caplog.records if r.name == "duet.engine.load"]
     assert any("100%" in line for line in lines)  # not a terminal: log lines, not a bar
-    assert "done in" in lines[-1] and " s " in lines[-1] and "layers [0, 2)" in lines[-1]
+    done = next(line for line in lines if "done in" in line)
+    assert " s " in done and "layers [0, 2)" in done  # the weights
+    assert "ready in" in lines[-1] and "KV cache for" in lines[-1]  # the whole stage
