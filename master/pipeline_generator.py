@@ -19,11 +19,10 @@ from typing import AsyncIterator
 from master.generation import GenerationRequest, PipelineUnavailable, SequenceFailed, TokenEvent
 from master.scheduler import MicroBatch, Scheduler, SchedulerConfig
 from master.sequence import Sequence
-from master.wire import STATUS_NAMES, step_request
+from master.wire import STATUS_NAMES, TORCH_DTYPES, step_request
 from proto import pipeline_pb2 as pb
 
 log = logging.getLogger("duet.master.generator")
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 MESSAGE_SLACK_BYTES = 1 << 20  # room for the step's sequence list next to the hidden states
 NOT_ACTIVE = "standby API: not active (the VRRP agent activates it with POST /admin/activate)"
 
@@ -109,7 +108,7 @@ class PipelineGenerator:
 
     def _max_step_tokens(self) -> int:
         """New tokens whose hidden states fit one step message (both ends' limits)."""
-        per_token = self.head.hidden_size * DTYPE_BYTES[self.head.dtype]
+        per_token = self.head.hidden_size * TORCH_DTYPES[self.head.dtype].itemsize
         tokens = (self.client.max_message_bytes() - MESSAGE_SLACK_BYTES) // per_token
         if tokens < self.scheduler.config.step_token_budget:
             log.warning("step_token_budget lowered to %d: a step message holds no more", tokens)

@@ -266,3 +266,20 @@ async def test_full_queue_and_inactive_standby_are_refused(pipeline):
     gen.set_active(True)
     open_gate(worker)
     assert len(await first) == 3 and len(await queued) == 3
+
+
+async def test_a_failed_head_forward_fails_its_batch_and_the_loop_goes_on(pipeline):
+    gen, head, worker = pipeline
+    forward = head.forward
+
+    def broken(chunks, token_ids):
+        if any(c.seq_id == "doomed" for c in chunks):
+            raise RuntimeError("device lost")
+        return forward(chunks, token_ids)
+
+    head.forward = broken
+    with pytest.raises(SequenceFailed, match="device lost") as e:
+        await collect(gen, request("doomed", [1]))
+    assert e.value.code == "INTERNAL"
+    assert "doomed" not in worker.held  # it never reached the worker
+    assert [ev.token_id for ev in await collect(gen, request("fine", [3], 2))] == [4, 5]
