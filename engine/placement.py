@@ -51,6 +51,10 @@ def place(model: StageModel, devices: dict[int, torch.device], dtype: torch.dtyp
     if model.is_last:
         model.model.norm.to_empty(device=last)
         model.lm_head.to_empty(device=last)
+    for module in model.modules():  # anything an architecture adds outside those: first device
+        tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+        if any(t.is_meta for t in tensors):
+            module.to_empty(device=first, recurse=False)
     return model
 
 
