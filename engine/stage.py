@@ -130,5 +130,6 @@ class Stage:
             return
         if inputs.dim() != 1 or inputs.shape[0] != t or inputs.is_floating_point():
             raise ValueError(f"expected {t} token ids [T] for the first stage, {got}")
-        if t and (int(inputs.min()) < 0 or int(inputs.max()) >= self.config.vocab_size):
+        low, high = torch.stack(torch.aminmax(inputs)).tolist() if t else (0, 0)  # one sync
+        if low < 0 or high >= self.config.vocab_size:
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size})")
