@@ -13,6 +13,8 @@ import torch
 
 from engine.sampling_params import SamplingParams
 
+GREEDY_BELOW_TEMPERATURE = 1e-5
+
 
 @dataclass
 class SamplerState:
@@ -93,13 +95,20 @@ def _top_p(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tenso
     return values[keep], order[keep]
 
 
+def is_greedy(params: SamplingParams) -> bool:
+    # Below this, logits / temperature overflows: vLLM treats it as greedy too.
+    return params.temperature < GREEDY_BELOW_TEMPERATURE
+
+
 def choose(logits: torch.Tensor, state: SamplerState) -> int:
     """logits [V] fp32 (penalized) -> one token id, drawn by inverse CDF over the candidates."""
     params = state.params
-    if params.temperature == 0:
+    if is_greedy(params):
         return int(torch.argmax(logits))
     ids, probs = truncate(torch.softmax(logits / params.temperature, dim=-1), params)
     cdf = torch.cumsum(probs, 0)  # [K]
+    if not bool(torch.isfinite(cdf[-1])) or float(cdf[-1]) <= 0:  # NaN logits: no distribution
+        return int(torch.argmax(torch.nan_to_num(logits, nan=float("-inf"))))
     u = torch.rand((), generator=state.generator) * cdf[-1]
     return int(ids[min(int(torch.searchsorted(cdf, u, right=True)), ids.numel() - 1)])
 
@@ -115,7 +124,7 @@ def sample(logits: torch.Tensor, states: list[SamplerState]) -> list[SampleResul
     for row, state in enumerate(states):
         if state.has_penalties():
             token = choose(apply_penalties(logits[row], state), state)
-        elif state.params.temperature == 0:
+        elif is_greedy(state.params):
             token = greedy[row]
         else:
             token = choose(logits[row], state)

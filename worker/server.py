@@ -109,6 +109,9 @@ class PipelineService:
             return await self.executor.step(stream, request)
         except ExecutorUnavailable as e:
             return _failed_reply(request, grpc.StatusCode.UNAVAILABLE, str(e))
+        except Exception as e:  # a bug: fail this step's sequences, keep the stream
+            log.exception("stream %s: step %d failed", stream, request.step_id)
+            return _failed_reply(request, grpc.StatusCode.INTERNAL, f"worker error: {e!r}")
 
     async def _reject(self, stream: str, request: pb.StepRequest, why: str) -> pb.StepReply:
         """Fail every sequence of a step that cannot run; release them on the tail."""
@@ -118,6 +121,8 @@ class PipelineService:
                                                             release=release))
         except ExecutorUnavailable:
             pass  # the tail is gone and its sequences with it
+        except Exception:
+            log.exception("stream %s: releasing the sequences of a rejected step", stream)
         return _failed_reply(request, grpc.StatusCode.INVALID_ARGUMENT, why)
 
     async def _drop(self, stream: str) -> None:

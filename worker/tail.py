@@ -87,7 +87,9 @@ class TailRunner:
                 self._fail(stream, seq_step.seq_id, results[index],
                            SeqFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e)))
         else:
-            self._run(stream, request, results)
+            if request.seqs:
+                hidden = wire.tensor_from_proto(request.hidden, self.stage.device)  # [T, H]
+                self._run(stream, request, hidden, results)
         for seq_id in request.release:
             self._release(stream, seq_id, "released")
         return self._reply(request.step_id, results, time.perf_counter() - start_s)
@@ -102,14 +104,20 @@ class TailRunner:
         if rows or request.HasField("hidden"):
             wire.check_hidden(request.hidden, self.dtype, rows, self.hidden_size)
 
-    def _run(self, stream: str, request: pb.StepRequest, results: list[pb.SeqResult]) -> None:
+    def _run(self, stream: str, request: pb.StepRequest, hidden: torch.Tensor,
+             results: list[pb.SeqResult]) -> None:
         planned: list[tuple[int, TailSeq, pb.SeqStep, int]] = []  # (index, seq, step, row)
         row, counts = 0, _count_ids(request)
+        finite = torch.isfinite(hidden).all(dim=1).tolist() if hidden.numel() else []  # [T]
         for index, seq_step in enumerate(request.seqs):
             try:
                 if counts[seq_step.seq_id] > 1:
                     raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT,
                                     f"sequence {seq_step.seq_id!r} appears twice in one step")
+                if not all(finite[row:row + seq_step.num_tokens]):
+                    raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"hidden states of sequence {seq_step.seq_id!r} contain "
+                                    "NaN or infinity")
                 seq = self._admit(stream, seq_step)
                 planned.append((index, seq, seq_step, row))
             except SeqFailed as e:
@@ -118,7 +126,7 @@ class TailRunner:
         if not planned:
             return
         try:
-            self._forward(request, planned, results)
+            self._forward(hidden, planned, results)
         except Exception as e:  # a bug or a device error: fail this batch, keep serving
             log.exception("tail forward failed on step %d", request.step_id)
             failure = SeqFailed(grpc.StatusCode.INTERNAL, f"tail forward failed: {e}")
@@ -159,10 +167,14 @@ class TailRunner:
             params = wire.params_from_proto(seq_step.params)
         except wire.WireError as e:
             raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+        vocab = self.stage.config.vocab_size
+        outside = [t for t in params.prompt_token_ids if not 0 <= t < vocab]
+        if outside:
+            raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"prompt_token_ids outside the vocabulary [0, {vocab}): {outside[:5]}")
         return TailSeq(key=key, stream=stream, sampler=SamplerState.create(params))
 
-    def _forward(self, request, planned, results) -> None:
-        hidden = wire.tensor_from_proto(request.hidden, self.stage.device)  # [T, H]
+    def _forward(self, hidden: torch.Tensor, planned, results) -> None:
         rows = [r for _, _, s, start in planned for r in range(start, start + s.num_tokens)]
         if len(rows) != hidden.shape[0]:  # some sequences failed: drop their rows
             hidden = hidden[torch.tensor(rows, device=hidden.device)]

@@ -24,6 +24,10 @@ from worker.triton_repo import TritonInstall, write_model_repo
 log = logging.getLogger(__name__)
 
 
+class TailModelError(RuntimeError):
+    """The tail model answered a call with an error (a bug there, not a lost server)."""
+
+
 class TritonExecutor:
     """Sends each pipeline call to the tail model in Triton as one gRPC inference."""
 
@@ -93,7 +97,9 @@ class TritonExecutor:
         try:
             result = await self.client.infer(self.model, inputs, outputs=self.outputs)
         except InferenceServerException as e:
-            raise ExecutorUnavailable(f"Triton: {e.message()}") from None
+            if "UNAVAILABLE" in str(e.status()):  # the server, not the model
+                raise ExecutorUnavailable(f"Triton: {e.message()}") from None
+            raise TailModelError(f"the tail model in Triton failed: {e.message()}") from None
         return result.as_numpy(OUTPUT_RESULT)[0]
 
     async def step(self, stream: str, request: pb.StepRequest) -> pb.StepReply:

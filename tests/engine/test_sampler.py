@@ -149,3 +149,15 @@ def test_sample_records_output_for_later_penalties():
     sample(random_logits(1), [state])
     sample(random_logits(1, seed=9), [state])
     assert len(state.output_token_ids) == 2
+
+
+def test_tiny_temperature_is_greedy_not_nan():
+    logits = random_logits(2, seed=4)
+    out = sample(logits, states(*[SamplingParams(temperature=1e-9, seed=1)] * 2))
+    assert [r.token_id for r in out] == logits.argmax(-1).tolist()
+
+
+def test_nan_logits_give_a_token_not_an_error():
+    logits = torch.full((1, VOCAB), float("nan"))
+    logits[0, 11] = 1.0
+    assert sample(logits, states(SamplingParams(seed=0)))[0].token_id == 11
