@@ -69,24 +69,38 @@ async def one_request(client, name: str, i: int) -> dict:
             "tok_s": (tokens - 1) / (stamps[-1] - stamps[0]), "end": stamps[-1]}
 
 
-async def level(url: str, name: str, concurrency: int, rounds: int) -> dict:
-    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0,
-                                timeout=600)
-
+async def level_run(client, name: str, concurrency: int, rounds: int) -> tuple[list, float]:
+    """`concurrency` users, each sending `rounds` requests back to back: results, wall time."""
     async def user(u: int) -> list[dict]:
         return [await one_request(client, name, u * rounds + r) for r in range(rounds)]
 
-    await one_request(client, name, 10_000)  # warm-up
     start = time.perf_counter()
     results = [r for rs in await asyncio.gather(*(user(u) for u in range(concurrency)))
                for r in rs]
-    wall = time.perf_counter() - start
+    return results, time.perf_counter() - start
+
+
+async def sweep(url: str, name: str, rounds: int, repeats: int) -> list[dict]:
+    """Every level `repeats` times, interleaved (1, 4, 16, 64, 1, 4, ...), so a slow spell
+    of a shared machine lands on all levels alike; runs of a level are pooled."""
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0,
+                                timeout=600)
+    await one_request(client, name, 10_000)  # warm-up
+    pooled = {c: ([], 0.0) for c in LEVELS}
+    for _ in range(repeats):
+        for c in LEVELS:
+            results, wall = await level_run(client, name, c, rounds)
+            pooled[c] = (pooled[c][0] + results, pooled[c][1] + wall)
+            print(f"c{c}: {sum(r['tokens'] for r in results) / wall:.1f} tok/s", flush=True)
     await client.close()
-    gaps = [g for r in results for g in r["gaps_s"]]
-    return {"concurrency": concurrency, "requests": len(results),
-            "ttft_s": _pcts([r["ttft_s"] for r in results]), "itl_s": _pcts(gaps),
-            "tok_s": _pcts([r["tok_s"] for r in results]),
-            "aggregate_tok_s": sum(r["tokens"] for r in results) / wall}
+    out = []
+    for c, (results, wall) in pooled.items():
+        gaps = [g for r in results for g in r["gaps_s"]]
+        out.append({"concurrency": c, "requests": len(results),
+                    "ttft_s": _pcts([r["ttft_s"] for r in results]), "itl_s": _pcts(gaps),
+                    "tok_s": _pcts([r["tok_s"] for r in results]),
+                    "aggregate_tok_s": sum(r["tokens"] for r in results) / wall})
+    return out
 
 
 def _pcts(values: list[float]) -> dict:
@@ -108,7 +122,8 @@ def report(machine: dict, c1: dict, levels: list[dict], args) -> str:
     return f"""# Serving benchmark
 
 `python bench/serving/serve_bench.py --executor {args.executor} --threads {args.threads} \
---rounds {args.rounds}` — {machine['date']}
+--rounds {args.rounds} --repeats {args.repeats} --pairs {args.pairs}` —
+{machine['date']}
 
 - machine: `{machine['uname']}`, nproc {machine['nproc']}; load average {machine['load']} at
   the start (the machine is shared: other processes compete for its cores)
@@ -157,10 +172,7 @@ async def run(args) -> None:
         try:
             c1 = await compare_c1(engine, stack.url, model.name, args.pairs)
             print(json.dumps(c1), flush=True)
-            levels = []
-            for c in LEVELS:
-                levels.append(await level(stack.url, model.name, c, rounds=args.rounds))
-                print(json.dumps(levels[-1]), flush=True)
+            levels = await sweep(stack.url, model.name, args.rounds, args.repeats)
         finally:
             stack.stop()
     text = report(machine, c1, levels, args)
@@ -175,7 +187,8 @@ def main() -> None:
     parser.add_argument("--executor", choices=("local", "triton"), default="local")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads per process (0 = torch's default)")
-    parser.add_argument("--pairs", type=int, default=5, help="c1 requests, each way")
+    parser.add_argument("--pairs", type=int, default=10, help="c1 requests, each way")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved sweeps, pooled")
     parser.add_argument("--rounds", type=int, default=2, help="requests per user per level")
     asyncio.run(run(parser.parse_args()))
 
