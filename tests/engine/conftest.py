@@ -17,7 +17,7 @@ NUM_LAYERS = 4
 KV_CACHE_BYTES = 4 * 2**20
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
 def one_torch_thread():
     """Tiny matrices on a shared 2-core box: OpenMP threads only spin against each other
     (measured: 32 decode steps take 10x longer with 2 threads under load)."""
