@@ -11,8 +11,8 @@ def register(subparsers) -> None:
         help="serve the OpenAI API with the head of the model, streaming to a worker",
         description="Load the head of the model (embedding + layers [0, k)), connect to the "
         "worker and serve the OpenAI API. DUET_MASTER_<FIELD> variables and DUET_API_KEYS "
-        "override the file. With role = \"standby\" the API answers 503 until "
-        "POST /admin/activate.",
+        "override the file. With role = \"standby\" the /v1 API answers 503 until "
+        "POST /admin/vrrp brings a MASTER event (or POST /admin/activate).",
     )
     p.add_argument("--config", required=True, metavar="FILE", help="master TOML file")
     p.set_defaults(run=run)

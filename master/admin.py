@@ -1,9 +1,15 @@
-"""The standby's switch: the VRRP agent's notify hook POSTs here when this host takes the VIP.
+"""The standby's switch, thrown by the VRRP agent's notify hook when this host takes the VIP.
 
-`POST /admin/activate` makes a standby API serve (its /ready turns 200 once the worker is
-connected); `POST /admin/deactivate` makes it answer 503 again, letting running requests
-finish. /health stays 200 either way: the process is alive. `GET /admin/stats` shows the
-scheduler's and both stages' KV numbers. Callers must be on loopback or carry a configured
+A standby API (`role = "standby"`) loads, connects to the worker and answers /health (200) and
+/ready (200 once the pipeline is up, the reason saying it is not active) from the start, but
+its /v1 API answers 503 until it is activated:
+
+- `POST /admin/vrrp` with the agent's event JSON (`{"state": "MASTER", ...}`): MASTER
+  activates, any other state (BACKUP, FAULT, ...) deactivates;
+- `POST /admin/activate` and `POST /admin/deactivate` do the same by hand;
+- `GET /admin/stats`: the scheduler's numbers and both stages' KV use.
+
+Deactivating lets running requests finish. Callers must be on loopback or carry a configured
 API key (with no keys configured, loopback only).
 """
 from __future__ import annotations
@@ -28,7 +34,7 @@ def _is_loopback(request: Request) -> bool:
 
 
 def admin_router(generator, keys: ApiKeyChecker) -> APIRouter:
-    """Routes that flip `generator.set_active(...)`."""
+    """Routes that flip `generator.set_active(...)` and show `generator.stats()`."""
     router = APIRouter()
 
     def check(request: Request) -> None:
@@ -39,21 +45,35 @@ def admin_router(generator, keys: ApiKeyChecker) -> APIRouter:
         raise APIError(403, "admin endpoints take loopback callers or an API key",
                        code="forbidden", type="invalid_request_error")
 
-    async def switch(request: Request, active: bool) -> dict:
-        check(request)
+    def switch(request: Request, active: bool, why: str) -> dict:
         generator.set_active(active)
-        log.warning("API %s by %s", "activated" if active else "deactivated",
+        log.warning("API %s (%s, from %s)", "activated" if active else "deactivated", why,
                     request.client.host if request.client else "?")
         ready, reason = generator.readiness()
         return {"active": active, "ready": ready, "reason": reason}
 
     @router.post("/admin/activate")
     async def activate(request: Request) -> dict:
-        return await switch(request, True)
+        check(request)
+        return switch(request, True, "POST /admin/activate")
 
     @router.post("/admin/deactivate")
     async def deactivate(request: Request) -> dict:
-        return await switch(request, False)
+        check(request)
+        return switch(request, False, "POST /admin/deactivate")
+
+    @router.post("/admin/vrrp")
+    async def vrrp(request: Request) -> dict:
+        check(request)
+        try:
+            event = await request.json()
+            state = event["state"]
+        except (ValueError, KeyError, TypeError):
+            raise APIError(400, 'expected the VRRP event JSON, e.g. {"state": "MASTER"}',
+                           param="state") from None
+        if not isinstance(state, str):
+            raise APIError(400, f"state must be a string, got {state!r}", param="state")
+        return switch(request, state.upper() == "MASTER", f"VRRP state {state}")
 
     @router.get("/admin/stats")
     async def stats(request: Request) -> dict:

@@ -1,8 +1,8 @@
 """`duet master --config FILE`: load the head, connect to the worker, serve the OpenAI API.
 
-The standby API on host B is this same process with `role = "standby"`: it loads, connects
-and answers /health, but its API answers 503 until the VRRP agent's notify hook calls
-`POST /admin/activate` (master/admin.py).
+The standby API on host B is this same process with `role = "standby"`: it loads, connects,
+answers /health and /ready, but its /v1 API answers 503 until the VRRP agent's notify hook
+posts a MASTER event to `/admin/vrrp` (master/admin.py).
 """
 from __future__ import annotations
 

@@ -24,7 +24,8 @@ from proto import pipeline_pb2 as pb
 
 log = logging.getLogger("duet.master.generator")
 MESSAGE_SLACK_BYTES = 1 << 20  # room for the step's sequence list next to the hidden states
-NOT_ACTIVE = "standby API: not active (the VRRP agent activates it with POST /admin/activate)"
+NOT_ACTIVE = ("standby API not active: the API answers 503 until the VRRP agent activates it "
+              "(POST /admin/vrrp with state MASTER, or POST /admin/activate)")
 
 
 class PipelineGenerator:
@@ -50,12 +51,20 @@ class PipelineGenerator:
 
     # --- the Generator protocol --------------------------------------------------------
     def readiness(self) -> tuple[bool, str]:
-        if not self.active:
-            return False, NOT_ACTIVE
+        """Whether this API could serve: head loaded, worker connected, handshake passed.
+
+        An inactive standby is ready in this sense (the VRRP health check on its host asks
+        exactly that); its reason says that the API answers 503 until it is activated.
+        """
         ready, reason = self.client.readiness()
-        return (ready and self._connected), reason
+        ready = ready and self._connected
+        if ready and not self.active:
+            reason = f"ready; {NOT_ACTIVE}"
+        return ready, reason
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        if not self.active:
+            raise PipelineUnavailable(NOT_ACTIVE)
         ready, reason = self.readiness()
         if not ready:
             raise PipelineUnavailable(reason)

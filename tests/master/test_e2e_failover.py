@@ -99,18 +99,22 @@ def test_mismatched_split_is_refused_with_the_reason(stack):
 def test_standby_serves_only_while_activated(stack):
     url = stack.standby_url
     assert httpx.get(f"{url}/health").status_code == 200
-    ready = httpx.get(f"{url}/ready")
-    assert ready.status_code == 503 and "standby" in ready.json()["reason"]
+    wait_ready(url)  # /ready: the standby could serve (the VRRP health check asks this)
+    assert "not active" in httpx.get(f"{url}/ready").json()["reason"]
     with pytest.raises(openai.APIStatusError) as e:
         client(url).completions.create(model=stack.model.name, prompt="hi", max_tokens=2)
-    assert e.value.status_code == 503
+    assert e.value.status_code == 503 and "not active" in e.value.message
 
-    assert httpx.post(f"{url}/admin/activate").json()["active"] is True
-    wait_ready(url)
+    event = {"vrid": 51, "state": "MASTER", "previous": "BACKUP", "priority": 100}
+    assert httpx.post(f"{url}/admin/vrrp", json=event).json()["active"] is True
     r = client(url).completions.create(model=stack.model.name, prompt="Standby speaks",
                                        max_tokens=5, temperature=0)
     assert r.choices[0].text == greedy_text(stack, "Standby speaks", 5)
 
-    httpx.post(f"{url}/admin/deactivate")
-    assert httpx.get(f"{url}/ready").status_code == 503
+    event = {"vrid": 51, "state": "BACKUP", "previous": "MASTER", "priority": 100}
+    assert httpx.post(f"{url}/admin/vrrp", json=event).json()["active"] is False
+    with pytest.raises(openai.APIStatusError) as e:
+        client(url).completions.create(model=stack.model.name, prompt="hi", max_tokens=2)
+    assert e.value.status_code == 503
+    assert httpx.post(f"{url}/admin/activate").json()["active"] is True
     assert httpx.get(f"{url}/health").status_code == 200

@@ -15,7 +15,7 @@ class FakeGenerator:
         self.active = active
 
     def readiness(self):
-        return (True, "ready") if self.active else (False, "standby API: not active")
+        return True, "ready" if self.active else "ready; standby API not active"
 
     def stats(self):
         return {"running": 0}
@@ -46,3 +46,14 @@ def test_without_configured_keys_only_loopback_may_switch():
     gen = FakeGenerator()
     assert app_for(gen, {}).post("/admin/activate").status_code == 403
     assert gen.active is False
+
+
+def test_vrrp_events_activate_on_master_and_deactivate_otherwise():
+    gen = FakeGenerator()
+    client = TestClient(app_for(gen, {}).app, client=("127.0.0.1", 5555))
+    for state, active in (("MASTER", True), ("BACKUP", False), ("MASTER", True), ("FAULT", False)):
+        r = client.post("/admin/vrrp", json={"vrid": 51, "state": state, "previous": "x"})
+        assert r.status_code == 200 and r.json()["active"] is active and gen.active is active
+    bad = client.post("/admin/vrrp", json={"vrid": 51})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "state"
+    assert client.post("/admin/vrrp", content=b"not json").status_code == 400

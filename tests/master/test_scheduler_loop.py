@@ -11,7 +11,7 @@ import pytest
 
 from engine.sampling_params import SamplingParams
 from master.generation import GenerationRequest, PipelineUnavailable, QueueFull, SequenceFailed
-from master.pipeline_generator import PipelineGenerator
+from master.pipeline_generator import NOT_ACTIVE, PipelineGenerator
 from master.scheduler import SchedulerConfig
 from proto import pipeline_pb2 as pb
 
@@ -261,8 +261,9 @@ async def test_full_queue_and_inactive_standby_are_refused(pipeline):
     with pytest.raises(QueueFull):
         await collect(gen, request("third", [1], 3))
     gen.set_active(False)
-    with pytest.raises(PipelineUnavailable, match="standby"):
+    with pytest.raises(PipelineUnavailable, match="standby API not active"):
         await collect(gen, request("standby", [1], 3))
+    assert gen.readiness() == (True, "ready; " + NOT_ACTIVE)  # /ready: it could serve
     gen.set_active(True)
     open_gate(worker)
     assert len(await first) == 3 and len(await queued) == 3
