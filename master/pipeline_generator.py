@@ -186,9 +186,9 @@ class PipelineGenerator:
             self.worker_kv_used_tokens = reply.kv_used_tokens
             self.worker_kv_capacity_tokens = reply.kv_capacity_tokens
             self.scheduler.complete(batch)
+            self._wake.set()  # before the outboxes: the next step goes ahead of SSE writing
             self._deliver(batch, reply)
             self._update_metrics()
-            self._wake.set()
 
     async def _watchdog(self) -> None:
         while True:
