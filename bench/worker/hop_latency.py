@@ -1,8 +1,9 @@
 """Per-step cost of the master -> worker hop on loopback, in one run, side by side:
 
   in-process   TailRunner.step on this process's own tail (no gRPC at all)
-  grpc-echo    a bare grpc.aio bidi stream echoing the same request bytes (no compute):
-               the floor that gRPC itself sets on this machine
+  grpc-echo    a bare grpc.aio bidi stream echoing the same request bytes: gRPC's floor here
+  noop         the worker's Pipeline service over an executor that computes nothing
+  noop-busy    the same, spinning BUSY_S per step like a tail would (see hop_servers.py)
   local        a `duet worker` process, executor local, over a gRPC Step stream
   triton       a `duet worker` process, executor triton (managed tritonserver), same stream
 
@@ -97,18 +98,11 @@ async def time_echo(call, decoder: Decoder, steps: int) -> list[Sample]:
     return out
 
 
-async def echo_server(port: int) -> None:
-    """A bare bidi stream that sends every message back (run as `--echo-server PORT`)."""
-    async def echo(requests, context):
-        async for message in requests:
-            yield message
-
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "bench.Echo", {"Echo": grpc.stream_stream_rpc_method_handler(echo)}),))
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    await server.wait_for_termination()
+def start_reference(*args: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    script = Path(__file__).with_name("hop_servers.py")
+    return subprocess.Popen([sys.executable, str(script), args[0], str(port), *args[1:]]), \
+        f"127.0.0.1:{port}"
 
 
 def start_worker(ckpt: Path, executor: str, tmp: Path) -> tuple[subprocess.Popen, str]:
@@ -149,27 +143,27 @@ async def run(args) -> str:
     ckpt = write_tiny_model("qwen2", tmp / "ckpt", num_layers=LAYERS)
     tail = TailRunner.load(str(ckpt), SPLIT, dtype="float32", device="cpu",
                            kv_cache_bytes=KV_CACHE_BYTES, block_size=16, idle_timeout_s=3600)
-    echo_port = free_port()
-    echo = subprocess.Popen([sys.executable, __file__, "--echo-server", str(echo_port)])
-    workers = {ex: start_worker(ckpt, ex, tmp) for ex in ("local", "triton")}
+    servers = {"grpc-echo": start_reference("echo"), "noop": start_reference("noop", "0"),
+               "noop-busy": start_reference("noop", str(args.busy_s))}
+    servers.update({ex: start_worker(ckpt, ex, tmp) for ex in ("local", "triton")})
     try:
-        for proc, address in workers.values():
-            await wait_ready(address, proc)
-        addresses = {ex: addr for ex, (_, addr) in workers.items()}
-        return await measure(args, tail, f"127.0.0.1:{echo_port}", addresses)
+        for mode, (proc, address) in servers.items():
+            if mode != "grpc-echo":
+                await wait_ready(address, proc)
+        await asyncio.sleep(1)  # the echo server has no handshake to wait on
+        return await measure(args, tail, {mode: addr for mode, (_, addr) in servers.items()})
     finally:
-        for proc, _ in [*workers.values(), (echo, None)]:
+        for proc, _ in servers.values():
             proc.terminate()
             proc.wait(60)
 
 
-async def measure(args, tail: TailRunner, echo: str, addresses: dict[str, str]) -> str:
+async def measure(args, tail: TailRunner, addresses: dict[str, str]) -> str:
     channels = {ex: grpc.aio.insecure_channel(a) for ex, a in addresses.items()}
-    echo_channel = grpc.aio.insecure_channel(echo)
     samples: dict[tuple[str, int], list[Sample]] = {}
     for batch in args.batches:
-        calls = {ex: pb_grpc.PipelineStub(ch).Step() for ex, ch in channels.items()}
-        calls["grpc-echo"] = echo_channel.stream_stream("/bench.Echo/Echo")()
+        calls = {ex: (ch.stream_stream("/bench.Echo/Echo")() if ex == "grpc-echo"
+                      else pb_grpc.PipelineStub(ch).Step()) for ex, ch in channels.items()}
         decoders = {ex: Decoder(batch, f"b{batch}") for ex in ("in-process", *calls)}
         per_round = args.steps // args.rounds
         for round_ in range(args.rounds + 1):  # round 0 warms up and is dropped
@@ -183,9 +177,15 @@ async def measure(args, tail: TailRunner, echo: str, addresses: dict[str, str]) 
                     samples.setdefault((mode, batch), []).extend(values)
         for call in calls.values():
             call.cancel()
-    for ch in [*channels.values(), echo_channel]:
+    for ch in channels.values():
         await ch.close()
     return report(args, samples)
+
+
+# (mode, the mode its overhead is compared with, the issue's target)
+ROWS = (("in-process", None, ""), ("grpc-echo", None, ""), ("noop", "grpc-echo", ""),
+        ("noop-busy", "noop", ""), ("local", "in-process", "≤ 200 µs over in-process"),
+        ("triton", "local", "≤ 500 µs over local"))
 
 
 def report(args, samples) -> str:
@@ -198,7 +198,7 @@ def report(args, samples) -> str:
         f"(load average before the run: {args.load_before})  ",
         f"Python {platform.python_version()}, torch {torch.__version__}, torch threads 1  ",
         f"Command: `python bench/worker/hop_latency.py --steps {args.steps} "
-        f"--rounds {args.rounds}`",
+        f"--rounds {args.rounds} --busy-s {args.busy_s}`",
         "",
         f"Tiny qwen2 checkpoint (hidden {HIDDEN}, vocab 151936), tail = layers [{SPLIT}, {LAYERS})"
         " + norm + LM head + greedy sampler, float32 on CPU. One decode token per sequence "
@@ -214,11 +214,9 @@ def report(args, samples) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for batch in args.batches:
-        overhead = {mode: percentiles([w - c for w, c in samples[(mode, batch)]])
-                    for mode in ("in-process", "grpc-echo", "local", "triton")}
-        for mode, base, target in (("in-process", None, ""), ("grpc-echo", None, ""),
-                                   ("local", "in-process", "≤ 200 µs over in-process"),
-                                   ("triton", "local", "≤ 500 µs over local")):
+        overhead = {mode: percentiles([w - c for w, c in values])
+                    for (mode, b), values in samples.items() if b == batch}
+        for mode, base, target in ROWS:
             step = percentiles([w for w, _ in samples[(mode, batch)]])
             adds = "" if base is None else f"{overhead[mode][0] - overhead[base][0]:.0f} µs over {base}"
             lines.append(f"| {batch} | {mode} | {step[0]:.0f} | {step[1]:.0f} | "
@@ -232,11 +230,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--out", help="also write the table to this file")
-    parser.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--busy-s", type=float, default=0.005,
+                        help="per-step CPU time of the noop-busy reference (default 5 ms)")
     args = parser.parse_args()
-    if args.echo_server:
-        asyncio.run(echo_server(args.echo_server))
-        return
     args.load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     table = asyncio.run(run(args))
     print(table)
