@@ -1,7 +1,8 @@
 """`duet worker --config FILE`: load the tail, serve the Pipeline until SIGTERM/SIGINT.
 
-Importable too: `await run_worker(config, ready)` (what `duet serve` uses to run both roles),
-or `Worker(config)` with start()/stop() when the caller needs the bound port.
+Importable too, for a caller that runs a worker inside its own event loop:
+`await run_worker(config, ready)` serves until cancelled; `Worker(config)` with
+start()/stop() when the caller also needs the bound port (listen = "127.0.0.1:0").
 """
 from __future__ import annotations
 
