@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,7 @@ class TailSeq:
 
     key: str  # "<stream>/<seq_id>": two APIs may use the same seq_id
     stream: str
+    seq_id: str
     sampler: SamplerState
     next_pos: int = 0
     touched_s: float = 0.0
@@ -107,7 +108,7 @@ class TailRunner:
     def _run(self, stream: str, request: pb.StepRequest, hidden: torch.Tensor,
              results: list[pb.SeqResult]) -> None:
         planned: list[tuple[int, TailSeq, pb.SeqStep, int]] = []  # (index, seq, step, row)
-        row, counts = 0, _count_ids(request)
+        row, counts = 0, Counter(s.seq_id for s in request.seqs)
         finite = torch.isfinite(hidden).all(dim=1).tolist() if hidden.numel() else []  # [T]
         for index, seq_step in enumerate(request.seqs):
             try:
@@ -172,7 +173,8 @@ class TailRunner:
         if outside:
             raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT,
                             f"prompt_token_ids outside the vocabulary [0, {vocab}): {outside[:5]}")
-        return TailSeq(key=key, stream=stream, sampler=SamplerState.create(params))
+        return TailSeq(key=key, stream=stream, seq_id=seq_step.seq_id,
+                       sampler=SamplerState.create(params))
 
     def _forward(self, hidden: torch.Tensor, planned, results) -> None:
         rows = [r for _, _, s, start in planned for r in range(start, start + s.num_tokens)]
@@ -219,8 +221,7 @@ class TailRunner:
         cutoff = self.clock() - self.idle_timeout_s
         idle = [seq for seq in self.seqs.values() if seq.touched_s < cutoff]
         for seq in idle:
-            self._release(seq.stream, seq.key.split("/", 1)[1],
-                          f"released after {self.idle_timeout_s:g} s idle")
+            self._release(seq.stream, seq.seq_id, f"released after {self.idle_timeout_s:g} s idle")
         return [seq.key for seq in idle]
 
     def _reply(self, step_id: int, results, compute_s: float) -> pb.StepReply:
@@ -232,9 +233,3 @@ class TailRunner:
         """A reply with no results: the KV counters, for lifecycle calls."""
         return self._reply(0, [], 0.0)
 
-
-def _count_ids(request: pb.StepRequest) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for s in request.seqs:
-        counts[s.seq_id] = counts.get(s.seq_id, 0) + 1
-    return counts
