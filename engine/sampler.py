@@ -51,9 +51,9 @@ def apply_penalties(logits: torch.Tensor, state: SamplerState) -> torch.Tensor:
     repetition counts prompt and output tokens (HF/vLLM semantics). Touches only seen ids."""
     p = state.params
     logits = logits.clone()
-    output = torch.tensor(state.output_token_ids, dtype=torch.long)
+    output = torch.tensor(state.output_token_ids, dtype=torch.long, device=logits.device)
     if p.repetition_penalty != 1:
-        prompt = torch.tensor(p.prompt_token_ids, dtype=torch.long)
+        prompt = torch.tensor(p.prompt_token_ids, dtype=torch.long, device=logits.device)
         seen = torch.unique(torch.cat([prompt, output]))
         values = logits[seen]
         logits[seen] = torch.where(values > 0, values / p.repetition_penalty,
@@ -66,7 +66,7 @@ def apply_penalties(logits: torch.Tensor, state: SamplerState) -> torch.Tensor:
 
 def truncate(probs: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
     """probs [V] -> (ids [K], probs [K]) of the tokens that min_p, top_k and top_p keep."""
-    ids = torch.arange(probs.numel())
+    ids = torch.arange(probs.numel(), device=probs.device)
     if params.min_p > 0:
         keep = probs >= params.min_p * probs.max()
         ids, probs = ids[keep], probs[keep]
@@ -109,7 +109,8 @@ def choose(logits: torch.Tensor, state: SamplerState) -> int:
     cdf = torch.cumsum(probs, 0)  # [K]
     if not bool(torch.isfinite(cdf[-1])) or float(cdf[-1]) <= 0:  # NaN logits: no distribution
         return int(torch.argmax(torch.nan_to_num(logits, nan=float("-inf"))))
-    u = torch.rand((), generator=state.generator) * cdf[-1]
+    # Drawn on the CPU from the sequence's own generator, so a seed means the same on any device.
+    u = torch.rand((), generator=state.generator).to(cdf.device) * cdf[-1]
     return int(ids[min(int(torch.searchsorted(cdf, u, right=True)), ids.numel() - 1)])
 
 

@@ -161,3 +161,16 @@ def test_nan_logits_give_a_token_not_an_error():
     logits = torch.full((1, VOCAB), float("nan"))
     logits[0, 11] = 1.0
     assert sample(logits, states(SamplingParams(seed=0)))[0].token_id == 11
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_logits_give_the_cpu_answers():
+    logits = random_logits(4, seed=6)
+    for params in (SamplingParams(temperature=0, logprobs=2, frequency_penalty=0.5),
+                   SamplingParams(temperature=0.9, top_p=0.8, top_k=20, min_p=0.01, seed=5,
+                                  repetition_penalty=1.3, prompt_token_ids=(1, 2))):
+        cpu_states, gpu_states = states(*[params] * 4), states(*[params] * 4)
+        for step in range(3):
+            cpu = sample(logits, cpu_states)
+            gpu = sample(logits.cuda(), gpu_states)
+            assert [r.token_id for r in gpu] == [r.token_id for r in cpu], (params, step)
