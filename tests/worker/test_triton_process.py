@@ -40,7 +40,7 @@ async def new_sequence(stream: StepStream, head, seq_id: str) -> pb.SeqResult:
     return result_of(reply, seq_id)
 
 
-async def test_tritonserver_restarts_and_stops_clean(ckpt, head, tmp_path, own_triton_worker):
+async def test_tritonserver_restarts_and_stops_clean(head, own_triton_worker):
     worker = own_triton_worker
     first = tritonserver_of(worker.proc.pid)
     regions = shm_regions_of(first)

@@ -6,7 +6,6 @@ import torch
 
 from pipeline_driver import MAX_MESSAGE_BYTES, StepStream, result_of
 from proto import pipeline_pb2 as pb
-from worker import wire
 
 GREEDY = pb.SamplingParams(temperature=0, logprobs=-1)
 CODE = {c.value[0]: c for c in grpc.StatusCode}
