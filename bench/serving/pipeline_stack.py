@@ -18,9 +18,9 @@ from engine.stage import Stage
 from engine.tiny_configs import generation_config, tiny_config
 from engine.tiny_model import copy_tokenizer, random_tensors, write_shards
 
-SHAPE = dict(hidden_size=512, intermediate_size=1536, num_attention_heads=8,
+SHAPE = dict(hidden_size=768, intermediate_size=2048, num_attention_heads=12,
              num_key_value_heads=4, vocab_size=8000)
-LAYERS, SPLIT = 8, 5  # the tail also runs the LM head: 5 | 3 balances the two stages
+LAYERS, SPLIT = 8, 4  # the tail also runs the LM head, the head also serves HTTP
 PROMPT_TOKENS, OUTPUT_TOKENS = 32, 64
 
 

@@ -7,8 +7,8 @@ Measures, in one run and on one checkpoint:
 and writes bench/serving/results.md with the ratios against the issue's targets:
   aggregate output tokens/s at c16 >= 6x c1; pipeline c1 >= 0.85x the in-process engine.
 
-The checkpoint is qwen2-shaped with random weights (hidden 512, 8 layers, 8k vocabulary:
-33 M parameters, 66 MB in bf16 on disk, float32 in memory), big enough that compute, not
+The checkpoint is qwen2-shaped with random weights (hidden 768, 8 layers, 8k vocabulary:
+63 M parameters, 125 MB in bf16 on disk, float32 in memory), big enough that compute, not
 Python, dominates a step. Its vocabulary is cut below the tokenizer's end-of-text id, so
 every request runs to max_tokens. The c1 comparison alternates in-process and pipeline
 requests, so both see the same machine load.
