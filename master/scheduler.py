@@ -106,11 +106,6 @@ class Scheduler:
     def has_releases(self) -> bool:
         return bool(self._to_release)
 
-    def has_work(self) -> bool:
-        return bool(self._to_release) or bool(self.waiting) or any(
-            not s.in_flight for s in self.running
-        )
-
     def schedule(self) -> MicroBatch | None:
         """The next micro-batch, or None when nothing is ready and nothing needs releasing."""
         batch = MicroBatch(step_id=self._next_step_id, release=self._to_release)
