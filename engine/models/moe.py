@@ -120,8 +120,10 @@ class Experts(nn.Module):
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """x [T, H], weights/ids [T, K] -> sum over k of weight * expert(x) [T, H]."""
         t, k = ids.shape
-        order = ids.flatten().argsort()  # (token, k) pairs grouped by expert
-        counts = torch.bincount(ids.flatten(), minlength=self.num_experts)  # [E] rows per expert
+        flat = ids.flatten()  # [T*K]
+        order = flat.argsort()  # (token, k) pairs grouped by expert
+        # rows per expert [E]; scatter_add_, not bincount, which syncs with the host on CUDA
+        counts = flat.new_zeros(self.num_experts).scatter_add_(0, flat, torch.ones_like(flat))
         # index_select, not x[...]: the advanced-indexing kernels cost ~10x more on small CPU batches
         xs = x.index_select(0, order.div(k, rounding_mode="floor"))  # [T*K, H]
         gate_up = self.gate_up_proj.view(self.num_experts, -1, x.shape[1])  # [E, 2I, H]
