@@ -99,6 +99,16 @@ def test_greedy_32_tokens_with_kv_cache_match_transformers(variant, pipeline, pr
     assert pipeline(ckpt, splits=(2,)).greedy("a", ids, 32) == out[0, len(ids):].tolist()
 
 
+def test_chunked_prefill_gives_the_logits_of_one_prefill(variant, pipeline, prompt):
+    """Chunks of several tokens attend over expanded keys, a 1-token chunk in latent space:
+    both give transformers' logits."""
+    ckpt, hf_model = variant
+    ids = prompt(20, seed=3)
+    pipe = pipeline(ckpt, splits=(1,))
+    parts = [pipe.step([("a", s, e - s)], ids[s:e]) for s, e in ((0, 7), (7, 8), (8, 20))]
+    torch.testing.assert_close(torch.cat(parts), reference_logits(hf_model, ids), atol=ATOL, rtol=0)
+
+
 def test_prompts_are_routed_to_many_experts(deepseek_checkpoint, pipeline, prompt):
     """The tiny checkpoints exercise routing: a prompt's tokens spread over the experts."""
     for name in ("v3", "v2_group"):
