@@ -44,6 +44,11 @@ class MoESpec:
             raise ValueError(f"n_group ({self.num_groups}) must divide n_routed_experts ({self.num_experts})")
         if not 0 < self.topk_groups <= self.num_groups:
             raise ValueError(f"topk_group must be in [1, n_group={self.num_groups}], got {self.topk_groups}")
+        per_group = self.num_experts // self.num_groups
+        if self.top_k > self.topk_groups * per_group:
+            raise ValueError(f"num_experts_per_tok ({self.top_k}) exceeds the experts of topk_group groups")
+        if self.method == "noaux_tc" and self.num_groups > 1 and per_group < 2:
+            raise ValueError("noaux_tc ranks groups by their best two experts: n_group leaves fewer")
 
 
 class Router(nn.Module):

@@ -82,3 +82,5 @@ def test_bad_spec_names_the_field():
         _spec("noaux_tc", num_groups=3)
     with pytest.raises(ValueError, match="topk_method"):
         _spec("sinkhorn")
+    with pytest.raises(ValueError, match="num_experts_per_tok"):
+        _spec("group_limited_greedy", num_groups=8, topk_groups=1)  # 2 experts left for top-4
