@@ -112,7 +112,7 @@ class Scheduler:
         self._to_release = []
         budget = self.step_token_budget
         limit = self._seqs_per_batch()
-        ready = [s for s in self.running if not s.in_flight]
+        ready = [s for s in self.running if not s.in_flight and s.pending_tokens()]
         decodes = [s for s in ready if not s.is_prefilling]
         prefills = [s for s in ready if s.is_prefilling]
         for seq in decodes + prefills:
