@@ -10,8 +10,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from engine.batch import ForwardContext
+
+# cuDNN's attention plans a new graph for every new key length, i.e. at every decode step:
+# measured at ~9 ms per layer call on an H100 (bench/gpu/results.md). The others need no plan.
+_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,12 @@ def unpad_queries(x: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
     return flat if layout.unpad_index is None else flat[layout.unpad_index]
 
 
+def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **kwargs) -> torch.Tensor:
+    """F.scaled_dot_product_attention without the cuDNN backend (see _SDPA_BACKENDS)."""
+    with sdpa_kernel(_SDPA_BACKENDS):
+        return F.scaled_dot_product_attention(query, key, value, **kwargs)
+
+
 def paged_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -108,7 +119,7 @@ def paged_attention(
     keys = gather_context(k_cache, ctx).transpose(1, 2)  # [B, Hkv, C, D]
     values = gather_context(v_cache, ctx).transpose(1, 2)
     queries = pad_queries(q, layout, ctx.num_seqs).transpose(1, 2)  # [B, Hq, maxQ, D]
-    out = F.scaled_dot_product_attention(
+    out = sdpa(
         queries,
         keys.to(q.dtype),
         values.to(q.dtype),

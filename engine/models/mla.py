@@ -11,10 +11,11 @@ import math
 from dataclasses import dataclass, fields
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from engine.attention import attention_layout, gather_context, pad_queries, unpad_queries, write_cache
+from engine.attention import (
+    attention_layout, gather_context, pad_queries, sdpa, unpad_queries, write_cache,
+)
 from engine.batch import ForwardContext
 from engine.models.base import RMSNorm
 from engine.rope import RotaryEmbedding, apply_rope, apply_rope_interleaved
@@ -180,7 +181,7 @@ class MLAttention(nn.Module):
         k_pe = rows[..., None, s.kv_lora_rank :].expand(b, c, s.num_heads, s.qk_rope_head_dim)
         keys = torch.cat([k_nope, k_pe], dim=-1)  # [B, C, nh, nope + r]
         query = pad_queries(torch.cat([q_nope, q_pe], dim=-1), layout, ctx.num_seqs)  # [B, maxQ, nh, *]
-        out = F.scaled_dot_product_attention(
+        out = sdpa(
             query.transpose(1, 2),
             keys.transpose(1, 2),
             values.transpose(1, 2),
