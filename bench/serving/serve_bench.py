@@ -7,8 +7,8 @@ Measures, in one run and on one checkpoint:
 and writes bench/serving/results.md with the ratios against the issue's targets:
   aggregate output tokens/s at c16 >= 6x c1; pipeline c1 >= 0.85x the in-process engine.
 
-The checkpoint is qwen2-shaped with random weights (hidden 768, 8 layers, 8k vocabulary:
-63 M parameters, 125 MB in bf16 on disk, float32 in memory), big enough that compute, not
+The checkpoint is qwen2-shaped with random weights (hidden 1024, 8 layers, 8k vocabulary:
+107 M parameters, 215 MB in bf16 on disk and in memory), big enough that compute, not
 Python, dominates a step. Its vocabulary is cut below the tokenizer's end-of-text id, so
 every request runs to max_tokens. The c1 comparison alternates in-process and pipeline
 requests, so both see the same machine load.
@@ -31,8 +31,8 @@ from pathlib import Path
 import openai
 import torch
 
-from pipeline_stack import (LAYERS, OUTPUT_TOKENS, PROMPT_TOKENS, SHAPE, SPLIT, InProcess,
-                            Stack, prompt, write_checkpoint)
+from pipeline_stack import (DTYPE, LAYERS, OUTPUT_TOKENS, PROMPT_TOKENS, SHAPE, SPLIT,
+                            InProcess, Stack, prompt, write_checkpoint)
 
 HERE = Path(__file__).parent
 LEVELS = (1, 4, 16, 64)
@@ -127,7 +127,7 @@ def report(machine: dict, c1: dict, levels: list[dict], args) -> str:
 
 - machine: `{machine['uname']}`, nproc {machine['nproc']}; load average {machine['load']} at
   the start (the machine is shared: other processes compete for its cores)
-- checkpoint: qwen2-shaped, random weights, {json.dumps(SHAPE)}, {LAYERS} layers, float32;
+- checkpoint: qwen2-shaped, random weights, {json.dumps(SHAPE)}, {LAYERS} layers, {DTYPE};
   the master runs layers [0, {SPLIT}), the worker [{SPLIT}, {LAYERS}) + norm + LM head
 - worker executor `{args.executor}`; torch threads per process: {args.threads or 'torch default'}
 - a request: {PROMPT_TOKENS} prompt tokens, {OUTPUT_TOKENS} output tokens, greedy, streamed over
