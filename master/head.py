@@ -7,8 +7,9 @@ import torch
 
 from engine.batch import SeqChunk, StepBatch
 from engine.stage import Stage
-from master.wire import empty_hidden, tensor_to_proto
+from master.wire import empty_hidden
 from proto import pipeline_pb2 as pb
+from proto.convert import tensor_to_proto
 
 
 class Head:

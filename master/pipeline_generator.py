@@ -19,8 +19,9 @@ from typing import AsyncIterator
 from master.generation import GenerationRequest, PipelineUnavailable, SequenceFailed, TokenEvent
 from master.scheduler import MicroBatch, Scheduler, SchedulerConfig
 from master.sequence import Sequence
-from master.wire import STATUS_NAMES, TORCH_DTYPES, step_request
+from master.wire import STATUS_NAMES, step_request
 from proto import pipeline_pb2 as pb
+from proto.convert import TORCH_DTYPES
 
 log = logging.getLogger("duet.master.generator")
 MESSAGE_SLACK_BYTES = 1 << 20  # room for the step's sequence list next to the hidden states

@@ -1,5 +1,5 @@
-"""The StepRequest of a micro-batch. Tensor and SamplingParams conversions are shared with the
-worker (worker/wire.py), so both ends read and write the same bytes."""
+"""The master's side of the wire: the StepRequest of a micro-batch. The conversions both ends
+share (tensors, sampling params) live in proto/convert.py, so both read and write the same bytes."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +8,7 @@ import grpc
 
 from master.scheduler import MicroBatch
 from proto import pipeline_pb2 as pb
-from worker.wire import TORCH_DTYPES, params_to_proto, tensor_to_proto  # noqa: F401 (re-export)
+from proto.convert import params_to_proto
 
 STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 

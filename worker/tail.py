@@ -18,7 +18,8 @@ from engine.fingerprint import checkpoint_fingerprint
 from engine.sampler import SamplerState, sample
 from engine.stage import Stage
 from proto import pipeline_pb2 as pb
-from worker import wire
+from proto.convert import WireError, params_from_proto, tensor_from_proto
+from worker.wire import check_hidden, sampled_to_proto
 
 log = logging.getLogger(__name__)
 TOMBSTONES_PER_STREAM = 4096  # recently ended ids remembered per stream, for clear errors
@@ -83,13 +84,13 @@ class TailRunner:
         results = [pb.SeqResult(seq_id=s.seq_id) for s in request.seqs]
         try:
             self._check_layout(request)
-        except wire.WireError as e:
+        except WireError as e:
             for index, seq_step in enumerate(request.seqs):
                 self._fail(stream, seq_step.seq_id, results[index],
                            SeqFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e)))
         else:
             if request.seqs:
-                hidden = wire.tensor_from_proto(request.hidden, self.stage.device)  # [T, H]
+                hidden = tensor_from_proto(request.hidden, self.stage.device)  # [T, H]
                 self._run(stream, request, hidden, results)
         for seq_id in request.release:
             self._release(stream, seq_id, "released")
@@ -99,11 +100,11 @@ class TailRunner:
         """Message-level checks: without them no row of `hidden` can be attributed."""
         for s in request.seqs:
             if s.num_tokens < 1:
-                raise wire.WireError(f"sequence {s.seq_id!r} has num_tokens {s.num_tokens}, "
+                raise WireError(f"sequence {s.seq_id!r} has num_tokens {s.num_tokens}, "
                                      "so the rows of hidden cannot be attributed")
         rows = sum(s.num_tokens for s in request.seqs)
         if rows or request.HasField("hidden"):
-            wire.check_hidden(request.hidden, self.dtype, rows, self.hidden_size)
+            check_hidden(request.hidden, self.dtype, rows, self.hidden_size)
 
     def _run(self, stream: str, request: pb.StepRequest, hidden: torch.Tensor,
              results: list[pb.SeqResult]) -> None:
@@ -165,8 +166,8 @@ class TailRunner:
                             f"unknown sequence {seq_step.seq_id!r}: its first step must carry "
                             "sampling params")
         try:
-            params = wire.params_from_proto(seq_step.params)
-        except wire.WireError as e:
+            params = params_from_proto(seq_step.params)
+        except WireError as e:
             raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
         vocab = self.stage.config.vocab_size
         outside = [t for t in params.prompt_token_ids if not 0 <= t < vocab]
@@ -189,7 +190,7 @@ class TailRunner:
             logits = self.stage.compute_logits(out[[last_rows[i] for i in sampling]])  # [N, V]
             picks = sample(logits, [planned[i][1].sampler for i in sampling])
             for i, pick in zip(sampling, picks):
-                results[planned[i][0]].sampled.CopyFrom(wire.sampled_to_proto(pick))
+                results[planned[i][0]].sampled.CopyFrom(sampled_to_proto(pick))
         now = self.clock()
         for _, seq, s, _ in planned:
             seq.next_pos, seq.touched_s = s.start_pos + s.num_tokens, now

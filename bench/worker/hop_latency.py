@@ -32,7 +32,7 @@ import torch
 from engine.tiny_model import write_tiny_model
 from proto import pipeline_pb2 as pb
 from proto import pipeline_pb2_grpc as pb_grpc
-from worker import wire
+from proto.convert import tensor_to_proto
 from worker.tail import TailRunner
 from worker.triton_process import free_port
 
@@ -58,7 +58,7 @@ class Decoder:
                 s.params.CopyFrom(GREEDY)
         self.pos += 1
         return pb.StepRequest(step_id=self.step_id, seqs=seqs,
-                              hidden=wire.tensor_to_proto(self.hidden))
+                              hidden=tensor_to_proto(self.hidden))
 
 
 Sample = tuple[float, float]  # (wall s of the step as the caller saw it, of which tail compute s)

@@ -6,8 +6,8 @@ from engine.sampling_params import SamplingParams
 from master.generation import GenerationRequest
 from master.scheduler import Scheduler, SchedulerConfig
 from master.sequence import Sequence
-from master.wire import step_request, tensor_to_proto
-from worker.wire import tensor_from_proto
+from master.wire import step_request
+from proto.convert import tensor_from_proto, tensor_to_proto
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

@@ -17,7 +17,7 @@ from engine.sampling_params import SamplingParams
 from engine.stage import Stage
 from proto import pipeline_pb2 as pb
 from proto import pipeline_pb2_grpc as pb_grpc
-from worker import wire
+from proto.convert import params_to_proto, tensor_to_proto
 from worker.triton_process import SHM_PREFIX, free_port
 from worker.triton_repo import TritonInstall, TritonNotInstalled
 
@@ -45,7 +45,7 @@ class StepStream:
         self.step_id += 1
         request = pb.StepRequest(step_id=self.step_id, seqs=seqs, release=release)
         if hidden is not None:
-            request.hidden.CopyFrom(wire.tensor_to_proto(hidden))
+            request.hidden.CopyFrom(tensor_to_proto(hidden))
         return await self.send(request)
 
     def cancel(self) -> None:
@@ -85,7 +85,7 @@ async def generate(stream: StepStream, head: Head, prompts: dict[str, list[int]]
                 for s, p, t in chunks]
         if step == 0:
             for s in seqs:
-                s.params.CopyFrom(wire.params_to_proto(params))
+                s.params.CopyFrom(params_to_proto(params))
         last = step == new_tokens - 1
         reply = await stream.step(seqs, head.hidden(chunks), release=tuple(prompts) if last else ())
         for s in prompts:

@@ -8,7 +8,7 @@ from engine.config import ModelConfig
 from engine.tiny_configs import tiny_config
 from engine.tiny_model import random_tensors, write_shards
 from proto import pipeline_pb2 as pb
-from worker import wire
+from proto.convert import tensor_to_proto
 from worker.tail import TailRunner
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -28,13 +28,13 @@ def decode(tail: TailRunner, hidden: torch.Tensor, steps: int) -> list[tuple[int
     """Prefill 3 rows of one sequence, then decode with the same row; greedy tokens."""
     params = pb.SamplingParams(temperature=0, logprobs=0, frequency_penalty=0.3)
     seq = pb.SeqStep(seq_id="a", start_pos=0, num_tokens=3, sample=True, params=params)
-    out, request = [], pb.StepRequest(step_id=1, seqs=[seq], hidden=wire.tensor_to_proto(hidden))
+    out, request = [], pb.StepRequest(step_id=1, seqs=[seq], hidden=tensor_to_proto(hidden))
     for step in range(steps):
         sampled = tail.step("s", request).results[0].sampled
         out.append((sampled.token_id, sampled.logprob))
         request = pb.StepRequest(step_id=step + 2, seqs=[pb.SeqStep(
             seq_id="a", start_pos=3 + step, num_tokens=1, sample=True)],
-            hidden=wire.tensor_to_proto(hidden[:1]))
+            hidden=tensor_to_proto(hidden[:1]))
     return out
 
 

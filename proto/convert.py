@@ -1,0 +1,72 @@
+"""Both ends' conversions between pipeline.proto messages and engine objects: a Tensor <-> a torch
+tensor, SamplingParams <-> engine params. Hand-written; pipeline_pb2*.py beside it are generated."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from engine.sampling_params import SamplingParams
+from proto import pipeline_pb2 as pb
+
+TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
+
+
+class WireError(ValueError):
+    """A message that cannot be used as sent; the text says what is wrong."""
+
+
+def tensor_to_proto(tensor: torch.Tensor) -> pb.Tensor:
+    """A CPU copy of `tensor` as raw little-endian bytes (x86 and ARM are little-endian)."""
+    tensor = tensor.detach().contiguous().cpu()
+    data = tensor.view(torch.uint8).numpy().tobytes()  # works for bfloat16 too
+    return pb.Tensor(data=data, dtype=DTYPE_NAMES[tensor.dtype], shape=list(tensor.shape))
+
+
+def tensor_from_proto(msg: pb.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+    """The tensor a checked message holds (a writable copy: torch refuses read-only buffers)."""
+    dtype = TORCH_DTYPES[msg.dtype]
+    if not msg.data:
+        return torch.empty(list(msg.shape), dtype=dtype, device=device)
+    flat = torch.frombuffer(bytearray(msg.data), dtype=torch.uint8)
+    return flat.view(dtype).reshape(list(msg.shape)).to(device)
+
+
+def params_to_proto(params: SamplingParams) -> pb.SamplingParams:
+    """The wire form of engine params (what an API sends on a sequence's first step)."""
+    msg = pb.SamplingParams(
+        temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
+        min_p=params.min_p, presence_penalty=params.presence_penalty,
+        frequency_penalty=params.frequency_penalty,
+        repetition_penalty=params.repetition_penalty,
+        logprobs=-1 if params.logprobs is None else params.logprobs,
+        stop_token_ids=params.stop_token_ids, prompt_token_ids=params.prompt_token_ids,
+    )
+    if params.seed is not None:
+        msg.seed = params.seed
+    return msg
+
+
+def params_from_proto(msg: pb.SamplingParams) -> SamplingParams:
+    """Engine params from the wire. proto3 cannot tell 0 from unset, so top_p = 0 and
+    repetition_penalty = 0 (both invalid as values) mean "off"; logprobs < 0 means none."""
+    values = {
+        "temperature": msg.temperature, "top_p": msg.top_p or 1.0, "min_p": msg.min_p,
+        "presence_penalty": msg.presence_penalty, "frequency_penalty": msg.frequency_penalty,
+        "repetition_penalty": msg.repetition_penalty or 1.0,
+    }
+    for name, value in values.items():
+        if not math.isfinite(value):
+            raise WireError(f"sampling params: {name} is not a finite number: {value}")
+    try:
+        return SamplingParams(
+            **values,
+            top_k=msg.top_k,
+            seed=msg.seed if msg.HasField("seed") else None,
+            logprobs=msg.logprobs if msg.logprobs >= 0 else None,
+            stop_token_ids=tuple(msg.stop_token_ids),
+            prompt_token_ids=tuple(msg.prompt_token_ids),
+        )
+    except ValueError as e:
+        raise WireError(f"sampling params: {e}") from None
