@@ -5,21 +5,22 @@ and, if it has a range, a line in `_checks`; loading, env overrides and errors f
 """
 from __future__ import annotations
 
-import collections.abc
-import dataclasses
-import os
-import tomllib
 import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from duet.settings import load_settings
 from master.auth import parse_api_keys
 
 ENV_PREFIX = "DUET_MASTER_"
 DTYPES = ("bfloat16", "float16", "float32")
 ROLES = ("master", "standby")
+
+
+def _api_keys(value) -> Mapping[str, str]:
+    """A read-only id -> key map from any form parse_api_keys accepts."""
+    return types.MappingProxyType(parse_api_keys(value))
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ class MasterConfig:
     tls_ca_file: str = ""  # all three empty = plaintext gRPC
     tls_cert_file: str = ""
     tls_key_file: str = ""
-    api_keys: Mapping[str, str] = field(default_factory=dict, repr=False)  # id -> key; {} = open
+    api_keys: Mapping[str, str] = field(  # id -> key; {} = open; also from DUET_API_KEYS
+        default_factory=dict, repr=False, metadata={"parse": _api_keys, "env": "DUET_API_KEYS"})
     max_num_seqs: int = 64  # sequences running at once
     max_waiting: int = 256  # queued sequences before 429
     step_token_budget: int = 512  # new tokens per step, prefill chunks included
@@ -96,69 +98,4 @@ def load_master_config(
     path: str | Path | None = None, env: Mapping[str, str] | None = None, **overrides
 ) -> MasterConfig:
     """TOML file (optional) < environment < keyword overrides; errors name the field."""
-    env = os.environ if env is None else env
-    raw: dict[str, object] = {}
-    if path is not None:
-        try:
-            raw.update(tomllib.loads(Path(path).read_text()))
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise ValueError(f"{path}: {e}") from None
-    for f in dataclasses.fields(MasterConfig):
-        if ENV_PREFIX + f.name.upper() in env:
-            raw[f.name] = env[ENV_PREFIX + f.name.upper()]
-    if "DUET_API_KEYS" in env:
-        raw["api_keys"] = env["DUET_API_KEYS"]
-    raw.update(overrides)
-    where = f"{path}: " if path is not None else ""
-    try:
-        return MasterConfig(**_coerce(raw))
-    except ValueError as e:
-        raise ValueError(f"{where}{e}") from None
-
-
-def _coerce(raw: dict[str, object]) -> dict[str, object]:
-    """Convert TOML or env values to each field's type; unknown or mistyped fields are errors."""
-    hints = typing.get_type_hints(MasterConfig)
-    out, bad = {}, []
-    for name, value in raw.items():
-        try:
-            if name not in hints:
-                raise ValueError("unknown field")
-            out[name] = _convert(hints[name], value)
-        except (TypeError, ValueError) as e:
-            bad.append(f"{name}: {e}")
-    if "model_dir" not in raw:
-        bad.append("model_dir: missing")
-    if bad:
-        raise ValueError("; ".join(bad))
-    return out
-
-
-def _convert(kind, value):
-    if typing.get_origin(kind) is collections.abc.Mapping:
-        return types.MappingProxyType(parse_api_keys(value))
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            return value.lower() in ("1", "true", "yes", "on")
-        raise ValueError(f"expected true or false, got {value!r}")
-    if kind is int:
-        try:
-            if isinstance(value, bool) or not isinstance(value, (int, str)):
-                raise ValueError
-            return int(value)
-        except ValueError:
-            raise ValueError(f"expected an integer, got {value!r}") from None
-    if kind is float:
-        try:
-            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-                raise ValueError
-            return float(value)
-        except ValueError:
-            raise ValueError(f"expected a number, got {value!r}") from None
-    if kind is str:
-        if not isinstance(value, str):
-            raise ValueError(f"expected a string, got {value!r}")
-        return value
-    raise TypeError(f"no converter for {kind}")
+    return load_settings(MasterConfig, path, env_prefix=ENV_PREFIX, env=env, overrides=overrides)
