@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
+
+from duet.settings import Wording, load_settings, settings_from_dict
 
 DTYPES = ("bfloat16", "float16", "float32")
 EXECUTORS = ("triton", "local")
 ENV_PREFIX = "DUET_WORKER_"
+WORDING = Wording(mistyped="{name} must be {expected}: {value!r}", unknown="unknown field {name}",
+                  missing="{name} is required", prefix="worker config: ")
 
 
 @dataclass(frozen=True)
@@ -68,32 +71,17 @@ class WorkerConfig:
         return bool(self.tls_cert_file)
 
     @classmethod
-    def from_toml(cls, path: str | Path, environ: dict | None = None) -> "WorkerConfig":
+    def from_toml(cls, path: str | Path,
+                  environ: Mapping[str, str] | None = None) -> "WorkerConfig":
         """Read a TOML file (top-level keys or a [worker] table), apply env overrides."""
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except OSError as e:
-            raise ValueError(f"worker config: cannot read {path}: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"worker config: {path} is not valid TOML: {e}") from None
-        return cls.from_dict(data.get("worker", data), environ)
+        return load_settings(cls, path, env_prefix=ENV_PREFIX, table="worker", env=environ,
+                             wording=WORDING)
 
     @classmethod
-    def from_dict(cls, data: dict, environ: dict | None = None) -> "WorkerConfig":
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ValueError(f"worker config: unknown field(s) {', '.join(unknown)}")
-        values = dict(data)
-        env = os.environ if environ is None else environ
-        for name in known:
-            if ENV_PREFIX + name.upper() in env:
-                values[name] = env[ENV_PREFIX + name.upper()]
-        for name in ("model_dir", "layer_start"):
-            if name not in values:
-                raise ValueError(f"worker config: {name} is required")
-        return cls(**{name: _coerce(known[name], value) for name, value in values.items()})
+    def from_dict(cls, data: Mapping[str, object],
+                  environ: Mapping[str, str] | None = None) -> "WorkerConfig":
+        """The fields in `data` (strings will do, as Triton's parameters are), env overrides."""
+        return settings_from_dict(cls, data, env_prefix=ENV_PREFIX, env=environ, wording=WORDING)
 
     def replace(self, **changes) -> "WorkerConfig":
         return dataclasses.replace(self, **changes)
@@ -113,16 +101,3 @@ _HINTS = {
 def _is_host_port(value: str) -> bool:
     host, sep, port = value.rpartition(":")
     return bool(sep and host and port.isdigit() and 0 <= int(port) < 65536)
-
-
-def _coerce(field: dataclasses.Field, value):
-    """Cast a TOML or env value to the field's type; the error names the field."""
-    kind = {"int": int, "float": float, "str": str}[field.type]
-    noun = {int: "an integer", float: "a number", str: "a string"}[kind]
-    wrong = isinstance(value, bool) or (kind is int and isinstance(value, float))
-    if wrong or (kind is str and not isinstance(value, str)):
-        raise ValueError(f"worker config: {field.name} must be {noun}: {value!r}")
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"worker config: {field.name} must be {noun}: {value!r}") from None
