@@ -77,6 +77,7 @@ class ManagedTriton:
             self.proc = await asyncio.create_subprocess_exec(
                 *args, stdout=out, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
                 env=self.install.environment(dict(os.environ)), preexec_fn=_die_with_parent,
+                start_new_session=True,  # its own process group: the stubs can be reaped with it
             )
         log.info("tritonserver pid %d starting on %s (log %s)", self.proc.pid, self.url,
                  self.log_path)
@@ -113,6 +114,7 @@ class ManagedTriton:
             if self.stopping:
                 return
             self.ready.clear()
+            self._kill_group()
             self._clean_shm()
             delay = RESTART_BACKOFF_S[min(tries, len(RESTART_BACKOFF_S) - 1)]
             log.error("tritonserver died (status %s); restarting in %.1f s", status, delay)
@@ -136,14 +138,25 @@ class ManagedTriton:
         self._clean_shm()
 
     async def _terminate(self) -> None:
-        if self.proc is None or self.proc.returncode is not None:
+        if self.proc is None:
             return
-        self.proc.terminate()
+        if self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout=10)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        self._kill_group()
+
+    def _kill_group(self) -> None:
+        """SIGKILL what is left of the server's process group: a server that died (or was
+        SIGKILLed) leaves its Python-backend stubs running as orphans, each holding a copy
+        of the tail's weights."""
         try:
-            await asyncio.wait_for(self.proc.wait(), timeout=10)
-        except asyncio.TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # nothing left
 
     def _current_shm_regions(self) -> set[str]:
         """Regions named on the command lines of the server's children (the stubs)."""

@@ -28,6 +28,14 @@ def tritonserver_of(worker_pid: int) -> int:
     return pids[0]
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for whoever reaps here)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 async def health_status(channel) -> int:
     stub = health_pb2_grpc.HealthStub(channel)
     return (await stub.Check(health_pb2.HealthCheckRequest())).status
@@ -45,6 +53,8 @@ async def test_tritonserver_restarts_and_stops_clean(head, own_triton_worker):
     first = tritonserver_of(worker.proc.pid)
     regions = shm_regions_of(first)
     assert regions and all((Path("/dev/shm") / r).exists() for r in regions)
+    stubs = [pid for pid, _ in children(first)]
+    assert stubs, "the Python backend runs the model in stub processes"
     async with grpc.aio.insecure_channel(worker.address) as channel:
         stream = StepStream(channel)
         assert (await new_sequence(stream, head, "before")).WhichOneof("outcome") == "sampled"
@@ -75,6 +85,7 @@ async def test_tritonserver_restarts_and_stops_clean(head, own_triton_worker):
     second = tritonserver_of(worker.proc.pid)
     assert second != first
     assert not any((Path("/dev/shm") / r).exists() for r in regions), "shm of the dead server"
+    assert not any(running(pid) for pid in stubs), "stubs of the dead server still run"
     regions = shm_regions_of(second)
     assert worker.stop() == 0, worker.log()
     assert not Path(f"/proc/{second}").exists(), "tritonserver outlived the worker"
