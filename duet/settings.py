@@ -11,23 +11,12 @@ import dataclasses
 import os
 import tomllib
 import typing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, TypeVar
 
 T = TypeVar("T")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
-
-
-@dataclass(frozen=True)
-class Wording:
-    """How one problem reads: templates over {name}, {expected} and {value}."""
-
-    mistyped: str = "{name}: expected {expected}, got {value!r}"
-    unknown: str = "{name}: unknown field"
-    missing: str = "{name}: missing"
-    prefix: str = ""  # before the joined problems, after the file's path
 
 
 class Mistyped(ValueError):
@@ -53,18 +42,17 @@ def read_toml(path: str | Path, table: str | None = None) -> dict:
 
 def load_settings(cls: type[T], path: str | Path | None = None, *, env_prefix: str,
                   table: str | None = None, env: Mapping[str, str] | None = None,
-                  overrides: Mapping[str, object] | None = None,
-                  wording: Wording = Wording()) -> T:
+                  overrides: Mapping[str, object] | None = None) -> T:
     """TOML file (optional) < environment < overrides, as a `cls`; errors name the field."""
     data = read_toml(path, table) if path is not None else {}
     return settings_from_dict(cls, data, env_prefix=env_prefix, env=env, overrides=overrides,
-                              where=path, wording=wording)
+                              where=path)
 
 
 def settings_from_dict(cls: type[T], data: Mapping[str, object], *, env_prefix: str,
                        env: Mapping[str, str] | None = None,
                        overrides: Mapping[str, object] | None = None,
-                       where: str | Path | None = None, wording: Wording = Wording()) -> T:
+                       where: str | Path | None = None) -> T:
     """`data` (a parsed file) < environment < overrides, as a `cls`; errors name the field."""
     env = os.environ if env is None else env
     raw = dict(data)
@@ -74,35 +62,35 @@ def settings_from_dict(cls: type[T], data: Mapping[str, object], *, env_prefix: 
                 raw[f.name] = env[name]
     raw.update(overrides or {})
     at = f"{where}: " if where is not None else ""
-    values, problems = _coerce(cls, raw, wording)
+    values, problems = _coerce(cls, raw)
     if problems:
-        raise ValueError(f"{at}{wording.prefix}{'; '.join(problems)}")
+        raise ValueError(f"{at}{'; '.join(problems)}")
     try:
         return cls(**values)
     except ValueError as e:
         raise ValueError(f"{at}{e}") from None
 
 
-def _coerce(cls: type, raw: dict[str, object], wording: Wording) -> tuple[dict, list[str]]:
+def _coerce(cls: type, raw: dict[str, object]) -> tuple[dict, list[str]]:
     """Each value as its field's type, and a line per unknown, mistyped or missing field."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     values, problems = {}, []
     for name, value in raw.items():
         if name not in fields:
-            problems.append(wording.unknown.format(name=name))
+            problems.append(f"{name}: unknown field")
             continue
         parse = fields[name].metadata.get("parse")
         try:
             values[name] = parse(value) if parse else convert(hints[name], value)
         except Mistyped as e:
-            problems.append(wording.mistyped.format(name=name, expected=e.expected, value=value))
+            problems.append(f"{name}: expected {e.expected}, got {value!r}")
         except (TypeError, ValueError) as e:
             problems.append(f"{name}: {e}")
     for name, f in fields.items():
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if required and name not in raw:
-            problems.append(wording.missing.format(name=name))
+            problems.append(f"{name}: missing")
     return values, problems
 
 

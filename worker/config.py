@@ -6,13 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from duet.settings import Wording, load_settings, settings_from_dict
+from duet.settings import load_settings, settings_from_dict
 
 DTYPES = ("bfloat16", "float16", "float32")
 EXECUTORS = ("triton", "local")
 ENV_PREFIX = "DUET_WORKER_"
-WORDING = Wording(mistyped="{name} must be {expected}: {value!r}", unknown="unknown field {name}",
-                  missing="{name} is required", prefix="worker config: ")
 
 
 @dataclass(frozen=True)
@@ -74,14 +72,13 @@ class WorkerConfig:
     def from_toml(cls, path: str | Path,
                   environ: Mapping[str, str] | None = None) -> "WorkerConfig":
         """Read a TOML file (top-level keys or a [worker] table), apply env overrides."""
-        return load_settings(cls, path, env_prefix=ENV_PREFIX, table="worker", env=environ,
-                             wording=WORDING)
+        return load_settings(cls, path, env_prefix=ENV_PREFIX, table="worker", env=environ)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object],
                   environ: Mapping[str, str] | None = None) -> "WorkerConfig":
         """The fields in `data` (strings will do, as Triton's parameters are), env overrides."""
-        return settings_from_dict(cls, data, env_prefix=ENV_PREFIX, env=environ, wording=WORDING)
+        return settings_from_dict(cls, data, env_prefix=ENV_PREFIX, env=environ)
 
     def replace(self, **changes) -> "WorkerConfig":
         return dataclasses.replace(self, **changes)

@@ -6,7 +6,7 @@ from typing import Mapping
 
 import pytest
 
-from duet.settings import Wording, load_settings
+from duet.settings import load_settings
 
 
 def _upper_tags(value) -> Mapping[str, str]:
@@ -59,10 +59,7 @@ def test_every_problem_named_in_one_line_after_the_path(tmp_path):
         assert part in msg
 
 
-def test_range_checks_and_wording_are_the_callers():
-    wording = Wording(missing="{name} is required", prefix="demo: ")
-    with pytest.raises(ValueError, match="^demo: name is required$"):
-        load_settings(Demo, env_prefix="X_", env={}, wording=wording)
+def test_range_checks_are_the_callers():
     with pytest.raises(ValueError, match="^count: expected >= 1, got 0$"):
         load_settings(Demo, env_prefix="X_", env={}, overrides={"name": "n", "count": 0})
 

@@ -43,12 +43,12 @@ def test_each_bad_field_is_named(changes, field):
 
 
 def test_bad_env_override_is_named():
-    with pytest.raises(ValueError, match="layer_start must be an integer"):
+    with pytest.raises(ValueError, match="layer_start: expected an integer"):
         WorkerConfig.from_dict(BASE, environ={"DUET_WORKER_LAYER_START": "two"})
 
 
 def test_missing_required_field():
-    with pytest.raises(ValueError, match="model_dir is required"):
+    with pytest.raises(ValueError, match="model_dir: missing"):
         WorkerConfig.from_dict({"layer_start": 1}, environ={})
 
 
