@@ -99,6 +99,7 @@ class Worker:
         if self.sweeper:
             self.sweeper.cancel()
         await self.server.stop(grace_s)
+        await self.service.close()
         await self.executor.close()
         log.info("worker stopped")
 
@@ -118,8 +119,13 @@ async def run_worker(config: WorkerConfig, ready: asyncio.Event | None = None) -
 async def _serve_until_signal(config: WorkerConfig) -> None:
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
+
+    def stop() -> None:  # once: a second signal must not cut the orderly stop short
+        if not task.cancelling():
+            task.cancel()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, stop)
     try:
         await run_worker(config)
     except asyncio.CancelledError:

@@ -53,6 +53,7 @@ class PipelineService:
         self.info: pb.HandshakeReply | None = None  # set once the executor is loaded
         self.stream_ids = itertools.count(1)
         self.open_streams: set[str] = set()
+        self._releasing: set[asyncio.Task] = set()
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(SERVICE, {
@@ -101,8 +102,9 @@ class PipelineService:
                 last_step_id = request.step_id
                 yield await self._step(stream, request)
         finally:
-            self.open_streams.discard(stream)
-            await asyncio.shield(self._drop(stream))
+            release = self._release(stream)
+            if release is not None:
+                await asyncio.shield(release)
 
     async def _step(self, stream: str, request: pb.StepRequest) -> pb.StepReply:
         try:
@@ -124,6 +126,26 @@ class PipelineService:
         except Exception:
             log.exception("stream %s: releasing the sequences of a rejected step", stream)
         return _failed_reply(request, grpc.StatusCode.INVALID_ARGUMENT, why)
+
+    def _release(self, stream: str) -> asyncio.Task | None:
+        """Start releasing an open stream's sequences, once; close() waits for it."""
+        if stream not in self.open_streams:
+            return None
+        self.open_streams.discard(stream)
+        task = asyncio.ensure_future(self._drop(stream))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+        return task
+
+    async def close(self) -> None:
+        """Release every stream still open, before the executor goes away.
+
+        A stopped server cancels its Step handlers, but their cleanup may run only after
+        the caller has moved on to closing the executor.
+        """
+        for stream in list(self.open_streams):
+            self._release(stream)
+        await asyncio.gather(*self._releasing)
 
     async def _drop(self, stream: str) -> None:
         try:
