@@ -8,7 +8,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable
+from typing import AsyncIterator, Awaitable, Callable
 
 from fastapi import Request
 from pydantic import BaseModel
@@ -178,6 +178,59 @@ async def until_disconnect(request: Request, work: Awaitable):
         return task.result()
     await asyncio.gather(task, return_exceptions=True)
     raise ClientGone()
+
+
+async def respond(request: Request, run: RequestRun, stream: bool,
+                  body: Callable[[list[ChoiceUpdate]], BaseModel],
+                  events: Callable[[ChoiceUpdate, AsyncIterator[ChoiceUpdate]],
+                                   AsyncIterator[str]]) -> Response:
+    """The first update decides the status (an error is still a JSON error, a client gone
+    meanwhile cancels the work); then SSE from `events`, or one JSON `body` of every update."""
+    updates = run.updates()
+    try:
+        first = await until_disconnect(request, anext(updates))
+        if not stream:
+            rest = await until_disconnect(request, _collect(updates))
+    except ClientGone:
+        return gone_response()
+    except Exception as e:
+        raise to_api_error(e) from None
+    if stream:
+        return ClosingStreamingResponse(events(first, updates))
+    return Response(body([first, *rest]).model_dump_json(), media_type="application/json")
+
+
+async def _collect(updates: AsyncIterator[ChoiceUpdate]) -> list[ChoiceUpdate]:
+    return [u async for u in updates]
+
+
+async def sse_events(first: ChoiceUpdate, updates: AsyncIterator[ChoiceUpdate],
+                     event: Callable[[ChoiceUpdate], str], opening: list[str],
+                     usage: Callable[[], str] | None) -> AsyncIterator[str]:
+    """opening events, one event per non-empty update, the usage event, [DONE]; always
+    closes `updates` (which frees the sequences)."""
+    try:
+        for e in opening:
+            yield e
+        if not first.is_empty():
+            yield event(first)
+        async for u in updates:
+            if not u.is_empty():
+                yield event(u)
+        if usage is not None:
+            yield usage()
+    except Exception as e:  # headers are sent: the error goes in the stream
+        yield sse_error(e)
+    finally:
+        await updates.aclose()
+    yield SSE_DONE
+
+
+def usage_event(req, run: RequestRun, writer: "SSEWriter") -> Callable[[], str] | None:
+    """The closing usage chunk, when the request's stream_options ask for it."""
+    if req.stream_options and req.stream_options.include_usage:
+        return lambda: writer.event([], usage=run.usage())
+    return None
 
 
 class ClosingStreamingResponse(StreamingResponse):

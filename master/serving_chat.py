@@ -9,14 +9,13 @@ from fastapi.responses import Response
 from master.access_log import AccessRecord
 from master.chat_template import ChatTemplateError
 from master.choices import ChoiceUpdate
-from master.errors import APIError, to_api_error
+from master.errors import APIError
 from master.protocol import (AssistantMessage, ChatChoice, ChatChunkChoice,
                              ChatCompletionRequest,
                              ChatCompletionResponse, ChatLogprobs, ChatMessage, DeltaMessage,
                              TokenLogprobEntry, TopLogprob)
-from master.serving import (SSE_DONE, ClientGone, ClosingStreamingResponse, RequestRun,
-                            SSEWriter, ServingContext, gone_response, sse_error,
-                            until_disconnect)
+from master.serving import (RequestRun, ServingContext, SSEWriter, respond,
+                            sse_events, usage_event)
 from master.tokenizer import Tokenizer
 
 
@@ -73,23 +72,10 @@ async def chat_completion(ctx: ServingContext, req: ChatCompletionRequest,
     states = ctx.choice_states(response_id, req, [ids], [budget], logprobs,
                                think_open=ctx.think_open(prompt))
     run = RequestRun(ctx, record, states, req.n)
-    updates = run.updates()
-    try:
-        first = await until_disconnect(request, anext(updates))
-        if not req.stream:
-            rest = await until_disconnect(request, _collect(updates))
-    except ClientGone:
-        return gone_response()
-    except Exception as e:
-        raise to_api_error(e) from None
-    if req.stream:
-        return ClosingStreamingResponse(_stream(ctx, req, run, first, updates, response_id))
-    body = _response(ctx, req, run, [first, *rest], response_id).model_dump_json()
-    return Response(body, media_type="application/json")
-
-
-async def _collect(updates) -> list[ChoiceUpdate]:
-    return [u async for u in updates]
+    return await respond(request, run, req.stream,
+                         lambda updates: _response(ctx, req, run, updates, response_id),
+                         lambda first, updates: _stream(ctx, req, run, first, updates,
+                                                        response_id))
 
 
 def _response(ctx, req, run: RequestRun, updates: list[ChoiceUpdate], response_id: str):
@@ -112,7 +98,7 @@ def _response(ctx, req, run: RequestRun, updates: list[ChoiceUpdate], response_i
                                   choices=choices, usage=run.usage())
 
 
-async def _stream(ctx, req, run: RequestRun, first: ChoiceUpdate, updates, response_id: str):
+def _stream(ctx, req, run: RequestRun, first: ChoiceUpdate, updates, response_id: str):
     writer = SSEWriter(response_id, "chat.completion.chunk", ctx.config.served_model_name)
 
     def delta(u: ChoiceUpdate) -> str:
@@ -121,19 +107,8 @@ async def _stream(ctx, req, run: RequestRun, first: ChoiceUpdate, updates, respo
         return writer.event([ChatChunkChoice(index=u.index, delta=d, logprobs=lp,
                                              finish_reason=u.finish_reason)])
 
-    try:
-        role = DeltaMessage(role="assistant", content="")
-        for i in range(len(run.states)):
-            yield writer.event([ChatChunkChoice(index=i, delta=role)])
-        if not first.is_empty():
-            yield delta(first)
-        async for u in updates:
-            if not u.is_empty():
-                yield delta(u)
-        if req.stream_options and req.stream_options.include_usage:
-            yield writer.event([], usage=run.usage())
-    except Exception as e:  # headers are sent: the error goes in the stream
-        yield sse_error(e)
-    finally:
-        await updates.aclose()
-    yield SSE_DONE
+    role = DeltaMessage(role="assistant", content="")
+    opening = [writer.event([ChatChunkChoice(index=i, delta=role)])
+               for i in range(len(run.states))]
+    return sse_events(first, updates, delta, opening, usage_event(req, run, writer))
+

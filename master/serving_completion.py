@@ -8,12 +8,11 @@ from fastapi.responses import Response
 
 from master.access_log import AccessRecord
 from master.choices import ChoiceUpdate
-from master.errors import APIError, to_api_error
+from master.errors import APIError
 from master.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest,
                              CompletionResponse)
-from master.serving import (SSE_DONE, ClientGone, ClosingStreamingResponse, RequestRun,
-                            SSEWriter, ServingContext, gone_response, sse_error,
-                            until_disconnect)
+from master.serving import (RequestRun, ServingContext, SSEWriter, respond,
+                            sse_events, usage_event)
 from master.tokenizer import Tokenizer
 
 
@@ -58,23 +57,10 @@ async def completion(ctx: ServingContext, req: CompletionRequest, request: Reque
     response_id = record.request_id = f"cmpl-{uuid.uuid4().hex}"
     states = ctx.choice_states(response_id, req, prompts, budgets, req.logprobs)
     run = RequestRun(ctx, record, states, req.n)
-    updates = run.updates()
-    try:
-        first = await until_disconnect(request, anext(updates))
-        if not req.stream:
-            rest = await until_disconnect(request, _collect(updates))
-    except ClientGone:
-        return gone_response()
-    except Exception as e:
-        raise to_api_error(e) from None
-    if req.stream:
-        return ClosingStreamingResponse(_stream(ctx, req, run, first, updates, response_id))
-    body = _response(ctx, req, run, [first, *rest], response_id).model_dump_json()
-    return Response(body, media_type="application/json")
-
-
-async def _collect(updates) -> list[ChoiceUpdate]:
-    return [u async for u in updates]
+    return await respond(request, run, req.stream,
+                         lambda updates: _response(ctx, req, run, updates, response_id),
+                         lambda first, updates: _stream(ctx, req, run, first, updates,
+                                                        response_id))
 
 
 def _response(ctx, req, run: RequestRun, updates: list[ChoiceUpdate], response_id: str):
@@ -95,7 +81,7 @@ def _response(ctx, req, run: RequestRun, updates: list[ChoiceUpdate], response_i
                               choices=choices, usage=run.usage())
 
 
-async def _stream(ctx, req, run: RequestRun, first: ChoiceUpdate, updates, response_id: str):
+def _stream(ctx, req, run: RequestRun, first: ChoiceUpdate, updates, response_id: str):
     writer = SSEWriter(response_id, "text_completion", ctx.config.served_model_name)
     tok = ctx.bundle.tokenizer
 
@@ -104,16 +90,5 @@ async def _stream(ctx, req, run: RequestRun, first: ChoiceUpdate, updates, respo
         return writer.event([CompletionChoice(index=u.index, text=u.content, logprobs=lp,
                                               finish_reason=u.finish_reason)])
 
-    try:
-        if not first.is_empty():
-            yield chunk(first)
-        async for u in updates:
-            if not u.is_empty():
-                yield chunk(u)
-        if req.stream_options and req.stream_options.include_usage:
-            yield writer.event([], usage=run.usage())
-    except Exception as e:  # headers are sent: the error goes in the stream
-        yield sse_error(e)
-    finally:
-        await updates.aclose()
-    yield SSE_DONE
+    return sse_events(first, updates, chunk, [], usage_event(req, run, writer))
+
