@@ -14,8 +14,8 @@ from master.protocol import (AssistantMessage, ChatChoice, ChatChunkChoice,
                              ChatCompletionRequest,
                              ChatCompletionResponse, ChatLogprobs, ChatMessage, DeltaMessage,
                              TokenLogprobEntry, TopLogprob)
-from master.serving import (RequestRun, ServingContext, SSEWriter, respond,
-                            sse_events, usage_event)
+from master.serving import RequestRun, ServingContext, respond
+from master.sse import SSEWriter, sse_events, usage_event
 from master.tokenizer import Tokenizer
 
 

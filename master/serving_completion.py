@@ -11,8 +11,8 @@ from master.choices import ChoiceUpdate
 from master.errors import APIError
 from master.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest,
                              CompletionResponse)
-from master.serving import (RequestRun, ServingContext, SSEWriter, respond,
-                            sse_events, usage_event)
+from master.serving import RequestRun, ServingContext, respond
+from master.sse import SSEWriter, sse_events, usage_event
 from master.tokenizer import Tokenizer
 
 
