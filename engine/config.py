@@ -109,31 +109,50 @@ class ModelConfig:
         )
 
 
+# generation_config.json keys that become defaults for unset request fields (as vLLM does).
+SAMPLING_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
 @dataclass(frozen=True)
 class GenerationDefaults:
     """generation_config.json: the checkpoint's special tokens and suggested sampling."""
 
     bos_token_id: int | None
     eos_token_ids: tuple[int, ...]
-    temperature: float | None
-    top_p: float | None
-    top_k: int | None
+    sampling: dict  # request field -> default, only from generation_config.json
+    max_new_tokens: int | None
     raw: dict = field(repr=False)
+
+    @property
+    def temperature(self) -> float | None:
+        return self.sampling.get("temperature")
+
+    @property
+    def top_p(self) -> float | None:
+        return self.sampling.get("top_p")
+
+    @property
+    def top_k(self) -> int | None:
+        return self.sampling.get("top_k")
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> "GenerationDefaults":
         """Read generation_config.json; without it, the ids in config.json and no sampling."""
         model_dir = Path(model_dir)
         path = model_dir / "generation_config.json"
-        raw = read_json(path) if path.exists() else read_json(model_dir / "config.json")
-        eos = raw.get("eos_token_id")
-        eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
         sampled = path.exists()
+        source = path if sampled else model_dir / "config.json"
+        raw = read_json(source)
+        eos = raw.get("eos_token_id")
+        try:
+            eos_ids = tuple(int(i) for i in (eos if isinstance(eos, list) else
+                                             () if eos is None else (eos,)))
+        except (TypeError, ValueError):
+            raise CheckpointError(f"{source}: bad eos_token_id {eos!r}") from None
         return cls(
             bos_token_id=raw.get("bos_token_id"),
-            eos_token_ids=tuple(int(i) for i in eos_ids),
-            temperature=raw.get("temperature") if sampled else None,
-            top_p=raw.get("top_p") if sampled else None,
-            top_k=raw.get("top_k") if sampled else None,
+            eos_token_ids=eos_ids,
+            sampling={k: raw[k] for k in SAMPLING_DEFAULT_KEYS if k in raw} if sampled else {},
+            max_new_tokens=raw.get("max_new_tokens") if sampled else None,
             raw=raw,
         )

@@ -1,33 +1,12 @@
 """What the HTTP layer needs from a checkpoint directory: tokenizer, chat template, defaults."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.config import GenerationDefaults, read_json
 from master.chat_template import ChatTemplate
 from master.tokenizer import Tokenizer
-
-# generation_config.json keys that become defaults for unset request fields (as vLLM does).
-SAMPLING_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return data
-
-
-def _as_ids(value) -> list[int]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, int) else [int(v) for v in value]
 
 
 @dataclass(frozen=True)
@@ -51,17 +30,14 @@ class ModelBundle:
             raise ValueError(f"model_dir: {model_dir} is not a directory")
         tokenizer = Tokenizer.load(model_dir)
         template = ChatTemplate.load(model_dir, tokenizer)
-        gen = _read_json(model_dir / "generation_config.json")
-        context = _read_json(model_dir / "config.json").get("max_position_embeddings", 0)
+        gen = GenerationDefaults.from_dir(model_dir)
+        context = read_json(model_dir / "config.json").get("max_position_embeddings", 0)
         if max_model_len <= 0:
             max_model_len = int(context)
         if max_model_len <= 0:
             raise ValueError(f"{model_dir / 'config.json'}: no max_position_embeddings; "
                              "set max_model_len")
-        try:
-            eos = _as_ids(gen.get("eos_token_id"))
-        except (TypeError, ValueError):
-            raise ValueError(f"{model_dir / 'generation_config.json'}: bad eos_token_id") from None
+        eos = list(gen.eos_token_ids)
         if tokenizer.eos_token_id is not None:
             eos.append(tokenizer.eos_token_id)
         reasoning = reasoning_parser == "auto" and template is not None and (
@@ -70,8 +46,8 @@ class ModelBundle:
             tokenizer=tokenizer,
             chat_template=template,
             max_model_len=max_model_len,
-            sampling_defaults={k: gen[k] for k in SAMPLING_DEFAULT_KEYS if k in gen},
-            default_max_tokens=gen.get("max_new_tokens"),
+            sampling_defaults=dict(gen.sampling),
+            default_max_tokens=gen.max_new_tokens,
             stop_token_ids=tuple(dict.fromkeys(eos)),
             reasoning=reasoning,
         )
