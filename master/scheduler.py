@@ -1,11 +1,12 @@
-"""Continuous batching: which sequences go into the next micro-batch, and what gets released.
+"""Continuous batching: the sequence lifecycle from admission to release, without I/O.
 
-Pure bookkeeping, no I/O: the pipeline generator calls `schedule()` whenever fewer than
-`max_inflight_batches` micro-batches are on their way, runs the head on the result and sends
-it. Each micro-batch takes decodes first, then prefill chunks, then newly admitted sequences,
-under a token budget; a long prompt is split over steps and only its last chunk samples.
-A sequence is in at most one in-flight micro-batch, so with two in flight the running set
-splits itself into halves that alternate between the head and the worker.
+The pipeline driver calls `schedule()` whenever fewer than `max_inflight_batches` steps are
+on their way, runs the head on the result and sends it; with the worker's reply it calls
+`postprocess(step, outcomes)`, which appends tokens and decides what finished. Each step
+takes decodes first, then prefill chunks, then newly admitted sequences, under a token
+budget; a long prompt is split over steps and only its last chunk samples. A sequence is in
+at most one in-flight step, so with two in flight the running set splits itself into halves
+that alternate between the head and the worker.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from engine.batch import SeqChunk
-from master.generation import QueueFull, SequenceFailed
+from engine.sampler import SampleResult
+from master.generation import QueueFull, SequenceFailed, TokenEvent
 from master.sequence import Sequence, SequenceStatus
 
 
@@ -39,21 +41,37 @@ class SchedulerConfig:
             raise ValueError(f"retry_after_s must be > 0, got {self.retry_after_s!r}")
 
 
+@dataclass(frozen=True)
+class ScheduledSeq:
+    """One sequence in a step: its chunk, whether it samples, whether its params ride along."""
+
+    seq: Sequence
+    chunk: SeqChunk  # positions [start_pos, end_pos) fed through the head this step
+    samples: bool  # the chunk ends at the last known token: the worker samples the next
+    sends_params: bool  # first appearance: the worker gets the sampling params with it
+
+
 @dataclass
-class MicroBatch:
-    """One step: sequences in row order, their chunks, the head's input ids, releases."""
+class Step:
+    """One micro-batch: scheduled sequences in row order, the head's input ids, releases."""
 
     step_id: int
-    seqs: list[Sequence] = field(default_factory=list)
-    chunks: list[SeqChunk] = field(default_factory=list)
-    samples: list[bool] = field(default_factory=list)  # per seq: this chunk samples a token
-    first_appearance: list[bool] = field(default_factory=list)  # per seq: send its params
+    seqs: list[ScheduledSeq] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)  # [T] the head's input
     release: list[Sequence] = field(default_factory=list)  # free on both stages first
+    worker_release: list[str] = field(default_factory=list)  # ids the worker holds of those
 
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
+
+    @property
+    def chunks(self) -> list[SeqChunk]:
+        return [s.chunk for s in self.seqs]
+
+
+# What the worker said about one sequence of a step: a token, or why it failed.
+Outcome = SampleResult | SequenceFailed
 
 
 class Scheduler:
@@ -106,25 +124,26 @@ class Scheduler:
     def has_releases(self) -> bool:
         return bool(self._to_release)
 
-    def schedule(self) -> MicroBatch | None:
-        """The next micro-batch, or None when nothing is ready and nothing needs releasing."""
-        batch = MicroBatch(step_id=self._next_step_id, release=self._to_release)
-        self._to_release = []
+    def schedule(self) -> Step | None:
+        """The next step, or None when nothing is ready and nothing needs releasing."""
+        release, self._to_release = self._to_release, []
+        step = Step(step_id=self._next_step_id, release=release,
+                    worker_release=[s.seq_id for s in release if s.params_sent])
         budget = self.step_token_budget
         limit = self._seqs_per_batch()
         ready = [s for s in self.running if not s.in_flight and s.pending_tokens()]
         decodes = [s for s in ready if not s.is_prefilling]
         prefills = [s for s in ready if s.is_prefilling]
         for seq in decodes + prefills:
-            if budget == 0 or len(batch.seqs) >= limit:
+            if budget == 0 or len(step.seqs) >= limit:
                 break
-            budget -= self._add_chunk(batch, seq, budget)
-        while self.waiting and budget > 0 and len(batch.seqs) < limit and self._admit_next():
-            budget -= self._add_chunk(batch, self.running[-1], budget)
-        if not batch.seqs and not batch.release:
+            budget -= self._add_chunk(step, seq, budget)
+        while self.waiting and budget > 0 and len(step.seqs) < limit and self._admit_next():
+            budget -= self._add_chunk(step, self.running[-1], budget)
+        if not step.seqs and not step.release:
             return None
         self._next_step_id += 1
-        return batch
+        return step
 
     def _seqs_per_batch(self) -> int:
         """Split the active sequences evenly over the micro-batches in flight."""
@@ -145,34 +164,59 @@ class Scheduler:
         self.kv_reserved_tokens += need
         return True
 
-    def _add_chunk(self, batch: MicroBatch, seq: Sequence, budget: int) -> int:
-        """Put the next chunk of `seq` (at most `budget` tokens) into the batch."""
+    def _add_chunk(self, step: Step, seq: Sequence, budget: int) -> int:
+        """Put the next chunk of `seq` (at most `budget` tokens) into the step."""
         start = seq.num_computed_tokens
         num = min(seq.pending_tokens(), budget)
         assert num > 0, f"{seq} has nothing to compute"
-        batch.seqs.append(seq)
-        batch.chunks.append(SeqChunk(seq.seq_id, start, num))
-        batch.samples.append(start + num == len(seq.token_ids))
-        batch.first_appearance.append(not seq.params_sent)
-        batch.token_ids.extend(seq.token_ids[start : start + num])
+        step.seqs.append(ScheduledSeq(seq, SeqChunk(seq.seq_id, start, num),
+                                      samples=start + num == len(seq.token_ids),
+                                      sends_params=not seq.params_sent))
+        step.token_ids.extend(seq.token_ids[start : start + num])
         seq.params_sent = True
         seq.num_computed_tokens += num
         seq.in_flight = True
         return num
 
-    def complete(self, batch: MicroBatch) -> None:
-        """The worker answered `batch`: its sequences may be scheduled again."""
-        for seq in batch.seqs:
-            seq.in_flight = False
+    def postprocess(self, step: Step, outcomes: dict[str, Outcome]) -> None:
+        """The worker answered `step`: append sampled tokens, finish what ended or failed.
 
-    def abandon(self, batch: MicroBatch, error: BaseException) -> None:
-        """`batch` never reached the worker (its head forward failed): fail its sequences."""
-        for seq, first in zip(batch.seqs, batch.first_appearance):
+        `outcomes` maps seq_id to the worker's result; a sequence that sampled nothing has none.
+        """
+        for item in step.seqs:
+            seq = item.seq
             seq.in_flight = False
-            if first:
-                seq.params_sent = False  # the worker never saw it: nothing to release there
-            self.finish(seq, "failed", error)
-        self._to_release.extend(batch.release)
+            if seq.is_finished:
+                continue  # cancelled while in flight; released with the next step
+            outcome = outcomes.get(seq.seq_id)
+            if isinstance(outcome, SequenceFailed):
+                seq.params_sent = False  # the worker already dropped it
+                self.finish(seq, "failed", outcome)
+            elif outcome is not None:
+                self._append(seq, outcome)
+            elif item.samples:
+                self.finish(seq, "failed", SequenceFailed(
+                    "INTERNAL", f"worker returned no token for {seq.seq_id}"))
+
+    def _append(self, seq: Sequence, sampled: SampleResult) -> None:
+        reason = None
+        if sampled.stopped:
+            reason = "stop"
+        elif seq.num_output_tokens + 1 >= seq.max_tokens:
+            reason = "length"
+        logprob = sampled.logprob if seq.params.logprobs is not None else None
+        seq.append_token(TokenEvent(sampled.token_id, logprob, sampled.top_logprobs, reason))
+        if reason is not None:
+            self.finish(seq, reason)
+
+    def abandon(self, step: Step, error: BaseException) -> None:
+        """`step` never reached the worker (its head forward failed): fail its sequences."""
+        for item in step.seqs:
+            item.seq.in_flight = False
+            if item.sends_params:
+                item.seq.params_sent = False  # the worker never saw it: nothing to release
+            self.finish(item.seq, "failed", error)
+        self._to_release.extend(step.release)
 
     def fail_all(self, error: BaseException) -> list[Sequence]:
         """The pipeline broke: every sequence fails; returns those that hold head KV."""

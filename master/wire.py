@@ -1,12 +1,15 @@
-"""The master's side of the wire: the StepRequest of a micro-batch. The conversions both ends
-share (tensors, sampling params) live in proto/convert.py, so both read and write the same bytes."""
+"""The master's side of the wire: a Step as a StepRequest, a StepReply as per-sequence
+outcomes. The conversions both ends share (tensors, sampling params) live in proto/convert.py,
+so both read and write the same bytes."""
 from __future__ import annotations
 
 import dataclasses
 
 import grpc
 
-from master.scheduler import MicroBatch
+from engine.sampler import SampleResult
+from master.generation import SequenceFailed
+from master.scheduler import Outcome, ScheduledSeq, Step
 from proto import pipeline_pb2 as pb
 from proto.convert import params_to_proto
 
@@ -18,19 +21,35 @@ def empty_hidden(hidden_size: int, dtype: str) -> pb.Tensor:
     return pb.Tensor(data=b"", dtype=dtype, shape=[0, hidden_size])
 
 
-def step_request(batch: MicroBatch, hidden: pb.Tensor) -> pb.StepRequest:
-    """The StepRequest of a micro-batch whose head output is `hidden` [T, H]."""
-    seqs = []
-    for seq, chunk, sample, first in zip(
-        batch.seqs, batch.chunks, batch.samples, batch.first_appearance
-    ):
-        step = pb.SeqStep(seq_id=seq.seq_id, start_pos=chunk.start_pos,
-                          num_tokens=chunk.num_tokens, sample=sample)
-        if first:
-            params = seq.params
-            if params.repetition_penalty != 1.0:  # the only knob that reads the prompt
-                params = dataclasses.replace(params, prompt_token_ids=tuple(seq.prompt_token_ids))
-            step.params.CopyFrom(params_to_proto(params))
-        seqs.append(step)
-    release = [s.seq_id for s in batch.release if s.params_sent]
-    return pb.StepRequest(step_id=batch.step_id, seqs=seqs, hidden=hidden, release=release)
+def step_request(step: Step, hidden: pb.Tensor) -> pb.StepRequest:
+    """The StepRequest of a step whose head output is `hidden` [T, H]."""
+    return pb.StepRequest(step_id=step.step_id, seqs=[_seq_step(s) for s in step.seqs],
+                          hidden=hidden, release=step.worker_release)
+
+
+def _seq_step(item: ScheduledSeq) -> pb.SeqStep:
+    chunk = item.chunk
+    msg = pb.SeqStep(seq_id=chunk.seq_id, start_pos=chunk.start_pos,
+                     num_tokens=chunk.num_tokens, sample=item.samples)
+    if item.sends_params:
+        params = item.seq.params
+        if params.repetition_penalty != 1.0:  # the only knob that reads the prompt
+            params = dataclasses.replace(params,
+                                         prompt_token_ids=tuple(item.seq.prompt_token_ids))
+        msg.params.CopyFrom(params_to_proto(params))
+    return msg
+
+
+def reply_outcomes(reply: pb.StepReply) -> dict[str, Outcome]:
+    """seq_id -> the sampled token or the failure the worker reported for it."""
+    outcomes: dict[str, Outcome] = {}
+    for result in reply.results:
+        kind = result.WhichOneof("outcome")
+        if kind == "error":
+            code = STATUS_NAMES.get(result.error.code, str(result.error.code))
+            outcomes[result.seq_id] = SequenceFailed(code, result.error.message)
+        elif kind == "sampled":
+            s = result.sampled
+            top = tuple((t.token_id, t.logprob) for t in s.top_logprobs)
+            outcomes[result.seq_id] = SampleResult(s.token_id, s.logprob, top, s.stopped)
+    return outcomes

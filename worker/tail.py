@@ -37,6 +37,20 @@ class TailSeq:
     touched_s: float = 0.0
 
 
+@dataclass(frozen=True)
+class PlannedSeq:
+    """A sequence of this step that passed its checks: where its rows and result are."""
+
+    index: int  # in request.seqs and in the reply's results
+    seq: TailSeq
+    step: pb.SeqStep
+    row: int  # first row of its tokens in the step's hidden [T, H]
+
+    @property
+    def rows(self) -> range:
+        return range(self.row, self.row + self.step.num_tokens)
+
+
 class SeqFailed(Exception):
     """One sequence cannot run this step; it is released and its result carries the error."""
 
@@ -108,7 +122,7 @@ class TailRunner:
 
     def _run(self, stream: str, request: pb.StepRequest, hidden: torch.Tensor,
              results: list[pb.SeqResult]) -> None:
-        planned: list[tuple[int, TailSeq, pb.SeqStep, int]] = []  # (index, seq, step, row)
+        planned: list[PlannedSeq] = []
         row, counts = 0, Counter(s.seq_id for s in request.seqs)
         finite = torch.isfinite(hidden).all(dim=1).tolist() if hidden.numel() else []  # [T]
         for index, seq_step in enumerate(request.seqs):
@@ -121,7 +135,7 @@ class TailRunner:
                                     f"hidden states of sequence {seq_step.seq_id!r} contain "
                                     "NaN or infinity")
                 seq = self._admit(stream, seq_step)
-                planned.append((index, seq, seq_step, row))
+                planned.append(PlannedSeq(index, seq, seq_step, row))
             except SeqFailed as e:
                 self._fail(stream, seq_step.seq_id, results[index], e)
             row += seq_step.num_tokens
@@ -132,8 +146,8 @@ class TailRunner:
         except Exception as e:  # a bug or a device error: fail this batch, keep serving
             log.exception("tail forward failed on step %d", request.step_id)
             failure = SeqFailed(grpc.StatusCode.INTERNAL, f"tail forward failed: {e}")
-            for index, seq, seq_step, _ in planned:
-                self._fail(stream, seq_step.seq_id, results[index], failure)
+            for p in planned:
+                self._fail(stream, p.step.seq_id, results[p.index], failure)
 
     def _admit(self, stream: str, seq_step: pb.SeqStep) -> TailSeq:
         """The sequence this step continues (or starts), with KV reserved for its tokens."""
@@ -177,23 +191,24 @@ class TailRunner:
         return TailSeq(key=key, stream=stream, seq_id=seq_step.seq_id,
                        sampler=SamplerState.create(params))
 
-    def _forward(self, hidden: torch.Tensor, planned, results) -> None:
-        rows = [r for _, _, s, start in planned for r in range(start, start + s.num_tokens)]
+    def _forward(self, hidden: torch.Tensor, planned: list[PlannedSeq],
+                 results: list[pb.SeqResult]) -> None:
+        rows = [r for p in planned for r in p.rows]
         if len(rows) != hidden.shape[0]:  # some sequences failed: drop their rows
             hidden = hidden[torch.tensor(rows, device=hidden.device)]
-        batch = StepBatch(tuple(SeqChunk(seq.key, s.start_pos, s.num_tokens)
-                                for _, seq, s, _ in planned))
+        batch = StepBatch(tuple(SeqChunk(p.seq.key, p.step.start_pos, p.step.num_tokens)
+                                for p in planned))
         out = self.stage.forward(batch, hidden)  # [T', H]
         last_rows = batch.last_token_rows()
-        sampling = [i for i, (_, _, s, _) in enumerate(planned) if s.sample]
+        sampling = [(p, last) for p, last in zip(planned, last_rows) if p.step.sample]
         if sampling:
-            logits = self.stage.compute_logits(out[[last_rows[i] for i in sampling]])  # [N, V]
-            picks = sample(logits, [planned[i][1].sampler for i in sampling])
-            for i, pick in zip(sampling, picks):
-                results[planned[i][0]].sampled.CopyFrom(sampled_to_proto(pick))
+            logits = self.stage.compute_logits(out[[last for _, last in sampling]])  # [N, V]
+            picks = sample(logits, [p.seq.sampler for p, _ in sampling])
+            for (p, _), pick in zip(sampling, picks):
+                results[p.index].sampled.CopyFrom(sampled_to_proto(pick))
         now = self.clock()
-        for _, seq, s, _ in planned:
-            seq.next_pos, seq.touched_s = s.start_pos + s.num_tokens, now
+        for p in planned:
+            p.seq.next_pos, p.seq.touched_s = p.step.start_pos + p.step.num_tokens, now
 
     # --- lifecycle -----------------------------------------------------------------------
     def _fail(self, stream: str, seq_id: str, result: pb.SeqResult, error: SeqFailed) -> None:

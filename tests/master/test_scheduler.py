@@ -1,6 +1,7 @@
 """The scheduler's choices, without I/O: budget, chunking, admission, splitting, releases."""
 import pytest
 
+from engine.sampler import SampleResult
 from engine.sampling_params import SamplingParams
 from master.generation import GenerationRequest, QueueFull, SequenceFailed
 from master.scheduler import Scheduler, SchedulerConfig
@@ -19,11 +20,8 @@ def make_scheduler(capacity: int = 10_000, **kw) -> Scheduler:
 
 
 def answer(s: Scheduler, batch, token: int = 7) -> None:
-    """What the generator does with a reply: sampled tokens appended, sequences freed."""
-    s.complete(batch)
-    for seq, sample in zip(batch.seqs, batch.samples):
-        if sample:
-            seq.token_ids.append(token)
+    """A worker reply: every sequence that samples gets `token`."""
+    s.postprocess(batch, {i.seq.seq_id: SampleResult(token, None) for i in batch.seqs if i.samples})
 
 
 def test_long_prompt_is_chunked_and_only_the_last_chunk_samples():
@@ -36,7 +34,7 @@ def test_long_prompt_is_chunked_and_only_the_last_chunk_samples():
         (chunk,) = batch.chunks
         sizes.append(chunk.num_tokens)
         starts.append(chunk.start_pos)
-        samples.append(batch.samples[0])
+        samples.append(batch.seqs[0].samples)
         assert batch.token_ids == seq.token_ids[chunk.start_pos:chunk.end_pos]
         answer(s, batch)
     assert sizes == [256, 256, 256, 232]
@@ -44,7 +42,7 @@ def test_long_prompt_is_chunked_and_only_the_last_chunk_samples():
     assert samples == [False, False, False, True]
     batch = s.schedule()  # the decode feeds the sampled token at position 1000
     assert (batch.chunks[0].start_pos, batch.chunks[0].num_tokens) == (1000, 1)
-    assert batch.token_ids == [7] and batch.samples == [True]
+    assert batch.token_ids == [7] and [i.samples for i in batch.seqs] == [True]
 
 
 def test_a_message_size_limit_lowers_the_step_budget():
@@ -70,7 +68,7 @@ def test_budget_caps_a_step_and_decodes_go_before_prefills():
     assert [c.seq_id for c in batch.chunks] == ["old", "new"]
     assert [c.num_tokens for c in batch.chunks] == [1, 63]
     assert batch.num_tokens == 64
-    assert batch.first_appearance == [False, True]
+    assert [i.sends_params for i in batch.seqs] == [False, True]
 
 
 def test_a_sequence_is_in_at_most_one_inflight_batch_and_batches_split_evenly():

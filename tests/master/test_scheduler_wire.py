@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from engine.sampler import SampleResult
 from engine.sampling_params import SamplingParams
 from master.generation import GenerationRequest
 from master.scheduler import Scheduler, SchedulerConfig
@@ -33,8 +34,7 @@ def test_params_go_on_first_appearance_with_the_prompt_only_when_needed():
     assert first.params.seed == 3 and first.params.logprobs == 2
     assert list(first.params.prompt_token_ids) == []
     assert list(second.params.prompt_token_ids) == [7, 8]
-    s.complete(batch)
-    plain.token_ids.append(9)
+    s.postprocess(batch, {"plain": SampleResult(9, None), "rep": SampleResult(9, None)})
     s.finish(rep, "cancelled")
     later = step_request(s.schedule(), tensor_to_proto(torch.zeros(1, 8)))
     assert not later.seqs[0].HasField("params") and list(later.release) == ["rep"]
