@@ -69,9 +69,7 @@ class ChoiceState:
                 TokenLogprob(ev.token_id, ev.logprob, ev.top_logprobs, self.text_len))
         eos = ev.finish_reason == "stop" and ev.token_id in self._stop_ids
         text = "" if eos else self._detok.step(ev.token_id)
-        finish = ev.finish_reason
-        if finish is None and self.num_tokens >= self.request.max_tokens:
-            finish = "length"  # the generator should have said so; never run past max_tokens
+        finish = ev.finish_reason  # the scheduler decides; stop strings may end it sooner
         if finish is not None:
             text += self._detok.flush()
         self.text_len += len(text)
