@@ -9,6 +9,7 @@ import torch
 
 from engine.batch import StepBatch
 from engine.config import ModelConfig
+from engine.dtypes import DTYPES
 from engine.errors import CheckpointError
 from engine.kv_cache import KVCache
 from engine.models import model_class
@@ -18,7 +19,6 @@ from engine.weights import load_weights
 
 log = logging.getLogger("duet.engine.load")
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LOAD_FORMATS = ("safetensors", "dummy")
 
 

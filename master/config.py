@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Mapping
 
 from duet.settings import load_settings
+from engine.dtypes import DTYPES
 from master.auth import parse_api_keys
 
 ENV_PREFIX = "DUET_MASTER_"
-DTYPES = ("bfloat16", "float16", "float32")
 ROLES = ("master", "standby")
 
 

@@ -14,11 +14,11 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
+from engine.dtypes import DTYPES
 from master.generation import PipelineUnavailable, SequenceFailed
 from master.scheduler import Scheduler, Step
 from master.wire import reply_outcomes, step_request
 from proto import pipeline_pb2 as pb
-from proto.convert import TORCH_DTYPES
 
 log = logging.getLogger("duet.master.generator")
 MESSAGE_SLACK_BYTES = 1 << 20  # room for the step's sequence list next to the hidden states
@@ -63,7 +63,7 @@ class PipelineDriver:
 
     def _max_step_tokens(self) -> int:
         """New tokens whose hidden states fit one step message (both ends' limits)."""
-        per_token = self.head.hidden_size * TORCH_DTYPES[self.head.dtype].itemsize
+        per_token = self.head.hidden_size * DTYPES[self.head.dtype].itemsize
         tokens = (self.client.max_message_bytes() - MESSAGE_SLACK_BYTES) // per_token
         if tokens < self.scheduler.config.step_token_budget:
             log.warning("step_token_budget lowered to %d: a step message holds no more", tokens)

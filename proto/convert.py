@@ -6,11 +6,9 @@ import math
 
 import torch
 
+from engine.dtypes import DTYPE_NAMES, DTYPES
 from engine.sampling_params import SamplingParams
 from proto import pipeline_pb2 as pb
-
-TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
 
 
 class WireError(ValueError):
@@ -26,7 +24,7 @@ def tensor_to_proto(tensor: torch.Tensor) -> pb.Tensor:
 
 def tensor_from_proto(msg: pb.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
     """The tensor a checked message holds (a writable copy: torch refuses read-only buffers)."""
-    dtype = TORCH_DTYPES[msg.dtype]
+    dtype = DTYPES[msg.dtype]
     if not msg.data:
         return torch.empty(list(msg.shape), dtype=dtype, device=device)
     flat = torch.frombuffer(bytearray(msg.data), dtype=torch.uint8)

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Mapping
 
 from duet.settings import load_settings, settings_from_dict
+from engine.dtypes import DTYPES
 
-DTYPES = ("bfloat16", "float16", "float32")
 EXECUTORS = ("triton", "local")
 ENV_PREFIX = "DUET_WORKER_"
 

@@ -2,9 +2,10 @@
 The conversions both ends share (tensors, sampling params) live in proto/convert.py."""
 from __future__ import annotations
 
+from engine.dtypes import DTYPES
 from engine.sampler import SampleResult
 from proto import pipeline_pb2 as pb
-from proto.convert import TORCH_DTYPES, WireError
+from proto.convert import WireError
 
 
 def check_hidden(msg: pb.Tensor, dtype: str, rows: int, hidden_size: int) -> None:
@@ -16,7 +17,7 @@ def check_hidden(msg: pb.Tensor, dtype: str, rows: int, hidden_size: int) -> Non
             f"hidden shape is {list(msg.shape)}, expected [{rows}, {hidden_size}] "
             f"(sum of the sequences' num_tokens, hidden_size)"
         )
-    expected = rows * hidden_size * TORCH_DTYPES[dtype].itemsize
+    expected = rows * hidden_size * DTYPES[dtype].itemsize
     if len(msg.data) != expected:
         raise WireError(f"hidden data is {len(msg.data)} bytes, shape {list(msg.shape)} "
                         f"of {dtype} needs {expected}")
