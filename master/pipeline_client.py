@@ -17,6 +17,7 @@ from engine.fingerprint import describe_mismatch
 from master.generation import PipelineUnavailable
 from proto import pipeline_pb2 as pb
 from proto import pipeline_pb2_grpc as pb_grpc
+from proto.convert import handshake_identity
 
 log = logging.getLogger("duet.master.pipeline")
 
@@ -57,14 +58,10 @@ class HeadIdentity:
     dtype: str
     hidden_size: int
 
-    def as_dict(self) -> dict:
-        return dict(fingerprint=self.fingerprint, split_layer=self.split_layer,
-                    dtype=self.dtype, hidden_size=self.hidden_size)
-
-
-def _reply_identity(reply: pb.HandshakeReply) -> dict:
-    return dict(fingerprint=reply.fingerprint, split_layer=reply.layer_start,
-                dtype=reply.dtype, hidden_size=reply.hidden_size)
+    def handshake(self, client_name: str) -> pb.HandshakeRequest:
+        return pb.HandshakeRequest(fingerprint=self.fingerprint, head_layer_end=self.split_layer,
+                                   dtype=self.dtype, hidden_size=self.hidden_size,
+                                   client_name=client_name)
 
 
 def _read(path: str) -> bytes | None:
@@ -146,11 +143,7 @@ class PipelineClient:
         await self.close()
         self._channel = self._new_channel()
         stub = pb_grpc.PipelineStub(self._channel)
-        ident = self.identity
-        request = pb.HandshakeRequest(
-            fingerprint=ident.fingerprint, head_layer_end=ident.split_layer, dtype=ident.dtype,
-            hidden_size=ident.hidden_size, client_name=self.config.client_name,
-        )
+        request = self.identity.handshake(self.config.client_name)
         address = self.config.worker_address
         try:
             reply = await stub.Handshake(request, timeout=self.config.connect_timeout_s)
@@ -158,7 +151,7 @@ class PipelineClient:
             raise PipelineUnavailable(
                 f"worker at {address} unreachable: {e.code().name}: {e.details()}"
             ) from None
-        mismatch = describe_mismatch(ident.as_dict(), _reply_identity(reply))
+        mismatch = describe_mismatch(handshake_identity(request), handshake_identity(reply))
         if mismatch:
             raise PipelineUnavailable(f"worker at {address} refused by handshake: {mismatch}")
         stream = StepStream(stub.Step(), address)

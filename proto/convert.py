@@ -68,3 +68,11 @@ def params_from_proto(msg: pb.SamplingParams) -> SamplingParams:
         )
     except ValueError as e:
         raise WireError(f"sampling params: {e}") from None
+
+
+def handshake_identity(msg: pb.HandshakeRequest | pb.HandshakeReply) -> dict:
+    """What both ends must agree on, read the same way from either handshake message (the
+    request's head_layer_end and the reply's layer_start are the same split point k)."""
+    split = msg.head_layer_end if isinstance(msg, pb.HandshakeRequest) else msg.layer_start
+    return dict(fingerprint=msg.fingerprint, split_layer=split, dtype=msg.dtype,
+                hidden_size=msg.hidden_size)

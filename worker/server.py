@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from engine.fingerprint import describe_mismatch
 from proto import pipeline_pb2 as pb
+from proto.convert import handshake_identity
 from worker.executor import Executor, ExecutorUnavailable
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,9 @@ class PipelineService:
         if isinstance(request, BadMessage):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"not a HandshakeRequest: {request.error}")
-        mine = dict(fingerprint=self.info.fingerprint, split_layer=self.info.layer_start,
-                    dtype=self.info.dtype, hidden_size=self.info.hidden_size)
-        theirs = dict(fingerprint=request.fingerprint, split_layer=request.head_layer_end,
-                      dtype=request.dtype, hidden_size=request.hidden_size)
-        mismatch = describe_mismatch(mine, {k: v for k, v in theirs.items() if v})
+        theirs = handshake_identity(request)
+        mismatch = describe_mismatch(handshake_identity(self.info),
+                                     {k: v for k, v in theirs.items() if v})
         if mismatch:  # the API refuses; say so here too, for whoever reads this log
             log.warning("handshake from %s (%s) does not match this worker: %s",
                         request.client_name or "?", context.peer(), mismatch)
