@@ -3,7 +3,8 @@
 Error policy for a step (each choice keeps other streams, and where possible the same
 stream, running):
 - a message that does not parse as a StepRequest: the stream ends with INVALID_ARGUMENT
-  (nothing in it can be attributed; every sequence of the stream is released);
+  (nothing in it can be attributed; every sequence of the stream is released; grpc.aio
+  parses each message as the handler iterates, so the DecodeError arrives in `Step`);
 - a message larger than max_message_bytes: gRPC ends the stream with RESOURCE_EXHAUSTED;
 - a step id not above the previous one: every sequence of that step fails INVALID_ARGUMENT;
 - a bad hidden tensor, unknown sequence, position gap, KV exhaustion...: the TailRunner
@@ -21,31 +22,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from engine.fingerprint import describe_mismatch
 from proto import pipeline_pb2 as pb
+from proto import pipeline_pb2_grpc as pb_grpc
 from proto.convert import handshake_identity
 from worker.executor import Executor, ExecutorUnavailable
 
 log = logging.getLogger(__name__)
-SERVICE = "duet.pipeline.v1.Pipeline"
+SERVICE = pb.DESCRIPTOR.services_by_name["Pipeline"].full_name  # for the health service
 
 
-class BadMessage:
-    """Stands in for a request whose bytes are not a valid protobuf message."""
-
-    def __init__(self, error: str):
-        self.error = error
-
-
-def _lenient(parse):
-    def deserialize(data: bytes):
-        try:
-            return parse(data)
-        except DecodeError as e:
-            return BadMessage(str(e))
-
-    return deserialize
-
-
-class PipelineService:
+class PipelineService(pb_grpc.PipelineServicer):
     """Serves Handshake and Step for every API stream over one executor."""
 
     def __init__(self, executor: Executor, max_message_bytes: int):
@@ -56,22 +41,9 @@ class PipelineService:
         self.open_streams: set[str] = set()
         self._releasing: set[asyncio.Task] = set()
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(SERVICE, {
-            "Handshake": grpc.unary_unary_rpc_method_handler(
-                self.Handshake, request_deserializer=_lenient(pb.HandshakeRequest.FromString),
-                response_serializer=pb.HandshakeReply.SerializeToString),
-            "Step": grpc.stream_stream_rpc_method_handler(
-                self.Step, request_deserializer=_lenient(pb.StepRequest.FromString),
-                response_serializer=pb.StepReply.SerializeToString),
-        })
-
     async def Handshake(self, request, context) -> pb.HandshakeReply:
         if self.info is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the worker is still loading")
-        if isinstance(request, BadMessage):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"not a HandshakeRequest: {request.error}")
         theirs = handshake_identity(request)
         mismatch = describe_mismatch(handshake_identity(self.info),
                                      {k: v for k, v in theirs.items() if v})
@@ -90,10 +62,7 @@ class PipelineService:
         log.info("stream %s opened by %s", stream, context.peer())
         last_step_id = -1
         try:
-            async for request in requests:
-                if isinstance(request, BadMessage):
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                        f"step message is not a StepRequest: {request.error}")
+            async for request in _parsed(requests, context):
                 if request.step_id <= last_step_id:
                     yield await self._reject(stream, request, f"step id {request.step_id} "
                                              f"is not above the previous {last_step_id}")
@@ -154,6 +123,16 @@ class PipelineService:
             log.warning("stream %s: releasing its sequences failed: %s", stream, e)
 
 
+async def _parsed(requests, context):
+    """The stream's StepRequests; bytes that do not parse end the stream INVALID_ARGUMENT."""
+    try:
+        async for request in requests:
+            yield request
+    except DecodeError as e:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"step message is not a StepRequest: {e}")
+
+
 def _failed_reply(request: pb.StepRequest, code: grpc.StatusCode, why: str) -> pb.StepReply:
     error = pb.SeqError(code=code.value[0], message=why)
     return pb.StepReply(step_id=request.step_id,
@@ -169,7 +148,7 @@ def make_server(service: PipelineService, listen: str, *, credentials=None) -> t
         ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
         ("grpc.so_reuseport", 0),
     ])
-    server.add_generic_rpc_handlers((service.handler(),))
+    pb_grpc.add_PipelineServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:
