@@ -9,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_grpc
 from tritonclient.grpc import InferInput, InferRequestedOutput
@@ -18,10 +19,16 @@ from proto import pipeline_pb2 as pb
 from worker.config import WorkerConfig
 from worker.executor import ExecutorUnavailable
 from worker.triton_process import ManagedTriton
-from worker.triton_protocol import INPUT_OP, INPUT_STEP, INPUT_STREAM, OUTPUT_RESULT
+from worker.triton_protocol import INPUT_OP, INPUT_STEP, INPUT_STREAM, OUTPUT_RESULT, Op
 from worker.triton_repo import TritonInstall, write_model_repo
 
 log = logging.getLogger(__name__)
+# tritonclient reports a gRPC failure's code as str(grpc.StatusCode.X) in e.status().
+_STATUS_CODES = {str(code): code for code in grpc.StatusCode}
+
+
+def _status_code(e: InferenceServerException) -> grpc.StatusCode | None:
+    return _STATUS_CODES.get(e.status())
 
 
 class TailModelError(RuntimeError):
@@ -46,7 +53,7 @@ class TritonExecutor:
         self.client = triton_grpc.InferenceServerClient(url)
         if self.config.triton_url:
             await self._wait_external(url)
-        info = pb.HandshakeReply.FromString(await self._call("info", "", b""))
+        info = pb.HandshakeReply.FromString(await self._call(Op.INFO, "", b""))
         info.executor = self.kind
         return info
 
@@ -85,11 +92,11 @@ class TritonExecutor:
     def serving(self) -> bool:
         return self.server is None or self.server.ready.is_set()
 
-    async def _call(self, op: str, stream: str, payload: bytes) -> bytes:
+    async def _call(self, op: Op, stream: str, payload: bytes) -> bytes:
         if not self.serving():
             raise ExecutorUnavailable("tritonserver died and is restarting")
         inputs = []
-        for name, value in ((INPUT_OP, op.encode()), (INPUT_STREAM, stream.encode()),
+        for name, value in ((INPUT_OP, op.value.encode()), (INPUT_STREAM, stream.encode()),
                             (INPUT_STEP, payload)):
             tensor = InferInput(name, [1], "BYTES")
             tensor.set_data_from_numpy(np.array([value], dtype=np.object_))
@@ -97,20 +104,20 @@ class TritonExecutor:
         try:
             result = await self.client.infer(self.model, inputs, outputs=self.outputs)
         except InferenceServerException as e:
-            if "UNAVAILABLE" in str(e.status()):  # the server, not the model
+            if _status_code(e) is grpc.StatusCode.UNAVAILABLE:  # the server, not the model
                 raise ExecutorUnavailable(f"Triton: {e.message()}") from None
             raise TailModelError(f"the tail model in Triton failed: {e.message()}") from None
         return result.as_numpy(OUTPUT_RESULT)[0]
 
     async def step(self, stream: str, request: pb.StepRequest) -> pb.StepReply:
-        return pb.StepReply.FromString(await self._call("step", stream,
+        return pb.StepReply.FromString(await self._call(Op.STEP, stream,
                                                         request.SerializeToString()))
 
     async def drop_stream(self, stream: str) -> None:
-        await self._call("drop_stream", stream, b"")
+        await self._call(Op.DROP_STREAM, stream, b"")
 
     async def expire_idle(self) -> None:
-        await self._call("expire_idle", "", b"")
+        await self._call(Op.EXPIRE_IDLE, "", b"")
 
     async def close(self) -> None:
         if self.client is not None:

@@ -7,23 +7,39 @@ HandshakeReply for "info").
 """
 from __future__ import annotations
 
+from enum import Enum
+
 from proto import pipeline_pb2 as pb
 
 INPUT_OP, INPUT_STREAM, INPUT_STEP = "OP", "STREAM", "STEP"
 OUTPUT_RESULT = "RESULT"
-OPS = ("info", "step", "drop_stream", "expire_idle")
 
 
-def handle(tail, op: str, stream: str, payload: bytes) -> bytes:
+class Op(str, Enum):
+    """What a call asks of the tail model; the value is the OP input's text."""
+
+    INFO = "info"  # -> HandshakeReply
+    STEP = "step"  # STEP: a StepRequest -> StepReply
+    DROP_STREAM = "drop_stream"  # release every sequence of STREAM -> StepReply (KV counters)
+    EXPIRE_IDLE = "expire_idle"  # release sequences idle too long -> StepReply (KV counters)
+
+
+def parse_op(text: str) -> Op:
+    try:
+        return Op(text)
+    except ValueError:
+        raise ValueError(f"unknown op {text!r}; expected one of "
+                         f"{', '.join(op.value for op in Op)}") from None
+
+
+def handle(tail, op: Op, stream: str, payload: bytes) -> bytes:
     """Run one call on a TailRunner (inside the Triton model); returns RESULT's bytes."""
-    if op == "step":
+    if op is Op.STEP:
         return tail.step(stream, pb.StepRequest.FromString(payload)).SerializeToString()
-    if op == "drop_stream":
+    if op is Op.DROP_STREAM:
         tail.drop_stream(stream)
-        return tail.status().SerializeToString()
-    if op == "expire_idle":
+    elif op is Op.EXPIRE_IDLE:
         tail.expire_idle()
-        return tail.status().SerializeToString()
-    if op == "info":
+    elif op is Op.INFO:
         return tail.info().SerializeToString()
-    raise ValueError(f"unknown op {op!r}; expected one of {', '.join(OPS)}")
+    return tail.status().SerializeToString()

@@ -10,7 +10,8 @@ import triton_python_backend_utils as pb_utils
 
 from worker.config import WorkerConfig
 from worker.executor import tail_loader
-from worker.triton_protocol import INPUT_OP, INPUT_STEP, INPUT_STREAM, OUTPUT_RESULT, handle
+from worker.triton_protocol import (INPUT_OP, INPUT_STEP, INPUT_STREAM, OUTPUT_RESULT, handle,
+                                     parse_op)
 
 
 class TritonPythonModel:
@@ -29,8 +30,8 @@ class TritonPythonModel:
             return pb_utils.get_input_tensor_by_name(request, name).as_numpy()[0]
 
         try:
-            result = handle(self.tail, text(INPUT_OP).decode(), text(INPUT_STREAM).decode(),
-                            text(INPUT_STEP))
+            result = handle(self.tail, parse_op(text(INPUT_OP).decode()),
+                            text(INPUT_STREAM).decode(), text(INPUT_STEP))
         except Exception as e:  # answer with the reason; the worker turns it into statuses
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(e).__name__}: {e}"))
         out = pb_utils.Tensor(OUTPUT_RESULT, np.array([result], dtype=np.object_))
