@@ -13,11 +13,12 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from runtime.children import die_with_parent, free_port
 
 TINY_ARCH = "deepseek_v3"
 WORKER_STOP_S = 30.0  # SIGTERM, then this long for the worker (and Triton) to exit, then SIGKILL
@@ -80,22 +81,6 @@ def split_point(model_dir: Path, split: int) -> tuple[int, int]:
     return k, layers
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if `duet serve` dies without cleaning up (Linux)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def start_worker(run_dir: Path, model_dir: Path, k: int, port: int, args) -> subprocess.Popen:
     """`python -m worker.main` in its own session: Ctrl-C reaches us, and we stop it in order."""
     toml = run_dir / "worker.toml"
@@ -105,7 +90,7 @@ def start_worker(run_dir: Path, model_dir: Path, k: int, port: int, args) -> sub
                   torch_threads=args.threads)
     toml.write_text("".join(f"{key} = {_toml(value)}\n" for key, value in fields.items()))
     return subprocess.Popen([sys.executable, "-m", "worker.main", "--config", str(toml)],
-                            start_new_session=True, preexec_fn=_die_with_parent)
+                            start_new_session=True, preexec_fn=die_with_parent)
 
 
 def _toml(value) -> str:

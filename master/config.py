@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from duet.settings import load_settings
+from runtime.settings import load_settings
 from engine.dtypes import DTYPES
 from master.auth import parse_api_keys
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+from runtime.settings import read_toml
 
 
 @dataclass(frozen=True)
@@ -168,13 +169,5 @@ def config_from_dict(raw: dict) -> VrrpConfig:
 
 def load_config(path: str | Path, section: str = "vrrp") -> VrrpConfig:
     """Read the `[vrrp]` table of a TOML file; ValueError names the bad field."""
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except OSError as exc:
-        raise ValueError(f"cannot read config {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: invalid TOML: {exc}") from None
-    if not isinstance(data.get(section), dict):
-        raise ValueError(f"[{section}]: section missing in {path}")
-    return config_from_dict(data[section])
+    return config_from_dict(read_toml(path, section, table_required=True))
 

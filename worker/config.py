@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from duet.settings import load_settings, settings_from_dict
+from runtime.settings import load_settings, settings_from_dict
 from engine.dtypes import DTYPES
 
 EXECUTORS = ("triton", "local")

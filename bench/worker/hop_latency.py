@@ -34,7 +34,7 @@ from proto import pipeline_pb2 as pb
 from proto import pipeline_pb2_grpc as pb_grpc
 from proto.convert import tensor_to_proto
 from worker.tail import TailRunner
-from worker.triton_process import free_port
+from runtime.children import free_port
 
 SPLIT, LAYERS, HIDDEN = 2, 4, 64
 KV_CACHE_BYTES = 16 << 20

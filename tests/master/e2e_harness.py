@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,14 +21,9 @@ from engine.batch import SeqChunk, StepBatch
 from engine.stage import Stage
 from proto import pipeline_pb2 as pb
 from proto import pipeline_pb2_grpc as pb_grpc
+from runtime.children import free_port
 
 START_TIMEOUT_S = 180.0  # a loaded 2-core CI box starts torch + Triton slowly
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def toml_text(fields: dict) -> str:

@@ -18,7 +18,8 @@ from engine.stage import Stage
 from proto import pipeline_pb2 as pb
 from proto import pipeline_pb2_grpc as pb_grpc
 from proto.convert import params_to_proto, tensor_to_proto
-from worker.triton_process import SHM_PREFIX, free_port
+from runtime.children import free_port
+from worker.triton_process import SHM_PREFIX
 from worker.triton_repo import TritonInstall, TritonNotInstalled
 
 SPLIT = 2  # the head runs layers [0, 2), the worker [2, 4)

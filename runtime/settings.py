@@ -27,16 +27,20 @@ class Mistyped(ValueError):
         self.expected = expected
 
 
-def read_toml(path: str | Path, table: str | None = None) -> dict:
-    """The file's top-level keys, or its [table] when it has one; one-line errors."""
+def read_toml(path: str | Path, table: str | None = None, *,
+              table_required: bool = False) -> dict:
+    """The file's [table] when it has one, else its top-level keys (or, with table_required,
+    a ValueError); one-line errors for every role's config file."""
     try:
         data = tomllib.loads(Path(path).read_text())
     except OSError as e:
         raise ValueError(f"{path}: cannot read: {e.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise ValueError(f"{path}: {e} (invalid TOML)") from None
     if table is not None and isinstance(data.get(table), dict):
         return data[table]
+    if table_required:
+        raise ValueError(f"{path}: [{table}]: table missing")
     return data
 
 

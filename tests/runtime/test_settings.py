@@ -1,4 +1,4 @@
-"""duet/settings: what both host configs rely on beyond their own tests — a table or the top
+"""runtime/settings: what both host configs rely on beyond their own tests — a table or the top
 level, a field's own parser and extra env variable, and every problem in one line."""
 import types
 from dataclasses import dataclass, field
@@ -6,7 +6,7 @@ from typing import Mapping
 
 import pytest
 
-from duet.settings import load_settings
+from runtime.settings import load_settings
 
 
 def _upper_tags(value) -> Mapping[str, str]:
