@@ -16,6 +16,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vrrp.cli import main
+    from vrrp.service import run as run_agent
 
-    return main(["--config", args.config, "--section", args.section, "--log-level", args.log_level])
+    return run_agent(args.config, args.section, args.log_level)

@@ -82,14 +82,14 @@ def split_point(model_dir: Path, split: int) -> tuple[int, int]:
 
 
 def start_worker(run_dir: Path, model_dir: Path, k: int, port: int, args) -> subprocess.Popen:
-    """`python -m worker.main` in its own session: Ctrl-C reaches us, and we stop it in order."""
+    """`duet worker` in its own session: Ctrl-C reaches us, and we stop it in order."""
     toml = run_dir / "worker.toml"
     fields = dict(model_dir=str(model_dir), layer_start=k, dtype=args.dtype, device=args.device,
                   kv_cache_bytes=args.kv_cache_bytes, listen=f"127.0.0.1:{port}",
                   executor=args.executor, run_dir=str(run_dir / "triton"),
                   torch_threads=args.threads)
     toml.write_text("".join(f"{key} = {_toml(value)}\n" for key, value in fields.items()))
-    return subprocess.Popen([sys.executable, "-m", "worker.main", "--config", str(toml)],
+    return subprocess.Popen([sys.executable, "-m", "duet.cli", "worker", "--config", str(toml)],
                             start_new_session=True, preexec_fn=die_with_parent)
 
 

@@ -41,7 +41,7 @@ def wait_until(predicate, timeout_s: float, poll_s: float = 0.005):
 
 @dataclass
 class AgentProc:
-    """A running `python -m vrrp` inside one namespace."""
+    """A running `duet vrrp` inside one namespace."""
 
     name: str
     proc: subprocess.Popen
@@ -130,8 +130,8 @@ class Lab:
         status_file.unlink(missing_ok=True)
         log_file = self.dir / f"agent-{host}.log"
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns(host), sys.executable, "-m", "vrrp",
-             "--config", str(cfg), "--log-level", "INFO"],
+            ["ip", "netns", "exec", self.ns(host), sys.executable, "-m", "duet.cli",
+             "--log-level", "INFO", "vrrp", "--config", str(cfg)],
             stdout=log_file.open("a"), stderr=subprocess.STDOUT)
         agent = self.agents[host] = AgentProc(host, proc, status_file, log_file)
         if wait_state is not None:

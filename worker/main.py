@@ -149,14 +149,3 @@ def run_cli(config_path: str, write_model_repo_dir: str | None = None) -> int:
         print(f"duet worker: {e}", file=sys.stderr)
         return 1
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m worker.main --config FILE`, the same as `duet worker --config FILE`."""
-    from duet.cli import main as duet_main
-
-    return duet_main(["worker", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

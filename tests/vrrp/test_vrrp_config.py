@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vrrp.cli import missing_capabilities
+from vrrp.service import missing_capabilities
 from vrrp.config import config_from_dict, load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,7 +60,7 @@ def test_example_configs_load():
 
 
 def _cli(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    return subprocess.run([*prefix, sys.executable, "-m", "vrrp", *args],
+    return subprocess.run([*prefix, sys.executable, "-m", "duet.cli", "vrrp", *args],
                           capture_output=True, text=True, cwd=REPO, timeout=30)
 
 

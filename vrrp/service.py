@@ -1,8 +1,7 @@
-"""`duet vrrp --config FILE`: load the config, check privileges, run the agent."""
+"""What `duet vrrp` runs: load the config, check privileges, run the agent until a signal."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -36,14 +35,10 @@ async def _serve(cfg: VrrpConfig) -> None:
     await agent.run()
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="duet vrrp", description="VRRPv3 agent for the VIP")
-    parser.add_argument("--config", required=True, help="TOML file with a [vrrp] table")
-    parser.add_argument("--section", default="vrrp", help="table to read (default: vrrp)")
-    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING, ERROR")
-    args = parser.parse_args(argv)
+def run(config_path: str, section: str = "vrrp", log_level: str = "WARNING") -> int:
+    """The exit code: 2 for a bad config, 1 when the agent cannot run, 0 after a signal."""
     try:
-        cfg = load_config(args.config, args.section)
+        cfg = load_config(config_path, section)
     except ValueError as exc:
         print(f"duet vrrp: bad config: {exc}", file=sys.stderr)
         return 2
@@ -58,7 +53,7 @@ def main(argv: list[str]) -> int:
         except OSError as exc:
             print(f"duet vrrp: realtime_priority: {exc.strerror}", file=sys.stderr)
             return 1
-    logging.basicConfig(level=args.log_level.upper(),
+    logging.basicConfig(level=log_level.upper(), force=True,
                         format=f"%(asctime)s vrrp[{cfg.vrid}] %(levelname)s %(message)s")
     try:
         asyncio.run(_serve(cfg))
