@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator
 
 from master.generation import GenerationRequest, Generator, TokenEvent
 from master.reasoning import ReasoningParser
@@ -35,6 +34,7 @@ class ChoiceUpdate:
     """What one token (or the end) added to a choice."""
 
     index: int
+    new_tokens: int = 0  # 1 when a sampled token made this update, 0 for the closing one
     content: str = ""
     reasoning: str = ""
     logprobs: list[TokenLogprob] = field(default_factory=list)
@@ -58,12 +58,10 @@ class ChoiceState:
         self._want_logprobs = request.params.logprobs is not None
         self.num_tokens = 0
         self.text_len = 0  # characters decoded so far (for text_offset)
-        self.first_token_s: float | None = None
-        self.last_token_s: float | None = None
 
     def on_token(self, ev: TokenEvent) -> ChoiceUpdate:
         self.num_tokens += 1
-        update = ChoiceUpdate(self.index)
+        update = ChoiceUpdate(self.index, new_tokens=1)
         if self._want_logprobs and ev.logprob is not None:
             update.logprobs.append(
                 TokenLogprob(ev.token_id, ev.logprob, ev.top_logprobs, self.text_len))
@@ -104,22 +102,12 @@ class ChoiceState:
         update.reasoning += reasoning
         update.content += content
 
-    def mark_time(self, observe_tpot: Callable[[float], None] | None = None) -> None:
-        now = time.perf_counter()
-        if self.first_token_s is None:
-            self.first_token_s = now
-        elif observe_tpot is not None:
-            observe_tpot(now - self.last_token_s)
-        self.last_token_s = now
 
-
-async def _choice_updates(generator: Generator, state: ChoiceState,
-                          on_token: Callable[[ChoiceState], None]) -> AsyncIterator[ChoiceUpdate]:
+async def _choice_updates(generator: Generator, state: ChoiceState) -> AsyncIterator[ChoiceUpdate]:
     """One choice's updates, the last one with its finish_reason; closes its generation."""
     stream = generator.generate(state.request)
     try:
         async for ev in stream:
-            on_token(state)
             update = state.on_token(ev)
             yield update
             if update.finish_reason is not None:
@@ -142,11 +130,11 @@ async def _pump(updates: AsyncIterator[ChoiceUpdate], queue: asyncio.Queue) -> N
         queue.put_nowait((None, e))
 
 
-async def run_choices(generator: Generator, states: list[ChoiceState],
-                      on_token: Callable[[ChoiceState], None]) -> AsyncIterator[ChoiceUpdate]:
+async def run_choices(generator: Generator,
+                      states: list[ChoiceState]) -> AsyncIterator[ChoiceUpdate]:
     """Updates of all choices as they come; raises the first choice's failure."""
     if len(states) == 1:  # the common case: no tasks, no queue
-        single = _choice_updates(generator, states[0], on_token)
+        single = _choice_updates(generator, states[0])
         try:
             async for update in single:
                 yield update
@@ -154,7 +142,7 @@ async def run_choices(generator: Generator, states: list[ChoiceState],
             await single.aclose()
         return
     queue: asyncio.Queue = asyncio.Queue()
-    tasks = [asyncio.create_task(_pump(_choice_updates(generator, s, on_token), queue))
+    tasks = [asyncio.create_task(_pump(_choice_updates(generator, s), queue))
              for s in states]
     try:
         finished = 0

@@ -6,7 +6,7 @@ import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from master.generation import PipelineUnavailable, QueueFull, SequenceFailed
@@ -20,6 +20,11 @@ _SEQUENCE_STATUS = {"RESOURCE_EXHAUSTED": 503, "INVALID_ARGUMENT": 400, "UNAVAIL
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
           404: "invalid_request_error", 405: "invalid_request_error",
           429: "rate_limit_error", 499: "invalid_request_error"}
+
+
+class ClientGone(Exception):
+    """The client disconnected before the response started: answered 499, which nobody
+    reads (the access log shows the disconnect)."""
 
 
 class APIError(Exception):
@@ -82,6 +87,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api(_: Request, exc: APIError):
         return exc.response()
+
+    @app.exception_handler(ClientGone)
+    async def _gone(_: Request, exc: ClientGone):
+        return Response(status_code=499)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):

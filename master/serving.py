@@ -1,32 +1,28 @@
-"""What chat and completions share: requests -> sampling params -> choices -> SSE or a body.
+"""The request flow chat and completions share: request fields -> sampling params -> choices
+-> updates, with metrics and the access log kept as they come.
 
-serving_chat.py and serving_completion.py shape the two endpoints' responses on top of this.
+An endpoint (serving_chat.py, serving_completion.py) builds the choices, calls `run_updates`,
+and shapes what it returns into a JSON body or SSE events (sse.py); nothing here calls back.
 """
 from __future__ import annotations
 
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable
 
 from fastapi import Request
-from pydantic import BaseModel
-from starlette.responses import Response
 
 from engine.sampling_params import SamplingParams
 from master.access_log import AccessRecord
 from master.bundle import ModelBundle
 from master.choices import ChoiceState, ChoiceUpdate, run_choices
 from master.config import MasterConfig
-from master.errors import APIError, to_api_error
+from master.errors import APIError, ClientGone, to_api_error
 from master.generation import GenerationRequest, Generator
 from master.metrics import Metrics
 from master.protocol import Usage, _SamplingFields
 from master.reasoning import ReasoningParser, prompt_opens_think
-from master.sse import ClosingStreamingResponse
-
-class ClientGone(Exception):
-    """The client disconnected before the response started."""
 
 
 @dataclass
@@ -116,13 +112,17 @@ class RequestRun:
         self.prompt_tokens = sum(len(s.request.prompt_token_ids) for s in states[::n])
         record.prompt_tokens = self.prompt_tokens
         self.finish_reasons: dict[int, str] = {}
+        self._last_token_s: dict[int, float] = {}  # choice index -> perf_counter of its last
 
-    def _on_token(self, state: ChoiceState) -> None:
-        metrics = self.ctx.metrics
-        if state.first_token_s is None:
-            metrics.observe_ttft(time.perf_counter() - self.record.start_s)
+    def _on_token(self, index: int) -> None:
+        metrics, now = self.ctx.metrics, time.perf_counter()
+        last = self._last_token_s.get(index)
+        if last is None:
+            metrics.observe_ttft(now - self.record.start_s)
             self.record.mark_first_token()
-        state.mark_time(metrics.observe_tpot)
+        else:
+            metrics.observe_tpot(now - last)
+        self._last_token_s[index] = now
         self.record.output_tokens += 1
 
     def _on_finish(self, update: ChoiceUpdate) -> None:
@@ -134,9 +134,11 @@ class RequestRun:
         self.ctx.metrics.observe_request(prompt, state.num_tokens, e2e_s, update.finish_reason)
 
     async def updates(self) -> AsyncIterator[ChoiceUpdate]:
-        stream = run_choices(self.ctx.generator, self.states, self._on_token)
+        stream = run_choices(self.ctx.generator, self.states)
         try:
             async for update in stream:
+                if update.new_tokens:
+                    self._on_token(update.index)
                 if update.finish_reason is not None:
                     self._on_finish(update)
                 yield update
@@ -176,29 +178,24 @@ async def until_disconnect(request: Request, work: Awaitable):
     raise ClientGone()
 
 
-async def respond(request: Request, run: RequestRun, stream: bool,
-                  body: Callable[[list[ChoiceUpdate]], BaseModel],
-                  events: Callable[[ChoiceUpdate, AsyncIterator[ChoiceUpdate]],
-                                   AsyncIterator[str]]) -> Response:
-    """The first update decides the status (an error is still a JSON error, a client gone
-    meanwhile cancels the work); then SSE from `events`, or one JSON `body` of every update."""
+async def run_updates(request: Request, run: RequestRun, stream: bool
+                      ) -> tuple[list[ChoiceUpdate], AsyncIterator[ChoiceUpdate] | None]:
+    """Wait for what the response needs before its status is chosen: for a stream, the first
+    update and the rest to stream; else every update and None. A failure until then is an
+    APIError (a JSON error with its status); a client gone meanwhile cancels the work and
+    raises ClientGone."""
     updates = run.updates()
     try:
         first = await until_disconnect(request, anext(updates))
-        if not stream:
-            rest = await until_disconnect(request, _collect(updates))
+        if stream:
+            return [first], updates
+        rest = await until_disconnect(request, _collect(updates))
     except ClientGone:
-        return gone_response()
+        raise
     except Exception as e:
         raise to_api_error(e) from None
-    if stream:
-        return ClosingStreamingResponse(events(first, updates))
-    return Response(body([first, *rest]).model_dump_json(), media_type="application/json")
+    return [first, *rest], None
 
 
 async def _collect(updates: AsyncIterator[ChoiceUpdate]) -> list[ChoiceUpdate]:
     return [u async for u in updates]
-
-
-def gone_response() -> Response:
-    return Response(status_code=499)  # nobody reads it; the access log shows the disconnect

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import uuid
 
+from typing import AsyncIterator
+
 from fastapi import Request
 from fastapi.responses import Response
 
@@ -14,8 +16,8 @@ from master.protocol import (AssistantMessage, ChatChoice, ChatChunkChoice,
                              ChatCompletionRequest,
                              ChatCompletionResponse, ChatLogprobs, ChatMessage, DeltaMessage,
                              TokenLogprobEntry, TopLogprob)
-from master.serving import RequestRun, ServingContext, respond
-from master.sse import SSEWriter, sse_events, usage_event
+from master.serving import RequestRun, ServingContext, run_updates
+from master.sse import SSEWriter, include_usage, nonempty, stream_response
 from master.tokenizer import Tokenizer
 
 
@@ -72,10 +74,11 @@ async def chat_completion(ctx: ServingContext, req: ChatCompletionRequest,
     states = ctx.choice_states(response_id, req, [ids], [budget], logprobs,
                                think_open=ctx.think_open(prompt))
     run = RequestRun(ctx, record, states, req.n)
-    return await respond(request, run, req.stream,
-                         lambda updates: _response(ctx, req, run, updates, response_id),
-                         lambda first, updates: _stream(ctx, req, run, first, updates,
-                                                        response_id))
+    updates, rest = await run_updates(request, run, req.stream)
+    if rest is not None:
+        return stream_response(_events(ctx, req, run, updates, rest, response_id), rest)
+    body = _response(ctx, req, run, updates, response_id)
+    return Response(body.model_dump_json(), media_type="application/json")
 
 
 def _response(ctx, req, run: RequestRun, updates: list[ChoiceUpdate], response_id: str):
@@ -98,17 +101,17 @@ def _response(ctx, req, run: RequestRun, updates: list[ChoiceUpdate], response_i
                                   choices=choices, usage=run.usage())
 
 
-def _stream(ctx, req, run: RequestRun, first: ChoiceUpdate, updates, response_id: str):
+async def _events(ctx, req, run: RequestRun, updates: list[ChoiceUpdate],
+                  rest: AsyncIterator[ChoiceUpdate], response_id: str) -> AsyncIterator[str]:
+    """The role chunk of every choice, a delta per update, then usage when asked for."""
     writer = SSEWriter(response_id, "chat.completion.chunk", ctx.config.served_model_name)
-
-    def delta(u: ChoiceUpdate) -> str:
+    role = DeltaMessage(role="assistant", content="")
+    for i in range(len(run.states)):
+        yield writer.event([ChatChunkChoice(index=i, delta=role)])
+    async for u in nonempty(updates, rest):
         d = DeltaMessage(content=u.content or None, reasoning_content=u.reasoning or None)
         lp = chat_logprobs(ctx.bundle.tokenizer, u, req.top_logprobs or 0)
-        return writer.event([ChatChunkChoice(index=u.index, delta=d, logprobs=lp,
-                                             finish_reason=u.finish_reason)])
-
-    role = DeltaMessage(role="assistant", content="")
-    opening = [writer.event([ChatChunkChoice(index=i, delta=role)])
-               for i in range(len(run.states))]
-    return sse_events(first, updates, delta, opening, usage_event(req, run, writer))
-
+        yield writer.event([ChatChunkChoice(index=u.index, delta=d, logprobs=lp,
+                                            finish_reason=u.finish_reason)])
+    if include_usage(req):
+        yield writer.event([], usage=run.usage())

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import uuid
 
+from typing import AsyncIterator
+
 from fastapi import Request
 from fastapi.responses import Response
 
@@ -11,8 +13,8 @@ from master.choices import ChoiceUpdate
 from master.errors import APIError
 from master.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest,
                              CompletionResponse)
-from master.serving import RequestRun, ServingContext, respond
-from master.sse import SSEWriter, sse_events, usage_event
+from master.serving import RequestRun, ServingContext, run_updates
+from master.sse import SSEWriter, include_usage, nonempty, stream_response
 from master.tokenizer import Tokenizer
 
 
@@ -57,10 +59,11 @@ async def completion(ctx: ServingContext, req: CompletionRequest, request: Reque
     response_id = record.request_id = f"cmpl-{uuid.uuid4().hex}"
     states = ctx.choice_states(response_id, req, prompts, budgets, req.logprobs)
     run = RequestRun(ctx, record, states, req.n)
-    return await respond(request, run, req.stream,
-                         lambda updates: _response(ctx, req, run, updates, response_id),
-                         lambda first, updates: _stream(ctx, req, run, first, updates,
-                                                        response_id))
+    updates, rest = await run_updates(request, run, req.stream)
+    if rest is not None:
+        return stream_response(_events(ctx, req, run, updates, rest, response_id), rest)
+    body = _response(ctx, req, run, updates, response_id)
+    return Response(body.model_dump_json(), media_type="application/json")
 
 
 def _response(ctx, req, run: RequestRun, updates: list[ChoiceUpdate], response_id: str):
@@ -81,14 +84,14 @@ def _response(ctx, req, run: RequestRun, updates: list[ChoiceUpdate], response_i
                               choices=choices, usage=run.usage())
 
 
-def _stream(ctx, req, run: RequestRun, first: ChoiceUpdate, updates, response_id: str):
+async def _events(ctx, req, run: RequestRun, updates: list[ChoiceUpdate],
+                  rest: AsyncIterator[ChoiceUpdate], response_id: str) -> AsyncIterator[str]:
+    """A chunk per update, then usage when asked for."""
     writer = SSEWriter(response_id, "text_completion", ctx.config.served_model_name)
     tok = ctx.bundle.tokenizer
-
-    def chunk(u: ChoiceUpdate) -> str:
+    async for u in nonempty(updates, rest):
         lp = completion_logprobs(tok, u, req.logprobs) if req.logprobs is not None else None
-        return writer.event([CompletionChoice(index=u.index, text=u.content, logprobs=lp,
-                                              finish_reason=u.finish_reason)])
-
-    return sse_events(first, updates, chunk, [], usage_event(req, run, writer))
-
+        yield writer.event([CompletionChoice(index=u.index, text=u.content, logprobs=lp,
+                                             finish_reason=u.finish_reason)])
+    if include_usage(req):
+        yield writer.event([], usage=run.usage())

@@ -1,9 +1,9 @@
-"""Server-sent events of a streaming response: the writer, the event loop, [DONE], closing."""
+"""Server-sent events of a streaming response: the writer, error events, [DONE], closing."""
 from __future__ import annotations
 
 import json
 import time
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator
 
 from pydantic import BaseModel
 from starlette.responses import StreamingResponse
@@ -55,21 +55,30 @@ def sse_error(exc: BaseException) -> str:
     return sse(to_api_error(exc).body())
 
 
-async def sse_events(first: ChoiceUpdate, updates: AsyncIterator[ChoiceUpdate],
-                     event: Callable[[ChoiceUpdate], str], opening: list[str],
-                     usage: Callable[[], str] | None) -> AsyncIterator[str]:
-    """opening events, one event per non-empty update, the usage event, [DONE]; always
-    closes `updates` (which frees the sequences)."""
+async def nonempty(updates: list[ChoiceUpdate],
+                   rest: AsyncIterator[ChoiceUpdate]) -> AsyncIterator[ChoiceUpdate]:
+    """The updates that add something to the stream: those already here, then the rest."""
+    for u in updates:
+        if not u.is_empty():
+            yield u
+    async for u in rest:
+        if not u.is_empty():
+            yield u
+
+
+def stream_response(events: AsyncIterator[str],
+                    updates: AsyncIterator[ChoiceUpdate]) -> ClosingStreamingResponse:
+    """The SSE response of `events`, which read `updates`: an error event if they fail (the
+    headers are sent by then), then [DONE]; `updates` is closed (freeing the sequences)
+    however the response ends."""
+    return ClosingStreamingResponse(_with_done(events, updates))
+
+
+async def _with_done(events: AsyncIterator[str],
+                     updates: AsyncIterator[ChoiceUpdate]) -> AsyncIterator[str]:
     try:
-        for e in opening:
+        async for e in events:
             yield e
-        if not first.is_empty():
-            yield event(first)
-        async for u in updates:
-            if not u.is_empty():
-                yield event(u)
-        if usage is not None:
-            yield usage()
     except Exception as e:  # headers are sent: the error goes in the stream
         yield sse_error(e)
     finally:
@@ -77,8 +86,6 @@ async def sse_events(first: ChoiceUpdate, updates: AsyncIterator[ChoiceUpdate],
     yield SSE_DONE
 
 
-def usage_event(req, run, writer: SSEWriter) -> Callable[[], str] | None:
-    """The closing usage chunk, when the request's stream_options ask for it."""
-    if req.stream_options and req.stream_options.include_usage:
-        return lambda: writer.event([], usage=run.usage())
-    return None
+def include_usage(req) -> bool:
+    """Whether the request's stream_options ask for the closing usage chunk."""
+    return bool(req.stream_options and req.stream_options.include_usage)
