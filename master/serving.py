@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable
 
 from fastapi import Request
+from fastapi.responses import Response
+from pydantic import BaseModel
 
 from engine.sampling_params import SamplingParams
 from master.access_log import AccessRecord
@@ -195,6 +197,10 @@ async def run_updates(request: Request, run: RequestRun, stream: bool
     except Exception as e:
         raise to_api_error(e) from None
     return [first, *rest], None
+
+
+def json_response(body: BaseModel) -> Response:
+    return Response(body.model_dump_json(), media_type="application/json")
 
 
 async def _collect(updates: AsyncIterator[ChoiceUpdate]) -> list[ChoiceUpdate]:

@@ -6,7 +6,6 @@ import uuid
 from typing import AsyncIterator
 
 from fastapi import Request
-from fastapi.responses import Response
 
 from master.access_log import AccessRecord
 from master.chat_template import ChatTemplateError
@@ -16,7 +15,7 @@ from master.protocol import (AssistantMessage, ChatChoice, ChatChunkChoice,
                              ChatCompletionRequest,
                              ChatCompletionResponse, ChatLogprobs, ChatMessage, DeltaMessage,
                              TokenLogprobEntry, TopLogprob)
-from master.serving import RequestRun, ServingContext, run_updates
+from master.serving import RequestRun, ServingContext, json_response, run_updates
 from master.sse import SSEWriter, include_usage, nonempty, stream_response
 from master.tokenizer import Tokenizer
 
@@ -75,10 +74,9 @@ async def chat_completion(ctx: ServingContext, req: ChatCompletionRequest,
                                think_open=ctx.think_open(prompt))
     run = RequestRun(ctx, record, states, req.n)
     updates, rest = await run_updates(request, run, req.stream)
-    if rest is not None:
-        return stream_response(_events(ctx, req, run, updates, rest, response_id), rest)
-    body = _response(ctx, req, run, updates, response_id)
-    return Response(body.model_dump_json(), media_type="application/json")
+    if rest is None:
+        return json_response(_response(ctx, req, run, updates, response_id))
+    return stream_response(_events(ctx, req, run, updates, rest, response_id), rest)
 
 
 def _response(ctx, req, run: RequestRun, updates: list[ChoiceUpdate], response_id: str):
