@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.settings import read_toml
+from runtime.settings import read_toml, settings_from_dict
 
 
 @dataclass(frozen=True)
@@ -131,43 +130,11 @@ def _ipv4_interface(name: str, value: str) -> None:
         raise ValueError(f"{name}: not an IPv4 address/prefix: {value!r}") from None
 
 
-def _typed(cls: type, raw: dict, prefix: str) -> dict:
-    """Check keys and types against the dataclass fields; lists become tuples."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    out = {}
-    for key, value in raw.items():
-        if key not in fields or key == "health":
-            raise ValueError(f"{prefix}{key}: unknown setting")
-        kind = str(fields[key].type)
-        if isinstance(value, list):
-            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
-        ok = {
-            "str": isinstance(value, str),
-            "int": isinstance(value, int) and not isinstance(value, bool),
-            "bool": isinstance(value, bool),
-            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-        }.get(kind, isinstance(value, tuple))
-        if not ok:
-            raise ValueError(f"{prefix}{key}: expected {kind}, got {type(value).__name__}")
-        out[key] = float(value) if kind == "float" else value
-    return out
-
-
-def config_from_dict(raw: dict) -> VrrpConfig:
-    raw = dict(raw)
-    health = raw.pop("health", None)
-    kwargs = _typed(VrrpConfig, raw, "")
-    if health is not None:
-        if not isinstance(health, dict):
-            raise ValueError("health: must be a table")
-        kwargs["health"] = HealthConfig(**_typed(HealthConfig, health, "health."))
-    for required in ("interface", "vrid", "priority", "vips"):
-        if required not in kwargs:
-            raise ValueError(f"{required}: required setting is missing")
-    return VrrpConfig(**kwargs)
+def config_from_dict(raw: dict, where: str | Path | None = None) -> VrrpConfig:
+    """The agent's config from a parsed [vrrp] table; ValueError names the bad field."""
+    return settings_from_dict(VrrpConfig, raw, env_prefix=None, text_values=False, where=where)
 
 
 def load_config(path: str | Path, section: str = "vrrp") -> VrrpConfig:
-    """Read the `[vrrp]` table of a TOML file; ValueError names the bad field."""
-    return config_from_dict(read_toml(path, section, table_required=True))
-
+    """Read the `[vrrp]` table of a TOML file; ValueError names the file and the bad field."""
+    return config_from_dict(read_toml(path, section, table_required=True), where=path)
