@@ -27,7 +27,7 @@ class Sequence:
         # Tokens both stages hold KV for: positions [0, num_computed_tokens) went through.
         self.num_computed_tokens = 0
         self.in_flight = False  # in a micro-batch the worker has not answered yet
-        self.params_sent = False  # the worker gets SamplingParams on first appearance only
+        self.params_sent = False  # the worker holds it (has its params); only the Scheduler sets it
         self.finish_reason: str | None = None  # "stop", "length", "cancelled", "failed"
         self.arrival_s = time.monotonic()
         # TokenEvent, then an Exception or nothing once finished; read by generate().
