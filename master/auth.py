@@ -21,7 +21,7 @@ def parse_api_keys(value) -> dict[str, str]:
     error, not "no authentication": leave the setting out to run without keys.
     """
     if isinstance(value, str):
-        value = [part.strip() for part in value.split(",")]
+        value = [part.strip() for part in value.split(",")] if value.strip() else []
     if isinstance(value, Mapping):
         entries = [(str(name), key) for name, key in value.items()]
     elif isinstance(value, (list, tuple)):
