@@ -23,6 +23,7 @@ class StreamQuota:
         # whole blocks, and at least one so a stream can always run a short sequence
         blocks = max(1, math.floor(capacity_tokens * kv_share / block_size))
         self.kv_tokens = min(capacity_tokens, blocks * block_size)
+        self.capacity_tokens = capacity_tokens
         self.max_seqs = max_seqs
         self._held: dict[str, dict[str, int]] = defaultdict(dict)  # stream -> key -> tokens
         self._totals: dict[str, int] = defaultdict(int)  # stream -> sum of its _held
@@ -36,6 +37,8 @@ class StreamQuota:
         if key not in held and len(held) >= self.max_seqs:
             raise StreamQuotaExceeded(f"this stream already holds {len(held)} sequences, "
                                       f"its limit (stream_max_seqs = {self.max_seqs})")
+        if self.kv_tokens == self.capacity_tokens:
+            return  # a share of the whole cache: the cache itself says when it is full
         want = math.ceil(end_pos / self.block_size) * self.block_size
         total = self.held_tokens(stream) - held.get(key, 0) + want
         if total > self.kv_tokens:
