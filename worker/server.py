@@ -24,6 +24,7 @@ from engine.fingerprint import describe_mismatch
 from proto import pipeline_pb2 as pb
 from proto import pipeline_pb2_grpc as pb_grpc
 from proto.convert import handshake_identity
+from worker.client_names import ClientNames
 from worker.executor import Executor, ExecutorUnavailable
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,10 @@ SERVICE = pb.DESCRIPTOR.services_by_name["Pipeline"].full_name  # for the health
 class PipelineService(pb_grpc.PipelineServicer):
     """Serves Handshake and Step for every API stream over one executor."""
 
-    def __init__(self, executor: Executor, max_message_bytes: int):
+    def __init__(self, executor: Executor, max_message_bytes: int,
+                 client_names: tuple[str, ...] = ()):
         self.executor = executor
+        self.names = ClientNames(client_names)  # empty: any client the TLS layer let in
         self.max_message_bytes = max_message_bytes
         self.info: pb.HandshakeReply | None = None  # set once the executor is loaded
         self.stream_ids = itertools.count(1)
@@ -42,6 +45,7 @@ class PipelineService(pb_grpc.PipelineServicer):
         self._releasing: set[asyncio.Task] = set()
 
     async def Handshake(self, request, context) -> pb.HandshakeReply:
+        await self.names.check(context)
         if self.info is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the worker is still loading")
         theirs = handshake_identity(request)
@@ -55,6 +59,7 @@ class PipelineService(pb_grpc.PipelineServicer):
         return self.info
 
     async def Step(self, requests, context):
+        await self.names.check(context)
         if self.info is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the worker is still loading")
         stream = f"s{next(self.stream_ids)}"
