@@ -75,39 +75,42 @@ class AdminAccess:
             return "loopback"
         return None
 
-
-def admin_router(generator, access: AdminAccess) -> APIRouter:
-    """Routes that flip `generator.set_active(...)` and show `generator.stats()`."""
-    router = APIRouter()
-
-    def check(request: Request) -> str:
-        who = access.caller(request)
+    def check(self, request: Request) -> str:
+        """The caller, logged and put in the access record; 403 when refused."""
+        who = self.caller(request)
         log.warning("%s %s by %s from %s%s", request.method, request.url.path, who or "-",
                     peer_host(request) or "?", "" if who else ": refused")
         if who is None:
             raise APIError(403, "admin endpoints need an admin key"
-                           + (" or a loopback caller" if access.from_loopback else ""),
+                           + (" or a loopback caller" if self.from_loopback else ""),
                            code="forbidden", type="invalid_request_error")
         record = getattr(request.state, "access", None)
         if record is not None:
             record.key_id = who
         return who
 
-    def switch(request: Request, active: bool, why: str) -> dict:
-        generator.set_active(active)
-        log.warning("API %s (%s)", "activated" if active else "deactivated", why)
-        ready, reason = generator.readiness()
-        return {"active": active, "ready": ready, "reason": reason}
+
+def _switch(generator, active: bool, why: str) -> dict:
+    generator.set_active(active)
+    log.warning("API %s (%s)", "activated" if active else "deactivated", why)
+    ready, reason = generator.readiness()
+    return {"active": active, "ready": ready, "reason": reason}
+
+
+def admin_router(generator, access: AdminAccess) -> APIRouter:
+    """Routes that flip `generator.set_active(...)` and show `generator.stats()`."""
+    router = APIRouter()
+    check = access.check
 
     @router.post("/admin/activate")
     async def activate(request: Request) -> dict:
         check(request)
-        return switch(request, True, "POST /admin/activate")
+        return _switch(generator, True, "POST /admin/activate")
 
     @router.post("/admin/deactivate")
     async def deactivate(request: Request) -> dict:
         check(request)
-        return switch(request, False, "POST /admin/deactivate")
+        return _switch(generator, False, "POST /admin/deactivate")
 
     @router.post("/admin/vrrp")
     async def vrrp(request: Request) -> dict:
@@ -120,7 +123,7 @@ def admin_router(generator, access: AdminAccess) -> APIRouter:
                            param="state") from None
         if not isinstance(state, str):
             raise APIError(400, f"state must be a string, got {state!r}", param="state")
-        return switch(request, state.upper() == "MASTER", f"VRRP state {state}")
+        return _switch(generator, state.upper() == "MASTER", f"VRRP state {state}")
 
     @router.get("/admin/stats")
     async def stats(request: Request) -> dict:
