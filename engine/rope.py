@@ -100,7 +100,9 @@ class RotaryEmbedding:
         memo = self._memo
         if memo is not None and memo[0] is positions and memo[1] == dtype:
             return memo[2], memo[3]
-        inv_freq = self.inv_freq.to(positions.device)
+        if self.inv_freq.device != positions.device:  # once: a copy inside a CUDA graph capture fails
+            self.inv_freq = self.inv_freq.to(positions.device)
+        inv_freq = self.inv_freq
         freqs = positions.float()[:, None] * inv_freq[None, :]  # [T, dim / 2]
         emb = torch.cat((freqs, freqs), dim=-1)  # [T, dim]
         cos = (emb.cos() * self.attention_factor).to(dtype)

@@ -65,7 +65,8 @@ class Head:
         """token ids [T] of the chunks, in row order -> hidden states [T, H] on the wire."""
         if not chunks:
             return empty_hidden(self.hidden_size, self.dtype)
-        inputs = torch.tensor(token_ids, dtype=torch.long, device=self.stage.device)  # [T]
+        # [T] on the host: the stage checks the id range there, without waiting for the device
+        inputs = torch.tensor(token_ids, dtype=torch.long)
         hidden = self.stage.forward(StepBatch(tuple(chunks)), inputs)  # [T, H]
         return tensor_to_proto(hidden)
 
