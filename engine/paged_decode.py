@@ -3,8 +3,9 @@
 Each sequence's context is found through its row of the cache's block table on the device, so
 a step neither pads every sequence to the longest context nor builds index tensors on the host,
 and its host work does not depend on context lengths (what a CUDA graph needs). One Triton
-program per (sequence, KV head) runs an online softmax over its context, all the query heads
-of the group at once (GQA), or all heads against the shared latent rows (MLA, absorbed).
+program per (sequence, KV head, block of query heads) runs an online softmax over its context,
+the query heads of a group at once (GQA), or a block of heads against the shared latent rows
+(MLA, absorbed).
 A torch reference, row by row, serves CPUs and checks the kernel.
 """
 from __future__ import annotations
@@ -71,12 +72,14 @@ def _decode_triton(q, k_cache, v_cache, tables: DecodeTables, scale: float) -> t
     out = q.new_empty(b, hq, dv)
     group = hq // hkv
     block_n = 32 if dk > 256 else 64  # MLA's 576-wide rows: fewer per tile, registers stay in bounds
-    _decode_kernel[(b, hkv)](
+    # query heads per program: a group of 7 (GQA) pads to 16; MLA's 128 heads split into 8
+    block_g = min(max(16, _pow2(group)), 64 if dv <= 128 else 16)
+    _decode_kernel[(b, hkv, triton.cdiv(group, block_g))](
         q, k_cache, v_cache, out, tables.block_table, tables.seq_rows, tables.context_lens, scale,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
         v_cache.stride(0), v_cache.stride(1), out.stride(0), out.stride(1),
         tables.block_table.stride(0),
-        GROUP=group, BLOCK_G=max(16, _pow2(group)), D1=d1, D2=d2, BLOCK_D2=max(16, _pow2(d2)),
+        GROUP=group, BLOCK_G=block_g, D1=d1, D2=d2, BLOCK_D2=max(16, _pow2(d2)),
         DV=dv, KV_BLOCK=tables.block_size, BLOCK_N=block_n, num_warps=4 if dv <= 128 else 8,
     )
     return out
@@ -91,10 +94,10 @@ if triton is not None:
         GROUP: tl.constexpr, BLOCK_G: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
         BLOCK_D2: tl.constexpr, DV: tl.constexpr, KV_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
-        b, kvh = tl.program_id(0), tl.program_id(1)
+        b, kvh, head_block = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         row = tl.load(ROWS + b).to(tl.int64)
         n_ctx = tl.load(LENS + b)
-        g = tl.arange(0, BLOCK_G)
+        g = head_block * BLOCK_G + tl.arange(0, BLOCK_G)
         gmask = g < GROUP
         heads = kvh * GROUP + g
         d1 = tl.arange(0, D1)

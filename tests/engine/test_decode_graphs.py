@@ -82,3 +82,14 @@ def test_paged_decode_equals_attention_over_the_gathered_context(heads, kv_heads
             kv = h // (heads // kv_heads)
             probs = (k_cache[slots, kv] @ q[b, h] * 0.3).softmax(0)
             torch.testing.assert_close(got[b, h], probs @ v_cache[slots, kv], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_captured_cuda_graphs_give_the_cpu_eager_tokens(ckpt, pipeline, prompt):
+    """On a GPU host: the graphs really are captured and replayed, and agree with the CPU."""
+    _, want = run(pipeline(ckpt, splits=(2,)), prompt)
+    graphed = pipeline(ckpt, splits=(2,), device="cuda:0", cuda_graph_max_batch=8)
+    _, got = run(graphed, prompt)
+    assert got == want
+    for stage in graphed.stages:
+        assert stage.decode_graphs.capture_error is None and set(stage.decode_graphs.graphs) == {4}
