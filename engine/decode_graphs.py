@@ -31,6 +31,12 @@ def batch_buckets(max_batch: int) -> list[int]:
     return sizes + [max_batch]
 
 
+def graph_batch_for(device: str, max_batch: int) -> int:
+    """The cuda_graph_max_batch a stage on `device` gets: decode graphs on CUDA devices only
+    (on a CPU the static buffers would only add copies)."""
+    return max_batch if device.startswith("cuda") else 0
+
+
 class DecodeGraphs:
     """Decode steps of up to max_batch sequences of one stage, graphed per batch bucket."""
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bench.gpu import ceiling
+from bench.gpu import ceiling, kernels
 from engine.batch import SeqChunk, StepBatch
 from engine.sampler import SamplerState, sample
 from engine.sampling_params import SamplingParams
@@ -193,24 +193,6 @@ def bench_shape(shape: str, args) -> dict:
     return out
 
 
-def kernel_check() -> dict:
-    """The Triton decode kernel against the torch reference on random bf16 caches."""
-    from engine.paged_decode import DecodeTables, decode_attention, decode_attention_reference
-
-    out = {}
-    for name, (heads, kv_heads, dk, dv) in {"gqa": (28, 4, 128, 128), "mla": (128, 1, 576, 512)}.items():
-        cache = torch.randn(64 * 16, kv_heads, max(dk, dv), device="cuda", dtype=torch.bfloat16)
-        keys, values = cache[..., :dk], cache[..., :dv]
-        table = torch.randperm(64, device="cuda").to(torch.int32).view(4, 16)
-        lens = torch.tensor([1, 17, 200, 255], device="cuda", dtype=torch.int32)
-        t = DecodeTables(table, torch.tensor([2, 0, 3, 1], device="cuda", dtype=torch.int32), lens, 16)
-        q = torch.randn(4, heads, dk, device="cuda", dtype=torch.bfloat16)
-        got = decode_attention(q, keys, values, t, 0.08).float()
-        want = decode_attention_reference(q, keys, values, t, 0.08).float()
-        out[name] = float((got - want).norm() / want.norm())
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
@@ -228,7 +210,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(0), "host": platform.platform(),
         "torch": torch.__version__, "dtype": "bfloat16", "prompt_len": args.prompt_len,
         "decode_steps": args.steps, "copy_bytes_per_s": args.copy_bytes_per_s,
-        "kernel_rel_err": kernel_check(), "shapes": {},
+        "kernel_rel_err": kernels.check(), "shapes": {},
     }
     print(json.dumps(results), flush=True)
     for shape in args.shapes.split(","):
