@@ -81,6 +81,7 @@ def _decode_triton(q, k_cache, v_cache, tables: DecodeTables, scale: float) -> t
         tables.block_table.stride(0),
         GROUP=group, BLOCK_G=block_g, D1=d1, D2=d2, BLOCK_D2=max(16, _pow2(d2)),
         DV=dv, KV_BLOCK=tables.block_size, BLOCK_N=block_n, num_warps=4 if dv <= 128 else 8,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # fp32 stays fp32, not tf32
     )
     return out
 
@@ -93,6 +94,7 @@ if triton is not None:
         sqb, sqh, sks, skh, svs, svh, sob, soh, sbt,
         GROUP: tl.constexpr, BLOCK_G: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
         BLOCK_D2: tl.constexpr, DV: tl.constexpr, KV_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
+        PRECISION: tl.constexpr,
     ):
         b, kvh, head_block = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         row = tl.load(ROWS + b).to(tl.int64)
@@ -117,17 +119,17 @@ if triton is not None:
             slot = blk * KV_BLOCK + n % KV_BLOCK  # [BN]
             k_base = K + slot[:, None] * sks + kvh * skh
             k1 = tl.load(k_base + d1[None, :], mask=nmask[:, None], other=0.0)  # [BN, D1]
-            s = tl.dot(q1, tl.trans(k1))  # [BG, BN] fp32
+            s = tl.dot(q1, tl.trans(k1), input_precision=PRECISION)  # [BG, BN] fp32
             if D2 > 0:
                 k2 = tl.load(k_base + D1 + d2[None, :], mask=nmask[:, None] & (d2[None, :] < D2), other=0.0)
-                s += tl.dot(q2, tl.trans(k2))
+                s += tl.dot(q2, tl.trans(k2), input_precision=PRECISION)
             s = tl.where(nmask[None, :], s * scale, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, 1))
             p = tl.exp(s - m_new[:, None])
             alpha = tl.exp(m - m_new)
             denom = denom * alpha + tl.sum(p, 1)
             v = tl.load(V + slot[:, None] * svs + kvh * svh + dv[None, :], mask=nmask[:, None], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
             m = m_new
         out = acc / denom[:, None]
         tl.store(O + b * sob + heads[:, None] * soh + dv[None, :], out.to(O.dtype.element_ty),

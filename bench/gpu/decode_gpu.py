@@ -148,6 +148,20 @@ def engine_variants(stage: Stage, batches: list[int], prompt_len: int, steps: in
     return runs
 
 
+def replay_ms(graphs, repeats: int = 50) -> float | None:
+    """Device time of the batch-1 graph alone, replayed back to back (no host work between)."""
+    if 1 not in graphs.graphs:
+        return None
+    graph = graphs.graphs[1][0]
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / repeats
+
+
 def agreement(runs: dict) -> dict:
     """Graphs must give the buffers' tokens exactly (same kernels); eager uses SDPA, so its
     logits differ by bf16 rounding and greedy tokens may part after a near tie."""
@@ -181,6 +195,7 @@ def bench_shape(shape: str, args) -> dict:
         out["floor_ms"] = out["floor_bytes"] / args.copy_bytes_per_s * 1e3
         runs = engine_variants(stage, args.batches, args.prompt_len, args.steps)
         out["capture_error"] = stage.decode_graphs.capture_error
+        out["graph_b1_replay_ms"] = replay_ms(stage.decode_graphs)
         out["agreement"] = agreement(runs)
         out["engine"] = {k: {"step_ms_p50": v["step_ms_p50"], "tokens_per_s": v["tokens_per_s"]}
                          for k, v in runs.items()}
