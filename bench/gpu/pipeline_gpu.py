@@ -32,6 +32,7 @@ SPLIT, PROMPT_TOKENS, OUTPUT_TOKENS = 14, 32, 128
 
 def write_checkpoint(folder: Path) -> Path:
     """The 7B shape with the engine's dummy weights, saved as one safetensors file."""
+    folder.mkdir(parents=True, exist_ok=True)
     write_config("qwen7b", folder)
     copy_tokenizer("qwen_tokenizer", folder)
     stage = Stage.load(folder, 0, SHAPES["qwen7b"][1], dtype="bfloat16", device="cuda",
