@@ -62,6 +62,13 @@ def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
+def _splits(programs: int) -> int:
+    """Context splits per (sequence, head block): enough programs to fill the GPU (flash-decoding);
+    1 once the batch alone does. Chosen from host-known sizes, so a graph can hold it."""
+    want = max(1, min(16, 256 // programs))
+    return 1 << (want.bit_length() - 1)
+
+
 def _decode_triton(q, k_cache, v_cache, tables: DecodeTables, scale: float) -> torch.Tensor:
     b, hq, dk = q.shape
     hkv, dv = k_cache.shape[1], v_cache.shape[-1]
@@ -74,15 +81,22 @@ def _decode_triton(q, k_cache, v_cache, tables: DecodeTables, scale: float) -> t
     block_n = 32 if dk > 256 else 64  # MLA's 576-wide rows: fewer per tile, registers stay in bounds
     # query heads per program: a group of 7 (GQA) pads to 16; MLA's 128 heads split into 8
     block_g = min(max(16, _pow2(group)), 64 if dv <= 128 else 16)
-    _decode_kernel[(b, hkv, triton.cdiv(group, block_g))](
-        q, k_cache, v_cache, out, tables.block_table, tables.seq_rows, tables.context_lens, scale,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
+    head_blocks = triton.cdiv(group, block_g)
+    splits = _splits(b * hkv * head_blocks)
+    # per split: unnormalised output [B, Hq, S, Dv], running max and sum [B, Hq, S] (fp32)
+    part = torch.empty(b, hq, splits, dv + 2, device=q.device, dtype=torch.float32) if splits > 1 else out
+    _decode_kernel[(b, hkv * head_blocks, splits)](
+        q, k_cache, v_cache, out, part, tables.block_table, tables.seq_rows, tables.context_lens,
+        scale, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
         v_cache.stride(0), v_cache.stride(1), out.stride(0), out.stride(1),
         tables.block_table.stride(0),
-        GROUP=group, BLOCK_G=block_g, D1=d1, D2=d2, BLOCK_D2=max(16, _pow2(d2)),
+        GROUP=group, BLOCK_G=block_g, HEAD_BLOCKS=head_blocks, SPLITS=splits, HQ=hq,
+        D1=d1, D2=d2, BLOCK_D2=max(16, _pow2(d2)),
         DV=dv, KV_BLOCK=tables.block_size, BLOCK_N=block_n, num_warps=4 if dv <= 128 else 8,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # fp32 stays fp32, not tf32
     )
+    if splits > 1:
+        _combine_kernel[(b, hq)](part, out, out.stride(0), out.stride(1), SPLITS=splits, DV=dv)
     return out
 
 
@@ -90,15 +104,20 @@ if triton is not None:
 
     @triton.jit
     def _decode_kernel(
-        Q, K, V, O, BT, ROWS, LENS, scale,
+        Q, K, V, O, PART, BT, ROWS, LENS, scale,
         sqb, sqh, sks, skh, svs, svh, sob, soh, sbt,
-        GROUP: tl.constexpr, BLOCK_G: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
+        GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_BLOCKS: tl.constexpr,
+        SPLITS: tl.constexpr, HQ: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
         BLOCK_D2: tl.constexpr, DV: tl.constexpr, KV_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
         PRECISION: tl.constexpr,
     ):
-        b, kvh, head_block = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        b, split = tl.program_id(0), tl.program_id(2)
+        kvh, head_block = tl.program_id(1) // HEAD_BLOCKS, tl.program_id(1) % HEAD_BLOCKS
         row = tl.load(ROWS + b).to(tl.int64)
         n_ctx = tl.load(LENS + b)
+        per_split = tl.cdiv(tl.cdiv(n_ctx, SPLITS), BLOCK_N) * BLOCK_N
+        lo = split * per_split
+        hi = tl.minimum(lo + per_split, n_ctx)
         g = head_block * BLOCK_G + tl.arange(0, BLOCK_G)
         gmask = g < GROUP
         heads = kvh * GROUP + g
@@ -112,9 +131,9 @@ if triton is not None:
         m = tl.full([BLOCK_G], float("-inf"), tl.float32)
         denom = tl.zeros([BLOCK_G], tl.float32)
         acc = tl.zeros([BLOCK_G, DV], tl.float32)
-        for start in range(0, n_ctx, BLOCK_N):
+        for start in range(lo, hi, BLOCK_N):
             n = start + tl.arange(0, BLOCK_N)
-            nmask = n < n_ctx
+            nmask = n < hi
             blk = tl.load(BT + row * sbt + n // KV_BLOCK, mask=nmask, other=0).to(tl.int64)
             slot = blk * KV_BLOCK + n % KV_BLOCK  # [BN]
             k_base = K + slot[:, None] * sks + kvh * skh
@@ -131,6 +150,25 @@ if triton is not None:
             v = tl.load(V + slot[:, None] * svs + kvh * svh + dv[None, :], mask=nmask[:, None], other=0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
             m = m_new
-        out = acc / denom[:, None]
-        tl.store(O + b * sob + heads[:, None] * soh + dv[None, :], out.to(O.dtype.element_ty),
-                 mask=gmask[:, None])
+        if SPLITS == 1:
+            tl.store(O + b * sob + heads[:, None] * soh + dv[None, :],
+                     (acc / denom[:, None]).to(O.dtype.element_ty), mask=gmask[:, None])
+        else:  # PART [B, HQ, SPLITS, DV + 2]: acc, then max, then sum
+            base = PART + ((b * HQ + heads[:, None]).to(tl.int64) * SPLITS + split) * (DV + 2)
+            tl.store(base + dv[None, :], acc, mask=gmask[:, None])
+            tl.store(base + DV + tl.zeros([1, 1], tl.int32), m[:, None], mask=gmask[:, None])
+            tl.store(base + DV + 1 + tl.zeros([1, 1], tl.int32), denom[:, None], mask=gmask[:, None])
+
+    @triton.jit
+    def _combine_kernel(PART, O, sob, soh, SPLITS: tl.constexpr, DV: tl.constexpr):
+        b, h = tl.program_id(0), tl.program_id(1)
+        sp = tl.arange(0, SPLITS)
+        dv = tl.arange(0, DV)
+        base = PART + ((b * tl.num_programs(1) + h).to(tl.int64) * SPLITS + sp) * (DV + 2)  # [S]
+        m = tl.load(base + DV)
+        denom = tl.load(base + DV + 1)
+        acc = tl.load(base[:, None] + dv[None, :])  # [S, DV]
+        top = tl.max(m, 0)
+        w = tl.where(m > float("-inf"), tl.exp(m - top), 0.0)  # empty splits weigh nothing
+        out = tl.sum(w[:, None] * acc, 0) / tl.sum(w * denom, 0)
+        tl.store(O + b * sob + h * soh + dv, out.to(O.dtype.element_ty))

@@ -141,9 +141,11 @@ def engine_variants(stage: Stage, batches: list[int], prompt_len: int, steps: in
     for b in batches:
         engine_decode(stage, b, prompt_len, 4, "w")  # captures this batch's bucket
         runs[f"graph_b{b}"] = engine_decode(stage, b, prompt_len, steps, "g")
+    runs["graph_b1_ctx2000"] = engine_decode(stage, 1, 2000, steps, "l")  # a long context
     stage.decode_graphs = None
     engine_decode(stage, batches[-1], prompt_len, 4, "w")
     runs[f"eager_b{batches[-1]}"] = engine_decode(stage, batches[-1], prompt_len, steps, "e")
+    runs["eager_b1_ctx2000"] = engine_decode(stage, 1, 2000, steps, "l")
     stage.decode_graphs = graphs
     return runs
 

@@ -30,7 +30,7 @@ def _decode(heads: int, kv_heads: int, dk: int, dv: int, q_scale: float = 1.0) -
     cache = torch.randn(64 * 16, kv_heads, max(dk, dv), device="cuda", dtype=torch.bfloat16)
     keys, values = cache[..., :dk], cache[..., :dv]
     table = torch.randperm(64, device="cuda").to(torch.int32).view(4, 16)
-    lens = torch.tensor([1, 17, 200, 255], device="cuda", dtype=torch.int32)
+    lens = torch.tensor([1, 17, 200, 255], device="cuda", dtype=torch.int32)  # 16 context splits
     rows = torch.tensor([2, 0, 3, 1], device="cuda", dtype=torch.int32)
     t = DecodeTables(table, rows, lens, 16)
     q = torch.randn(4, heads, dk, device="cuda", dtype=torch.bfloat16) * q_scale

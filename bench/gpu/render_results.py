@@ -44,6 +44,7 @@ def batch_table(r: dict) -> list[str]:
                 continue
             b = key.split("_b")[1]
             eager = s["engine"].get(f"eager_b{b}")
+            b = b.replace("_ctx", " (context ") + (")" if "_ctx" in b else "")
             rows.append(f"| {NAMES.get(shape, shape)} | {b} | {_f(eager and eager['tokens_per_s'], '.0f')} | "
                         f"{run['step_ms_p50']:.2f} | {run['tokens_per_s']:.0f} | "
                         f"{s['ttft_ms']['2000']:.0f} |")
