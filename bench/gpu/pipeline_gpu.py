@@ -64,17 +64,17 @@ def prompt(i: int, n: int = PROMPT_TOKENS) -> list[int]:
 
 
 async def one_request(client, name: str, ids: list[int], max_tokens: int) -> dict:
-    start, stamps, tokens = time.perf_counter(), [], 0
-    stream = await client.completions.create(
-        model=name, prompt=ids, max_tokens=max_tokens, temperature=0, stream=True,
-        stream_options={"include_usage": True})
-    async for chunk in stream:
-        if chunk.choices:
-            stamps.append(time.perf_counter())
-        if chunk.usage:
-            tokens = chunk.usage.completion_tokens
-    return {"ttft_s": stamps[0] - start, "tokens": tokens,
-            "tok_s": (tokens - 1) / max(stamps[-1] - stamps[0], 1e-9)}
+    """One streamed greedy completion: time to its first chunk, tokens, tok/s after the first."""
+    start = time.perf_counter()
+    first = last = None
+    tokens = 0
+    async for chunk in await client.completions.create(
+            model=name, prompt=ids, max_tokens=max_tokens, temperature=0, stream=True,
+            stream_options={"include_usage": True}):
+        now = time.perf_counter()
+        first, last = first or now, now if chunk.choices else last
+        tokens = chunk.usage.completion_tokens if chunk.usage else tokens
+    return {"ttft_s": first - start, "tokens": tokens, "tok_s": (tokens - 1) / max(last - first, 1e-9)}
 
 
 async def level(client, name: str, concurrency: int, rounds: int) -> dict:

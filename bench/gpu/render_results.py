@@ -56,10 +56,10 @@ def pipeline_table(p: dict) -> list[str]:
             f"prompts, {p['output_tokens']} output tokens, greedy):", "",
             "| executor | concurrency | requests | aggregate tok/s | tok/s per request p50 | TTFT p50 ms |",
             "|---|---:|---:|---:|---:|---:|"]
-    for name, x in p["executors"].items():
-        if "error" in x:
-            rows.append(f"| {name} | could not run: {x['error'][-300:]!r} | | | | |")
-            continue
+    ran = {name: x for name, x in p["executors"].items() if "error" not in x}
+    rows += [f"| {name} | could not run: {x['error'][-300:]!r} | | | | |"
+             for name, x in p["executors"].items() if name not in ran]
+    for name, x in ran.items():
         for lv in x["levels"]:
             rows.append(f"| {name} | {lv['concurrency']} | {lv['requests']} | {lv['aggregate_tok_s']:.0f} "
                         f"| {lv['tok_s_per_request_p50']:.1f} | {lv['ttft_ms_p50']:.0f} |")
