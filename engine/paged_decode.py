@@ -150,10 +150,18 @@ if triton is not None:
             v = tl.load(V + slot[:, None] * svs + kvh * svh + dv[None, :], mask=nmask[:, None], other=0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
             m = m_new
+        _store(O, PART, b, heads, gmask, split, acc, m, denom, sob, soh, HQ, SPLITS, DV)
+
+    @triton.jit
+    def _store(O, PART, b, heads, gmask, split, acc, m, denom, sob, soh,
+               HQ: tl.constexpr, SPLITS: tl.constexpr, DV: tl.constexpr):
+        """The output when unsplit; else this split's share in PART [B, HQ, SPLITS, DV + 2]:
+        the unnormalised output, then the running max, then the running sum."""
+        dv = tl.arange(0, DV)
         if SPLITS == 1:
             tl.store(O + b * sob + heads[:, None] * soh + dv[None, :],
                      (acc / denom[:, None]).to(O.dtype.element_ty), mask=gmask[:, None])
-        else:  # PART [B, HQ, SPLITS, DV + 2]: acc, then max, then sum
+        else:
             base = PART + ((b * HQ + heads[:, None]).to(tl.int64) * SPLITS + split) * (DV + 2)
             tl.store(base + dv[None, :], acc, mask=gmask[:, None])
             tl.store(base + DV + tl.zeros([1, 1], tl.int32), m[:, None], mask=gmask[:, None])

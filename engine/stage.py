@@ -72,16 +72,12 @@ class Stage:
         cuda_graph_max_batch: int = 0,
     ) -> "Stage":
         """Build the stage's layers on `device` and fill them (load_format "dummy": seeded random).
-
         device "cuda" on a host of several GPUs spreads the layers over all of them.
-        cuda_graph_max_batch > 0: decode steps of up to that many sequences run as CUDA graphs.
-        """
+        cuda_graph_max_batch > 0: decode steps of up to that many sequences run as CUDA graphs."""
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if load_format not in LOAD_FORMATS:
-            raise ValueError(
-                f"load_format must be one of {', '.join(LOAD_FORMATS)}, got {load_format!r}"
-            )
+            raise ValueError(f"load_format must be one of {', '.join(LOAD_FORMATS)}, got {load_format!r}")
         started = time.perf_counter()
         config = ModelConfig.from_dir(model_dir)
         layers = config.num_hidden_layers
