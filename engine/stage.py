@@ -46,10 +46,11 @@ class Stage:
 
     def enable_decode_graphs(self, max_batch: int, capture: bool | None = None) -> None:
         """Run decode-only steps of up to max_batch sequences from static buffers, captured as
-        CUDA graphs per batch bucket (capture None: on CUDA devices); not for a stage spread
-        over several GPUs."""
+        CUDA graphs per batch bucket (capture None: on CUDA devices). A stage spread over several
+        GPUs keeps running every step eagerly."""
         if self._spread:
-            raise ValueError("cuda_graph_max_batch: decode graphs need the stage on one device")
+            log.info("decode graphs off: the stage is spread over several GPUs")
+            return
         self.decode_graphs = DecodeGraphs(
             self.model, self.kv, max_batch=max_batch, hidden_size=self.config.hidden_size,
             dtype=DTYPES[self.dtype], capture=self.device.type == "cuda" if capture is None else capture,
