@@ -35,6 +35,8 @@ class MasterConfig:
     dtype: str = "float32"
     device: str = "cpu"
     kv_cache_bytes: int = 256 * 2**20
+    cuda_graph_max_batch: int = 64  # decode steps of up to this many sequences as CUDA graphs
+    #                                  (CUDA devices only; >= max_num_seqs to graph them all); 0 = off
     worker_address: str = "127.0.0.1:50051"
     tls_ca_file: str = ""  # all three empty = plaintext gRPC
     tls_cert_file: str = ""
@@ -82,6 +84,7 @@ def _checks(c: MasterConfig) -> dict[str, tuple[bool, str]]:
         "dtype": (c.dtype in DTYPES, " | ".join(DTYPES)),
         "device": (bool(c.device), "a torch device such as cpu or cuda:0"),
         "kv_cache_bytes": (c.kv_cache_bytes > 0, "a positive number of bytes"),
+        "cuda_graph_max_batch": (c.cuda_graph_max_batch >= 0, ">= 0 (0 = off)"),
         "worker_address": (":" in c.worker_address, "host:port"),
         "max_num_seqs": (c.max_num_seqs >= 1, ">= 1"),
         "max_waiting": (c.max_waiting >= 0, ">= 0"),

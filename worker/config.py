@@ -48,6 +48,8 @@ class WorkerConfig:
     device: str = "cpu"  # torch device of the tail: "cpu", "cuda", "cuda:1"
     kv_cache_bytes: int = 1 << 30
     kv_block_size: int = 16  # tokens per KV block
+    cuda_graph_max_batch: int = 64  # decode steps of up to this many sequences as CUDA graphs
+    #                                  (CUDA devices only); 0 = off
     torch_threads: int = 0  # intra-op CPU threads in the tail's process; 0 = torch's default
     listen: str = "127.0.0.1:50051"  # host:port of the Pipeline gRPC service
     # Plaintext on an address beyond loopback is refused unless this says it is meant.
@@ -80,6 +82,7 @@ class WorkerConfig:
             "device": bool(self.device),
             "kv_cache_bytes": self.kv_cache_bytes > 0,
             "kv_block_size": self.kv_block_size > 0,
+            "cuda_graph_max_batch": self.cuda_graph_max_batch >= 0,
             "torch_threads": self.torch_threads >= 0,
             "listen": _is_host_port(self.listen),
             "executor": self.executor in EXECUTORS,
