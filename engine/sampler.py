@@ -37,6 +37,17 @@ class SamplerState:
             generator = torch.Generator().manual_seed(params.seed)
         return cls(params=params, generator=generator)
 
+    @classmethod
+    def resume(cls, params: SamplingParams, output_token_ids: list[int]) -> "SamplerState":
+        """The state after `output_token_ids` were sampled: penalties count them, and the
+        seeded generator is where `sample` left it (one draw per token of a non-greedy row)."""
+        state = cls.create(params)
+        state.output_token_ids = list(output_token_ids)
+        if state.generator is not None and not is_greedy(params):
+            for _ in output_token_ids:  # the same calls as `sample`: the same stream position
+                torch.rand((), generator=state.generator)
+        return state
+
     def has_penalties(self) -> bool:
         p = self.params
         return p.presence_penalty != 0 or p.frequency_penalty != 0 or p.repetition_penalty != 1

@@ -60,6 +60,10 @@ class MasterConfig:
     step_timeout_s: float = 120.0  # a step unanswered this long means the worker is gone
     max_message_bytes: int = 256 * 2**20  # gRPC limit of one step message, both ways
     reconnect_max_s: float = 5.0  # longest wait between attempts to reach the worker
+    recovery_budget_s: float = 30.0  # a lost worker's sequences wait this long for a new one
+    #                                  (re-prefilled, then resumed); 0 = fail them at once
+    drain_timeout_s: float = 30.0  # on SIGTERM, running requests get this long to finish
+    #                                (new ones get 503 + Retry-After meanwhile)
     torch_threads: int = 0  # intra-op CPU threads of the head; 0 = torch's default
 
     def __post_init__(self):
@@ -97,6 +101,8 @@ def _checks(c: MasterConfig) -> dict[str, tuple[bool, str]]:
         "step_timeout_s": (c.step_timeout_s > 0, "> 0 seconds"),
         "max_message_bytes": (1024 <= c.max_message_bytes < 2**31, "1024 .. 2**31 - 1 bytes"),
         "reconnect_max_s": (c.reconnect_max_s >= 0.1, ">= 0.1 seconds"),
+        "recovery_budget_s": (c.recovery_budget_s >= 0, ">= 0 seconds (0 = no recovery)"),
+        "drain_timeout_s": (c.drain_timeout_s >= 0, ">= 0 seconds"),
         "torch_threads": (c.torch_threads >= 0, ">= 0 (0 = torch's default)"),
     }
 

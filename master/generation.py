@@ -30,6 +30,10 @@ class TokenEvent:
 class PipelineUnavailable(Exception):
     """The worker cannot be reached or refused the handshake: HTTP 503, message says why."""
 
+    def __init__(self, message: str, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s  # the Retry-After header, when one is known
+
 
 class QueueFull(Exception):
     """Too many waiting requests: HTTP 429 with Retry-After."""

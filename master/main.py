@@ -71,6 +71,7 @@ def build(config: MasterConfig) -> Master:
     metrics = Metrics(config.served_model_name)
     generator = PipelineGenerator(head, client, scheduling, metrics=metrics,
                                   step_timeout_s=config.step_timeout_s,
+                                  recovery_budget_s=config.recovery_budget_s,
                                   active=config.role == "master")
     app = create_app(config, generator, bundle, metrics=metrics)
     warnings = exposure_warnings(config.host, config.api_keys)
@@ -113,6 +114,8 @@ async def run(config: MasterConfig, *, stop: asyncio.Event | None = None,
             if on_ready is not None:
                 on_ready(url)
             await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if stopping.done():
+                await _drain(master.generator, config.drain_timeout_s)
     finally:
         server.should_exit = True
         stopping.cancel()
@@ -120,6 +123,15 @@ async def run(config: MasterConfig, *, stop: asyncio.Event | None = None,
         await master.generator.close()
         sock.close()
         log.info("master stopped")
+
+
+async def _drain(generator: PipelineGenerator, timeout_s: float) -> None:
+    """SIGTERM: new requests get 503 + Retry-After, running ones finish (up to timeout_s)."""
+    running = len(generator.scheduler.running) + len(generator.scheduler.waiting)
+    log.info("draining: %d requests running, up to %g s (drain_timeout_s)", running, timeout_s)
+    left = await generator.drain(timeout_s)
+    if left:
+        log.warning("drain_timeout_s passed: %d requests end with an error", left)
 
 
 def _asgi(app, config: MasterConfig):

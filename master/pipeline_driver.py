@@ -3,8 +3,14 @@
 Three tasks share one event loop: the sender (schedule -> head forward in a thread -> send),
 the receiver (replies in order -> `Scheduler.postprocess`) and a watchdog (a step unanswered
 for `step_timeout_s` means the worker is gone). With `max_inflight_batches` = 2 the head
-computes step B while the worker computes A. When the stream breaks, every sequence fails
-with PipelineUnavailable, the head's KV is freed, and the client reconnects.
+computes step B while the worker computes A.
+
+When the stream breaks (the worker died, restarted or drained), every running sequence is
+rebuilt rather than failed: the head's KV is freed, the client reconnects with backoff, and
+the scheduler re-prefills each sequence's prompt and output so far on the new stream, with
+`resume_output_ids` so the worker restores the sampler (penalties and seeded generator). The
+readers see a pause. If no worker answers within `recovery_budget_s`, every sequence fails
+with PipelineUnavailable (0 = fail at once, the behaviour before recovery existed).
 """
 from __future__ import annotations
 
@@ -27,12 +33,16 @@ MESSAGE_SLACK_BYTES = 1 << 20  # room for the step's sequence list next to the h
 class PipelineDriver:
     """Drives a Scheduler over a Head (in its own thread) and a PipelineClient's Step stream."""
 
-    def __init__(self, head, client, scheduler: Scheduler, *, metrics, step_timeout_s: float):
+    def __init__(self, head, client, scheduler: Scheduler, *, metrics, step_timeout_s: float,
+                 recovery_budget_s: float = 0.0):
         self.head = head  # forward(chunks, token_ids) -> pb.Tensor; release(ids); kv_*
         self.client = client  # connect_with_backoff() -> stream; readiness(); mark_down()
         self.scheduler = scheduler
         self.metrics = metrics
         self.step_timeout_s = step_timeout_s
+        self.recovery_budget_s = recovery_budget_s
+        self.recover_until: float | None = None  # monotonic deadline while rebuilding
+        self._down_reason = ""
         self.connected = False  # a handshake passed and the Step stream is open
         self.inflight: deque[tuple[Step, float]] = deque()  # (step, sent at monotonic s)
         self.worker_kv_used_tokens = 0  # as of the last StepReply
@@ -41,9 +51,9 @@ class PipelineDriver:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="duet-head")
 
     async def run(self) -> None:
-        """Connect, serve until the stream breaks, fail what was in flight, reconnect."""
+        """Connect, serve until the stream breaks, rebuild (or fail) what ran, reconnect."""
         while True:
-            stream = await self.client.connect_with_backoff()
+            stream = await self._reconnect()
             reply = self.client.handshake
             self.worker_kv_capacity_tokens = reply.kv_capacity_tokens
             worker_kv = reply.stream_kv_tokens or reply.kv_capacity_tokens  # this stream's share
@@ -57,6 +67,28 @@ class PipelineDriver:
             except Exception as e:  # a bug must not leave a server that hangs: fail, reconnect
                 log.exception("pipeline loop failed")
                 await self._on_down(stream, f"internal error in the pipeline loop: {e!r}")
+
+    @property
+    def recovering(self) -> bool:
+        """The worker was lost less than recovery_budget_s ago: new requests wait for it."""
+        return self.recover_until is not None and time.monotonic() < self.recover_until
+
+    async def _reconnect(self):
+        """The next Step stream; within the recovery budget, or fail everything and go on."""
+        if self.recover_until is None:
+            return await self.client.connect_with_backoff()
+        left_s = max(0.0, self.recover_until - time.monotonic())
+        try:
+            return await asyncio.wait_for(self.client.connect_with_backoff(), left_s)
+        except asyncio.TimeoutError:
+            reason = (f"the worker did not come back within {self.recovery_budget_s:g} s "
+                      f"(recovery_budget_s): {self._down_reason}")
+            log.error("%s; failing %d sequences", reason, len(self.scheduler.running))
+            self.recover_until = None
+            held = self.scheduler.fail_all(PipelineUnavailable(
+                reason, self.scheduler.config.retry_after_s))
+            await self._release_head([s.seq_id for s in held])
+            return await self.client.connect_with_backoff()
 
     async def close(self) -> None:
         await self.client.close()
@@ -88,11 +120,22 @@ class PipelineDriver:
         self.client.mark_down(reason)
         stream.cancel()
         self.inflight.clear()
-        held = self.scheduler.fail_all(PipelineUnavailable(reason))
+        if self.recovery_budget_s > 0:
+            if self.recover_until is None:  # a relapse while rebuilding keeps the deadline
+                self.recover_until = time.monotonic() + self.recovery_budget_s
+                self._down_reason = reason
+            held = self.scheduler.requeue_all()
+            log.warning("rebuilding %d sequences on the next worker (within %g s)",
+                        len(self.scheduler.running), self.recovery_budget_s)
+        else:
+            held = [s.seq_id for s in self.scheduler.fail_all(PipelineUnavailable(reason))]
+        await self._release_head(held)
+        self.update_metrics()
+
+    async def _release_head(self, seq_ids: list[str]) -> None:
         # After any head forward still running in the executor, like every head operation.
         await asyncio.get_running_loop().run_in_executor(
-            self._executor, self.head.release, [s.seq_id for s in held])
-        self.update_metrics()
+            self._executor, self.head.release, seq_ids)
 
     async def _send_loop(self, stream) -> None:
         loop = asyncio.get_running_loop()
@@ -133,6 +176,7 @@ class PipelineDriver:
             self.worker_kv_capacity_tokens = reply.kv_capacity_tokens
             self.wake.set()  # before the outboxes: the next step goes ahead of SSE writing
             self.scheduler.postprocess(step, reply_outcomes(reply))
+            self.recover_until = None  # the worker answers again: rebuilt
             self.update_metrics()
 
     async def _watchdog(self) -> None:

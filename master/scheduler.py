@@ -29,7 +29,7 @@ class SchedulerConfig:
     step_token_budget: int = 512  # new tokens per micro-batch, prefill chunks included
     max_inflight_batches: int = 2  # micro-batches sent and not yet answered
     kv_block_size: int = 16  # tokens per KV block: reservations round up to it
-    retry_after_s: float = 1.0  # the Retry-After a full queue suggests
+    retry_after_s: float = 1.0  # the Retry-After of a full queue or a lost worker
 
     def __post_init__(self):
         for name in ("max_num_seqs", "step_token_budget", "max_inflight_batches", "kv_block_size"):
@@ -217,6 +217,17 @@ class Scheduler:
                 item.seq.params_sent = False  # the worker never saw it: nothing to release
             self.finish(item.seq, "failed", error)
         self._to_release.extend(step.release)
+
+    def requeue_all(self) -> list[str]:
+        """The worker lost every sequence: each running one is rebuilt from position 0 (its
+        prompt and output so far re-prefilled, params resent); returns the ids whose head KV
+        must be freed first. Waiting sequences and KV reservations stay as they are."""
+        held = [s.seq_id for s in self.running + self._to_release]
+        for seq in self.running:
+            seq.in_flight = seq.params_sent = False
+            seq.num_computed_tokens = 0
+        self._to_release = []  # the worker holds none of them any more
+        return held
 
     def fail_all(self, error: BaseException) -> list[Sequence]:
         """The pipeline broke: every sequence fails; returns those that hold head KV."""

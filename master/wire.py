@@ -37,6 +37,8 @@ def _seq_step(item: ScheduledSeq) -> pb.SeqStep:
             params = dataclasses.replace(params,
                                          prompt_token_ids=tuple(item.seq.prompt_token_ids))
         msg.params.CopyFrom(params_to_proto(params))
+        # Rebuilt after a lost worker: the worker restores the sampler past these tokens.
+        msg.resume_output_ids.extend(item.seq.token_ids[item.seq.num_prompt_tokens:])
     return msg
 
 

@@ -198,8 +198,8 @@ class TailRunner:
         if outside:
             raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT,
                             f"prompt_token_ids outside the vocabulary [0, {vocab}): {outside[:5]}")
-        return TailSeq(key=key, stream=stream, seq_id=seq_step.seq_id,
-                       sampler=SamplerState.create(params))
+        sampler = SamplerState.resume(params, list(seq_step.resume_output_ids))
+        return TailSeq(key=key, stream=stream, seq_id=seq_step.seq_id, sampler=sampler)
 
     def _forward(self, hidden: torch.Tensor, planned: list[PlannedSeq],
                  results: list[pb.SeqResult]) -> None:

@@ -46,6 +46,19 @@ def test_same_seed_same_output_and_other_seed_differs():
     assert a != c
 
 
+def test_a_resumed_state_continues_the_seeded_stream_and_the_penalties():
+    """A worker rebuilding a sequence from its output so far samples what the lost one would."""
+    logits = random_logits(8, seed=3)
+    params = SamplingParams(temperature=1.0, seed=11, frequency_penalty=1.5)
+    state = SamplerState.create(params)
+    first = [sample(logits[i : i + 1], [state])[0].token_id for i in range(4)]
+    rest = [sample(logits[i : i + 1], [state])[0].token_id for i in range(4, 8)]
+    resumed = SamplerState.resume(params, first)
+    assert [sample(logits[i : i + 1], [resumed])[0].token_id for i in range(4, 8)] == rest
+    fresh = SamplerState.create(params)  # reseeding instead would repeat the first draws
+    assert torch.rand((), generator=fresh.generator) != torch.rand((), generator=resumed.generator)
+
+
 def test_seeded_row_is_independent_of_its_batch_neighbours():
     logits = torch.zeros(3, VOCAB)
     alone = sample(logits[:1], states(SamplingParams(seed=3)))[0].token_id

@@ -23,7 +23,8 @@ def stack(tmp_path_factory):
     try:
         worker, port = start_worker(tmp, model, SPLIT)
         services.append(worker)
-        master, url = start_master(tmp, model, SPLIT, port, reconnect_max_s=0.5)
+        master, url = start_master(tmp, model, SPLIT, port, reconnect_max_s=0.5,
+                                   recovery_budget_s=0)  # fail at once: what is tested here
         services.append(master)
         standby, standby_url = start_master(tmp, model, SPLIT, port, name="standby",
                                             role="standby")

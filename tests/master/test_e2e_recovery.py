@@ -1,0 +1,152 @@
+"""A worker lost mid-generation, with real processes: the streams pause while the master
+rebuilds them on the restarted worker, and their text equals an uninterrupted run's (greedy and
+seeded); past recovery_budget_s they end with a clear error and new requests get 503."""
+import signal
+import threading
+import time
+from types import SimpleNamespace
+
+import httpx
+import openai
+import pytest
+
+from e2e_harness import start_master, start_worker, wait_kv_free, wait_not_ready, wait_ready
+from engine.tiny_model import write_tiny_model
+
+SPLIT = 2
+STREAMS = 16
+MAX_TOKENS = 40
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e_recovery")
+    model = write_tiny_model("qwen2", tmp / "tiny-qwen2", num_layers=4)
+    services = []
+    try:
+        worker, port = start_worker(tmp, model, SPLIT)
+        services.append(worker)
+        master, url = start_master(tmp, model, SPLIT, port, reconnect_max_s=0.5,
+                                   recovery_budget_s=120.0)
+        services.append(master)
+        wait_ready(url)
+        state = SimpleNamespace(tmp=tmp, model=model, port=port, url=url, worker=worker)
+        yield state
+        services[0] = state.worker  # the tests restart it
+    finally:
+        for service in reversed(services):
+            service.stop()
+
+
+def request_args(i: int) -> dict:
+    """Half greedy, half seeded sampling at temperature 1 (a different seed each)."""
+    sampling = dict(temperature=0) if i % 2 == 0 else dict(temperature=1.0, seed=1000 + i)
+    return dict(prompt=f"Stream {i} tells a story:", max_tokens=MAX_TOKENS, **sampling)
+
+
+class Streams:
+    """STREAMS streaming completions in threads: their text, chunk counts and errors."""
+
+    def __init__(self, url: str, model: str, count: int = STREAMS):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0,
+                               timeout=300)
+        self.texts = [""] * count
+        self.chunks = [0] * count
+        self.finished = [False] * count
+        self.errors: list[Exception] = []
+        self.threads = [threading.Thread(target=self._run, args=(client, model, i))
+                        for i in range(count)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, client, model: str, i: int) -> None:
+        try:
+            for chunk in client.completions.create(model=model, stream=True,
+                                                   **request_args(i)):
+                self.texts[i] += chunk.choices[0].text
+                self.chunks[i] += 1
+            self.finished[i] = True
+        except Exception as e:  # the test asserts there are none
+            self.errors.append(e)
+
+    def wait_under_way(self, min_chunks: int, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while min(self.chunks) < min_chunks and not self.errors:
+            assert time.monotonic() < deadline, f"streams did not start: {self.chunks}"
+            time.sleep(0.02)
+
+    def join(self, timeout_s: float = 300.0) -> list[str]:
+        for t in self.threads:
+            t.join(timeout_s)
+        assert not any(t.is_alive() for t in self.threads), "a stream never ended"
+        assert not self.errors, self.errors
+        return self.texts
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(stack) -> list[str]:
+    texts = Streams(stack.url, stack.model.name).join()
+    assert len(set(texts)) > 1 and all(texts)
+    return texts
+
+
+def test_worker_sigkill_during_16_streams_loses_nothing(stack, uninterrupted):
+
+    streams = Streams(stack.url, stack.model.name)
+    streams.wait_under_way(min_chunks=3)
+    stack.worker.stop(signal.SIGKILL)
+    under_way = sum(not f for f in streams.finished)
+    assert under_way >= STREAMS // 2, f"only {under_way} streams were running at the kill"
+    stack.worker, _ = start_worker(stack.tmp, stack.model, SPLIT, port=stack.port,
+                                   name="worker-restarted")
+    assert streams.join() == uninterrupted
+    wait_kv_free(stack.url, stack.port)
+
+
+def test_worker_sigterm_hands_its_streams_to_the_next_worker(stack, uninterrupted):
+    streams = Streams(stack.url, stack.model.name, count=4)
+    streams.wait_under_way(min_chunks=3)
+    assert stack.worker.stop(signal.SIGTERM) == 0
+    stack.worker, _ = start_worker(stack.tmp, stack.model, SPLIT, port=stack.port,
+                                   name="worker-after-sigterm")
+    assert streams.join() == uninterrupted[:4]
+
+
+def test_master_sigterm_drains_running_streams_and_refuses_new_ones(stack, uninterrupted):
+    master, url = start_master(stack.tmp, stack.model, SPLIT, stack.port, name="drained",
+                               drain_timeout_s=120.0)
+    wait_ready(url)
+    streams = Streams(url, stack.model.name, count=4)
+    streams.wait_under_way(min_chunks=2)
+    master.proc.send_signal(signal.SIGTERM)
+    wait_not_ready(url, "draining")
+    r = httpx.post(f"{url}/v1/completions", json=dict(model=stack.model.name, prompt="hi",
+                                                       max_tokens=2), timeout=10)
+    assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+    assert streams.join() == uninterrupted[:4]
+    assert master.stop() == 0 and "draining: 4 requests running" in master.log()
+
+
+def test_recovery_budget_expiry_fails_streams_and_answers_503(stack):
+    master, url = start_master(stack.tmp, stack.model, SPLIT, stack.port, name="short-budget",
+                               reconnect_max_s=0.5, recovery_budget_s=2.0)
+    try:
+        wait_ready(url)
+        streams = Streams(url, stack.model.name)
+        streams.wait_under_way(min_chunks=3)
+        stack.worker.stop(signal.SIGKILL)
+        killed = time.monotonic()
+        for t in streams.threads:
+            t.join(60)
+        assert time.monotonic() - killed < 30
+        assert len(streams.errors) == sum(not f for f in streams.finished) > 0
+        assert all("did not come back within 2 s" in str(e) for e in streams.errors)
+
+        r = httpx.post(f"{url}/v1/completions", json=dict(model=stack.model.name, prompt="hi",
+                                                           max_tokens=2), timeout=10)
+        assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+        assert r.json()["error"]["code"] == "pipeline_unavailable"
+    finally:
+        master.stop()
+        stack.worker, _ = start_worker(stack.tmp, stack.model, SPLIT, port=stack.port,
+                                       name="worker-third")
