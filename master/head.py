@@ -30,10 +30,11 @@ class Head:
         kv_cache_bytes: int,
         block_size: int = 16,
         load_format: str = "safetensors",
+        fp8: str = "native",
     ) -> Head:
         stage = Stage.load(
             model_dir, 0, layer_end, dtype=dtype, device=device,
-            kv_cache_bytes=kv_cache_bytes, block_size=block_size, load_format=load_format,
+            kv_cache_bytes=kv_cache_bytes, block_size=block_size, load_format=load_format, fp8=fp8,
         )
         return cls(stage)
 

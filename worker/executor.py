@@ -50,7 +50,7 @@ def tail_loader(config: WorkerConfig) -> Callable[[], TailRunner]:
         return TailRunner.load(
             config.model_dir, config.layer_start, dtype=config.dtype, device=config.device,
             kv_cache_bytes=config.kv_cache_bytes, block_size=config.kv_block_size,
-            idle_timeout_s=config.idle_timeout_s,
+            idle_timeout_s=config.idle_timeout_s, fp8=config.fp8,
         )
 
     return load
