@@ -10,6 +10,7 @@ import torch
 from engine.batch import StepBatch
 from engine.config import ModelConfig
 from engine.checkpoint import CheckpointFiles
+from engine.decode_graphs import DecodeGraphs
 from engine.errors import CheckpointError
 from engine.fp8_native import FP8_MODES, SCALE_SUFFIX, convert_to_native, fp8_mode
 from engine.kv_cache import KVCache
@@ -43,6 +44,20 @@ class Stage:
         self.devices = devices
         self.device = devices[self.layer_start]  # where inputs go (and the forward context)
         self._spread = len(set(devices.values())) > 1
+        self.decode_graphs: DecodeGraphs | None = None  # made by enable_decode_graphs
+
+    def enable_decode_graphs(self, max_batch: int, capture: bool | None = None) -> None:
+        """Run decode-only steps of up to max_batch sequences from static buffers, captured as
+        CUDA graphs per batch bucket (capture None: on CUDA devices). A stage spread over several
+        GPUs keeps running every step eagerly."""
+        if self._spread:
+            log.info("decode graphs off: the stage is spread over several GPUs")
+            return
+        self.decode_graphs = DecodeGraphs(
+            self.model, self.kv, max_batch=max_batch, hidden_size=self.config.hidden_size,
+            dtype=DTYPES[self.dtype], capture=self.device.type == "cuda" if capture is None else capture,
+            max_tokens_per_seq=self.config.max_position_embeddings,
+        )
 
     @classmethod
     def load(
@@ -58,21 +73,19 @@ class Stage:
         load_format: str = "safetensors",
         seed: int = 0,
         fp8: str = "native",
+        cuda_graph_max_batch: int = 0,
     ) -> "Stage":
         """Build the stage's layers on `device` and fill them (load_format "dummy": seeded random).
-
-        device "cuda" on a host of several GPUs spreads the layers over all of them. An FP8
-        checkpoint stays FP8 with fp8 "native" where the GPU can multiply in FP8 (else it is
-        dequantized to `dtype`, and the log line says why).
-        """
+        device "cuda" on a host of several GPUs spreads the layers over all of them.
+        cuda_graph_max_batch > 0: decode steps of up to that many sequences run as CUDA graphs.
+        An FP8 checkpoint stays FP8 with fp8 "native" where the GPU can multiply in FP8 (else it
+        is dequantized to `dtype`, and the log line says why)."""
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if fp8 not in FP8_MODES:
             raise ValueError(f"fp8 must be one of {', '.join(FP8_MODES)}, got {fp8!r}")
         if load_format not in LOAD_FORMATS:
-            raise ValueError(
-                f"load_format must be one of {', '.join(LOAD_FORMATS)}, got {load_format!r}"
-            )
+            raise ValueError(f"load_format must be one of {', '.join(LOAD_FORMATS)}, got {load_format!r}")
         started = time.perf_counter()
         config = ModelConfig.from_dir(model_dir)
         layers = config.num_hidden_layers
@@ -97,7 +110,10 @@ class Stage:
             ", ".join(sorted({str(d) for d in devices.values()})), dtype, fp8_note,
             kv.capacity_tokens, kv.capacity_tokens * kv.bytes_per_token / 2**30,
         )
-        return cls(config, model, kv, devices, dtype, seconds)
+        stage = cls(config, model, kv, devices, dtype, seconds)
+        if cuda_graph_max_batch:
+            stage.enable_decode_graphs(cuda_graph_max_batch)
+        return stage
 
     def weight_bytes(self) -> int:
         """Bytes of the stage's parameters and buffers (FP8 weights count one byte each)."""
@@ -113,6 +129,12 @@ class Stage:
         self._check_inputs(batch, inputs)
         self.kv.check_batch(batch)
         self.kv.reserve_all((c.seq_id, c.end_pos) for c in batch.chunks)
+        graphs = self.decode_graphs
+        if graphs is not None and graphs.accepts(batch):
+            with torch.inference_mode():
+                out = graphs.run(batch, inputs if self.is_first else inputs.to(DTYPES[self.dtype]))
+            if out is not None:
+                return out
         ctx = self.kv.build_context(batch)
         with torch.inference_mode():
             inputs = inputs.to(self.device)
@@ -143,7 +165,9 @@ class Stage:
             return
         if inputs.dim() != 1 or inputs.shape[0] != t or inputs.is_floating_point():
             raise ValueError(f"expected {t} token ids [T] for the first stage, {got}")
-        low, high = torch.stack(torch.aminmax(inputs)).tolist() if t else (0, 0)  # one sync
+        if inputs.device.type != "cpu":  # ids the engine sampled itself: in range by construction,
+            return  # and reading them back would make the host wait for the device every step
+        low, high = torch.stack(torch.aminmax(inputs)).tolist() if t else (0, 0)
         if low < 0 or high >= self.config.vocab_size:
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size})")
 

@@ -37,12 +37,18 @@ class MasterConfig:
     device: str = "cpu"
     fp8: str = "native"  # FP8 checkpoints: keep e4m3 on GPUs that can (cc >= 8.9) | "dequantize"
     kv_cache_bytes: int = 256 * 2**20
+    cuda_graph_max_batch: int = 64  # decode steps of up to this many sequences as CUDA graphs
+    #                                  (CUDA devices only; >= max_num_seqs to graph them all); 0 = off
     worker_address: str = "127.0.0.1:50051"
     tls_ca_file: str = ""  # all three empty = plaintext gRPC
     tls_cert_file: str = ""
     tls_key_file: str = ""
     api_keys: Mapping[str, str] = field(  # id -> key; {} = open; also from DUET_API_KEYS
         default_factory=dict, repr=False, metadata={"parse": _api_keys, "env": "DUET_API_KEYS"})
+    admin_keys: Mapping[str, str] = field(  # id -> key for /admin/*; also DUET_ADMIN_KEYS
+        default_factory=dict, repr=False, metadata={"parse": _api_keys, "env": "DUET_ADMIN_KEYS"})
+    admin_from_loopback: bool = True  # loopback callers need no admin key (the VRRP hook)
+    forwarded_allow_ips: str = ""  # proxies trusted for X-Forwarded-*; "" = headers ignored
     max_num_seqs: int = 64  # sequences running at once
     max_waiting: int = 256  # queued sequences before 429
     step_token_budget: int = 512  # new tokens per step, prefill chunks included
@@ -81,6 +87,7 @@ def _checks(c: MasterConfig) -> dict[str, tuple[bool, str]]:
         "device": (bool(c.device), "a torch device such as cpu or cuda:0"),
         "fp8": (c.fp8 in FP8_MODES, " | ".join(FP8_MODES)),
         "kv_cache_bytes": (c.kv_cache_bytes > 0, "a positive number of bytes"),
+        "cuda_graph_max_batch": (c.cuda_graph_max_batch >= 0, ">= 0 (0 = off)"),
         "worker_address": (":" in c.worker_address, "host:port"),
         "max_num_seqs": (c.max_num_seqs >= 1, ">= 1"),
         "max_waiting": (c.max_waiting >= 0, ">= 0"),

@@ -18,6 +18,7 @@ from engine.attention import (
 )
 from engine.batch import ForwardContext
 from engine.models.base import RMSNorm
+from engine.paged_decode import decode_attention
 from engine.rope import RotaryEmbedding, apply_rope, apply_rope_interleaved
 
 LATENT_NORM_EPS = 1e-6  # q_a_layernorm / kv_a_layernorm: the reference code's default, not rms_norm_eps
@@ -166,6 +167,11 @@ class MLAttention(nn.Module):
         w_uk, w_uv = self._up_weights()
         q_latent = torch.bmm(q_nope.transpose(0, 1), w_uk).transpose(0, 1)  # [B, nh, kvr]
         query = torch.cat([q_latent, q_pe], dim=-1)  # [B, nh, kvr + r]
+        if ctx.decode_tables is not None:  # the latent rows are the keys and (their first kvr) values
+            latent = cache[:, None, :]  # [S, 1, kvr + r]
+            out_latent = decode_attention(query, latent, latent[..., : s.kv_lora_rank],
+                                          ctx.decode_tables, s.softmax_scale)  # [B, nh, kvr]
+            return torch.bmm(out_latent.transpose(0, 1), w_uv).transpose(0, 1)  # [B, nh, v]
         rows = gather_context(cache, ctx).to(query.dtype)  # [B, C, kvr + r]
         scores = torch.bmm(query, rows.transpose(1, 2)).float() * s.softmax_scale  # [B, nh, C]
         if not all(n == ctx.context_slots.shape[1] for n in ctx.context_lens):
