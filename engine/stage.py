@@ -80,12 +80,8 @@ class Stage:
         cuda_graph_max_batch > 0: decode steps of up to that many sequences run as CUDA graphs.
         An FP8 checkpoint stays FP8 with fp8 "native" where the GPU can multiply in FP8 (else it
         is dequantized to `dtype`, and the log line says why)."""
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        if fp8 not in FP8_MODES:
-            raise ValueError(f"fp8 must be one of {', '.join(FP8_MODES)}, got {fp8!r}")
-        if load_format not in LOAD_FORMATS:
-            raise ValueError(f"load_format must be one of {', '.join(LOAD_FORMATS)}, got {load_format!r}")
+        _check_choices(dtype=(dtype, DTYPES), fp8=(fp8, FP8_MODES),
+                       load_format=(load_format, LOAD_FORMATS))
         started = time.perf_counter()
         config = ModelConfig.from_dir(model_dir)
         layers = config.num_hidden_layers
@@ -170,6 +166,12 @@ class Stage:
         low, high = torch.stack(torch.aminmax(inputs)).tolist() if t else (0, 0)
         if low < 0 or high >= self.config.vocab_size:
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size})")
+
+
+def _check_choices(**fields: tuple[str, tuple]) -> None:
+    for name, (value, choices) in fields.items():
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def _fp8_setup(model: StageModel, model_dir, requested: str, device: torch.device,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bench.fp8 import measure
+from bench.fp8 import accuracy, measure, tiny_greedy
 from engine.fp8_writer import write_fp8_checkpoint
 
 V3_CONFIG = Path(__file__).parents[2] / "tests" / "fixtures" / "deepseek_v3_config.json"
@@ -63,7 +63,7 @@ def run_mode(folder: Path, mode: str, layers: int, cases: dict, feed: dict | Non
         "layer_bytes": measure.layer_bytes(stage),
     }
     log(mode, "loaded", {k: v for k, v in out.items() if k != "layer_bytes"})
-    out["accuracy_capture"] = measure.capture_layers(stage, cases, feed)
+    out["accuracy_capture"] = accuracy.capture_layers(stage, cases, feed)
     out["decode"] = {b: measure.decode_ms(stage, b) for b in BATCHES}
     print(measure.profile_decode(stage), flush=True)
     log(mode, "decode", out["decode"])
@@ -93,7 +93,7 @@ def main() -> None:
     log("kernel check", results["kernel_check"])
     results["kernel_speed"] = measure.kernel_speed()
     log("kernel speed", results["kernel_speed"])
-    results["tiny_greedy"] = measure.tiny_greedy(Path(args.dir) / "tiny")
+    results["tiny_greedy"] = tiny_greedy.tiny_greedy(Path(args.dir) / "tiny")
     log("tiny greedy", results["tiny_greedy"])
     save()
     folder = Path(args.dir) / "v3"
@@ -105,12 +105,12 @@ def main() -> None:
         results["write_s"] = time.perf_counter() - t0
         log("wrote", layers, "layers in", results["write_s"])
     results["checkpoint_bytes_per_layer"] = measure.checkpoint_layer_bytes(folder, FIRST_MOE)
-    inputs = measure.accuracy_inputs()
+    inputs = accuracy.accuracy_inputs()
     native = run_mode(folder, "native", layers, inputs, None)
     results["modes"] = {"native": {k: v for k, v in native.items() if k != "accuracy_capture"}}
     save()
     dequant = run_mode(folder, "dequantize", layers, inputs, native["accuracy_capture"])
-    results["accuracy"] = measure.compare_layers(native.pop("accuracy_capture"),
+    results["accuracy"] = accuracy.compare_layers(native.pop("accuracy_capture"),
                                                  dequant.pop("accuracy_capture"))
     log("accuracy", results["accuracy"])
     results["modes"] = {"native": native, "dequantize": dequant}

@@ -103,57 +103,16 @@ def kernel_speed() -> list[dict]:
     return out
 
 
-def tiny_greedy(folder: Path, prompts: int = 4, tokens: int = 32) -> list[dict]:
-    """Greedy tokens of the tiny FP8 checkpoint, native vs dequantize in bf16 and in fp32, and
-    bf16-dequantize vs fp32-dequantize (the noise floor of bf16 itself); "forced" feeds each
-    step the reference's token, so that one near-tie flip does not derail the rest."""
-    from engine.stage import Stage
-    from engine.tiny_model import write_tiny_model
-
-    write_tiny_model("deepseek_v3", folder, fp8=True, tokenizer=False)
-    stages = {(m, d): Stage.load(folder, 0, 4, dtype=d, device=DEVICE, fp8=m, kv_cache_bytes=2**24)
-              for m in ("native", "dequantize") for d in ("bfloat16", "float32")}
-    pairs = {"native_vs_dequantize_bf16": (("native", "bfloat16"), ("dequantize", "bfloat16")),
-             "native_vs_dequantize_fp32": (("native", "float32"), ("dequantize", "float32")),
-             "bf16_vs_fp32_dequantize": (("dequantize", "bfloat16"), ("dequantize", "float32"))}
-    gen = torch.Generator().manual_seed(7)
-    out = []
-    for p in range(prompts):
-        prompt = torch.randint(0, 120000, (12,), generator=gen).tolist()
-        row = {"of": tokens}
-        for name, (test, ref) in pairs.items():
-            want = _greedy(stages[ref], "r", prompt, tokens)
-            free = _greedy(stages[test], "f", prompt, tokens)
-            forced = _greedy(stages[test], "t", prompt, tokens, forced=want)
-            row[name] = {"free": sum(a == b for a, b in zip(want, free)),
-                         "forced": sum(a == b for a, b in zip(want, forced))}
-        out.append(row)
-    return out
-
-
-def _greedy(stage, seq: str, prompt: list[int], n: int, forced: list[int] | None = None):
-    hidden = stage.forward(StepBatch((SeqChunk(seq, 0, len(prompt)),)), torch.tensor(prompt))
-    out, pos = [], len(prompt)
-    for i in range(n):
-        tok = int(stage.compute_logits(hidden[-1:]).argmax(-1))
-        out.append(tok)
-        feed = forced[i] if forced else tok
-        hidden = stage.forward(StepBatch((SeqChunk(seq, pos, 1),)), torch.tensor([feed]))
-        pos += 1
-    stage.release(seq)
-    return out
-
-
 def profile_decode(stage, batch: int = 1) -> str:
     """The top host-side costs of one eager decode step (why eager steps are slow)."""
     from torch.profiler import ProfilerActivity, profile
 
     seqs = [f"q{i}" for i in range(batch)]
     h = stage.config.hidden_size
-    stage.forward(StepBatch(tuple(SeqChunk(s, 0, 8) for s in seqs)), _hidden(batch * 8, 6, h))
-    stage.forward(StepBatch(tuple(SeqChunk(s, 8, 1) for s in seqs)), _hidden(batch, 7, h))
+    stage.forward(StepBatch(tuple(SeqChunk(s, 0, 8) for s in seqs)), hidden_states(batch * 8, 6, h))
+    stage.forward(StepBatch(tuple(SeqChunk(s, 8, 1) for s in seqs)), hidden_states(batch, 7, h))
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        stage.forward(StepBatch(tuple(SeqChunk(s, 9, 1) for s in seqs)), _hidden(batch, 8, h))
+        stage.forward(StepBatch(tuple(SeqChunk(s, 9, 1) for s in seqs)), hidden_states(batch, 8, h))
         sync()
     for s in seqs:
         stage.release(s)
@@ -177,13 +136,13 @@ def layer_bytes(stage) -> dict:
 def experts_used(stage, batch: int) -> int:
     """Distinct routed experts the first layer's router picks for `batch` random tokens."""
     layer = stage.model.model.layers[str(stage.layer_start)]
-    x = _hidden(batch, 5, stage.config.hidden_size)
+    x = hidden_states(batch, 5, stage.config.hidden_size)
     with torch.inference_mode():
         _, ids = layer.mlp.gate(layer.post_attention_layernorm(x))
     return int(ids.unique().numel())
 
 
-def _hidden(t: int, seed: int, h: int = H) -> torch.Tensor:
+def hidden_states(t: int, seed: int, h: int = H) -> torch.Tensor:
     gen = torch.Generator(device=DEVICE).manual_seed(seed)
     return torch.randn(t, h, generator=gen, device=DEVICE).bfloat16()
 
@@ -191,11 +150,11 @@ def _hidden(t: int, seed: int, h: int = H) -> torch.Tensor:
 def decode_ms(stage, batch: int, context: int = 32, steps: int = 8) -> float:
     """Median engine step time (ms) of `batch` decodes after a `context`-token prefill."""
     seqs = [f"d{batch}_{i}" for i in range(batch)]
-    stage.forward(StepBatch(tuple(SeqChunk(s, 0, context) for s in seqs)), _hidden(batch * context, 1, stage.config.hidden_size))
+    stage.forward(StepBatch(tuple(SeqChunk(s, 0, context) for s in seqs)), hidden_states(batch * context, 1, stage.config.hidden_size))
     times = []
     for n in range(steps + 3):
         step = StepBatch(tuple(SeqChunk(s, context + n, 1) for s in seqs))
-        x = _hidden(batch, 2 + n, stage.config.hidden_size)
+        x = hidden_states(batch, 2 + n, stage.config.hidden_size)
         sync()
         t0 = time.perf_counter()
         stage.forward(step, x)
@@ -209,13 +168,13 @@ def decode_ms(stage, batch: int, context: int = 32, steps: int = 8) -> float:
 def graph_layer_ms(stage, batch: int, context: int = 32) -> dict:
     """One decoder layer's decode step and its MoE block, each replayed as a CUDA graph."""
     seqs = [f"g{batch}_{i}" for i in range(batch)]
-    stage.forward(StepBatch(tuple(SeqChunk(s, 0, context) for s in seqs)), _hidden(batch * context, 3, stage.config.hidden_size))
+    stage.forward(StepBatch(tuple(SeqChunk(s, 0, context) for s in seqs)), hidden_states(batch * context, 3, stage.config.hidden_size))
     step = StepBatch(tuple(SeqChunk(s, context, 1) for s in seqs))
     stage.kv.reserve_all((c.seq_id, c.end_pos) for c in step.chunks)
     ctx = MLAContext.of(stage.kv.build_context(step))
     idx = stage.layer_start
     layer, kv = stage.model.model.layers[str(idx)], stage.kv.layers[idx]
-    x = _hidden(batch, 4, stage.config.hidden_size)
+    x = hidden_states(batch, 4, stage.config.hidden_size)
     out = {}
     runs = {"layer_ms": lambda: layer(x, ctx, kv),
             "moe_ms": lambda: layer.mlp(layer.post_attention_layernorm(x))}
@@ -249,7 +208,7 @@ def prefill(stage, tokens: int) -> dict:
     for i in range(3):
         seq = f"p{i}"
         step = StepBatch((SeqChunk(seq, 0, tokens),))
-        x = _hidden(tokens, 10 + i, stage.config.hidden_size)
+        x = hidden_states(tokens, 10 + i, stage.config.hidden_size)
         sync()
         t0 = time.perf_counter()
         stage.forward(step, x)
@@ -258,81 +217,3 @@ def prefill(stage, tokens: int) -> dict:
         stage.release(seq)
     seconds = min(times[1:])
     return {"ms": 1e3 * seconds, "tok_per_s": tokens / seconds}
-
-
-def accuracy_inputs() -> dict:
-    """Named cases, each a list of steps (chunks, hidden): a 2,000-token prompt; 64 decodes."""
-    decode_seqs = [f"a{i}" for i in range(64)]
-    return {
-        "prefill_2000": [((SeqChunk("acc", 0, 2000),), 20)],
-        "decode_64": [(tuple(SeqChunk(s, 0, 16) for s in decode_seqs), 21),
-                      (tuple(SeqChunk(s, 16, 1) for s in decode_seqs), 22)],
-    }
-
-
-def capture_layers(stage, cases: dict, feed: dict | None = None) -> dict:
-    """case -> per step -> layer -> (input, output) on the CPU; with `feed`, each layer gets
-    that capture's input instead of its predecessor's output (the same input for both modes)."""
-    got = {}
-    for name, steps in cases.items():
-        got[name] = []
-        for n, (chunks, seed) in enumerate(steps):
-            batch = StepBatch(chunks)
-            inputs = None if feed is None else feed[name][n]
-            x = _hidden(batch.num_tokens, seed, stage.config.hidden_size)
-            got[name].append(_capture_step(stage, batch, x, inputs))
-        for c in steps[0][0]:
-            stage.release(c.seq_id)
-    return got
-
-
-def _capture_step(stage, batch, x, inputs):
-    step, handles = {}, []
-    for idx, layer in stage.model.model.layers.items():
-        handles += _capture_experts(layer.mlp, idx, step, inputs)
-        def pre(mod, args, idx=idx):
-            if inputs is not None:
-                return (inputs[idx][0].to(args[0].device),) + tuple(args[1:])
-            return None
-
-        def post(mod, args, output, idx=idx):
-            step[idx] = (args[0].cpu(), output.cpu())
-
-        handles += [layer.register_forward_pre_hook(pre), layer.register_forward_hook(post)]
-    try:
-        stage.forward(batch, x)
-    finally:
-        for h in handles:
-            h.remove()
-    return step
-
-
-def _capture_experts(mlp, idx, step, inputs):
-    """Record the router's picks and the experts' (x, weights, ids) -> out; with `inputs`, the
-    experts get the captured (x, weights, ids): their error on the same routing."""
-    def route(mod, args, output):
-        step[f"{idx}.ids"] = output[1].sort(-1)[0].cpu()
-
-    def pre(mod, args):
-        if inputs is not None:
-            return tuple(t.to(args[0].device) for t in inputs[f"{idx}.experts"][0])
-        return None
-
-    def post(mod, args, output):
-        step[f"{idx}.experts"] = (tuple(a.cpu() for a in args), output.cpu())
-
-    return [mlp.gate.register_forward_hook(route), mlp.experts.register_forward_pre_hook(pre),
-            mlp.experts.register_forward_hook(post)]
-
-
-def compare_layers(native: dict, dequant: dict) -> dict:
-    """case -> per layer: the layer output's relative error vs dequantize's on the same input,
-    the experts' on the same routing, and the share of tokens routed to other experts."""
-    out = {}
-    for case in native:
-        a, b = native[case][-1], dequant[case][-1]
-        out[case] = {idx: {"layer": rel(a[idx][1], b[idx][1]),
-                           "experts_same_routing": rel(a[f"{idx}.experts"][1], b[f"{idx}.experts"][1]),
-                           "tokens_rerouted": (a[f"{idx}.ids"] != b[f"{idx}.ids"]).any(-1).float().mean().item()}
-                     for idx in a if idx.isdigit()}
-    return out
