@@ -94,8 +94,9 @@ def main(path: str) -> None:
         "Produced by `bash bench/fp8/run_device.sh --layers 2` (= `python -m bench.fp8.bench_fp8`) "
         "on a lent GPU machine, rendered by `python -m bench.fp8.render`. A random FP8 checkpoint "
         "of V3's layers 3-4 (`engine/fp8_writer.py`: shards + index + `weight_scale_inv`, real "
-        f"config) written on the device in {r.get('write_s', 0):.0f} s; the 64 GiB disk, not "
-        "the GPU, bounds the layers written (a native layer is 11.5 GB: the GPU would hold 11).",
+        f"config) written on the device in {r.get('write_s', 0):.0f} s. Layers written: bounded "
+        "by this session's device time and the machine's 64 GiB disk (4 at most), not by the "
+        "GPU (a native layer is 11.5 GB: one H200 would hold 11); all figures are per layer.",
         "", f"- date: {r['date']}; device: {r['device']}; torch {r['torch']}; `{r['host']}`",
         f"- copy rate (read + written) measured in this run: {r['copy_bytes_per_s'] / 1e12:.2f} TB/s",
         "", "## Memory per MoE layer", "",
