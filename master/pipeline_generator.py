@@ -16,7 +16,8 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator
 
-from master.generation import GenerationRequest, PipelineUnavailable, SequenceFailed, TokenEvent
+from master.generation import (GenerationRequest, PipelineUnavailable, SequenceFailed,
+                               TokenEvent, check_request)
 from master.scheduler import MicroBatch, Scheduler, SchedulerConfig
 from master.sequence import Sequence
 from master.wire import STATUS_NAMES, step_request
@@ -69,6 +70,7 @@ class PipelineGenerator:
         ready, reason = self.readiness()
         if not ready:
             raise PipelineUnavailable(reason)
+        check_request(request, self.head.vocab_size)  # a bad one fails alone, not its step
         seq = Sequence(request)
         self.scheduler.add(seq)
         self._wake.set()
@@ -164,8 +166,14 @@ class PipelineGenerator:
                 log.exception("head forward of step %d failed", batch.step_id)
                 self.scheduler.abandon(batch, SequenceFailed("INTERNAL", f"head forward: {e}"))
                 continue
+            try:
+                request = step_request(batch, hidden)
+            except ValueError as e:  # a message that cannot be built fails its batch only
+                log.exception("step %d cannot be sent", batch.step_id)
+                self.scheduler.abandon(batch, SequenceFailed("INVALID_ARGUMENT", str(e)))
+                continue
             self._inflight.append((batch, time.monotonic()))
-            await stream.send(step_request(batch, hidden))
+            await stream.send(request)
             self._update_metrics()
 
     def _head_step(self, batch: MicroBatch) -> pb.Tensor:
