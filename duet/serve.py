@@ -44,6 +44,9 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", default="", help="default bfloat16 on cuda, float32 on cpu")
     p.add_argument("--kv-cache-bytes", type=int, default=256 * 2**20,
                    help="KV cache of each stage in bytes (default 256 MiB)")
+    p.add_argument("--torch-threads", type=int, default=-1,
+                   help="intra-op CPU threads of each role (default: half the cores on cpu, "
+                   "torch's default on cuda)")
     p.add_argument("--max-restarts", type=int, default=RestartPolicy.max_restarts,
                    help="worker restarts allowed within %g s before giving up with exit code 1 "
                    "(default %d)" % (RestartPolicy.window_s, RestartPolicy.max_restarts))
@@ -160,6 +163,8 @@ async def _serve(args: argparse.Namespace) -> int:
     args.dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
     # Two processes on one CPU: half the cores each, or torch's threads oversubscribe them.
     args.threads = max(1, (os.cpu_count() or 2) // 2) if args.device == "cpu" else 0
+    if args.torch_threads >= 0:
+        args.threads = args.torch_threads
     model_dir = Path(args.model) if args.model else await asyncio.to_thread(tiny_checkpoint,
                                                                             cache_dir())
     k, layers = split_point(model_dir.resolve(), args.split)
