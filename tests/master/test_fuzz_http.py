@@ -1,0 +1,95 @@
+"""Fuzz the HTTP API from its own /openapi.json (hypothesis-jsonschema): no body may get a 5xx
+or an error event with a server error, and the master must stay ready.
+
+Bodies are both schema-valid ones and the schema's field names with arbitrary JSON values.
+A live master and worker (local executor) over a tiny checkpoint; fixed seed, bounded
+examples. max_tokens and n are clamped so that a valid body generates a few tokens only.
+"""
+import json
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis_jsonschema import from_schema
+
+from e2e_harness import start_master, start_worker, wait_ready
+from engine.tiny_model import write_tiny_model
+
+SPLIT = 2
+EXAMPLES_PER_ENDPOINT = 60
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                max_size=3),
+    max_leaves=6)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fuzz_http")
+    model = write_tiny_model("qwen2", tmp / "tiny-qwen2", num_layers=4)
+    worker, worker_port = start_worker(tmp, model, SPLIT)
+    try:
+        master, url = start_master(tmp, model, SPLIT, worker_port, max_output_tokens=64)
+    except Exception:
+        worker.stop()
+        raise
+    try:
+        wait_ready(url)
+        with httpx.Client(base_url=url, timeout=60) as client:
+            yield client, client.get("/openapi.json").json()
+    finally:
+        master.stop()
+        worker.stop()
+
+
+def body_strategy(openapi: dict, path: str) -> st.SearchStrategy:
+    content = openapi["paths"][path]["post"]["requestBody"]["content"]
+    schema = {**content["application/json"]["schema"], "components": openapi["components"]}
+    name = schema["$ref"].rsplit("/", 1)[1]
+    fields = sorted(openapi["components"]["schemas"][name]["properties"])
+    junk = st.dictionaries(st.sampled_from(fields), JSON_VALUES, max_size=6)
+    return st.one_of(from_schema(schema), junk, JSON_VALUES)
+
+
+def clamp(body):
+    """A few tokens per valid body, so the examples stay fast."""
+    if isinstance(body, dict):
+        for key, most in (("max_tokens", 3), ("max_completion_tokens", 3), ("n", 2)):
+            if isinstance(body.get(key), int) and not isinstance(body[key], bool):
+                body[key] = min(body[key], most)
+        body.setdefault("max_tokens", 3)
+    return body
+
+
+def check(client: httpx.Client, path: str, body) -> None:
+    try:
+        payload = json.dumps(clamp(body), allow_nan=True)
+    except (ValueError, RecursionError):
+        return
+    headers = {"content-type": "application/json"}
+    with client.stream("POST", path, content=payload, headers=headers) as r:
+        text = r.read().decode(errors="replace")
+    assert r.status_code < 500, (path, payload[:500], r.status_code, text[:500])
+    if r.headers.get("content-type", "").startswith("text/event-stream"):
+        for line in text.splitlines():
+            if line.startswith("data: {") and '"error"' in line:
+                error = json.loads(line[6:])["error"]
+                assert error["type"] != "server_error", (path, payload[:500], line)
+
+
+@pytest.mark.parametrize("path", ENDPOINTS)
+def test_no_request_body_gets_a_server_error(served, path):
+    client, openapi = served
+    bodies = body_strategy(openapi, path)
+
+    @settings(max_examples=EXAMPLES_PER_ENDPOINT, derandomize=True, deadline=None,
+              database=None, suppress_health_check=list(HealthCheck))
+    @given(bodies)
+    def fuzz(body):
+        check(client, path, body)
+
+    fuzz()
+    assert client.get("/ready").status_code == 200
