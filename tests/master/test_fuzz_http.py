@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
-from e2e_harness import start_master, start_worker, wait_ready
+from e2e_harness import live_pipeline
 from engine.tiny_model import write_tiny_model
 
 SPLIT = 2
@@ -30,19 +30,9 @@ JSON_VALUES = st.recursive(
 def served(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fuzz_http")
     model = write_tiny_model("qwen2", tmp / "tiny-qwen2", num_layers=4)
-    worker, worker_port = start_worker(tmp, model, SPLIT)
-    try:
-        master, url = start_master(tmp, model, SPLIT, worker_port, max_output_tokens=64)
-    except Exception:
-        worker.stop()
-        raise
-    try:
-        wait_ready(url)
+    with live_pipeline(tmp, model, SPLIT, max_output_tokens=64) as url:
         with httpx.Client(base_url=url, timeout=60) as client:
             yield client, client.get("/openapi.json").json()
-    finally:
-        master.stop()
-        worker.stop()
 
 
 def body_strategy(openapi: dict, path: str) -> st.SearchStrategy:

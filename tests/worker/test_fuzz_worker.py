@@ -7,7 +7,6 @@ The local executor (the same TailRunner runs inside Triton); fixed seed, bounded
 import math
 
 import grpc
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
