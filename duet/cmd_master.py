@@ -20,9 +20,9 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from master.config import load_master_config
-    from master.main import run as run_master
 
-    config = load_master_config(args.config)
+    config = load_master_config(args.config)  # before torch is imported: a bad file fails fast
+    from master.main import run as run_master
     asyncio.run(run_master(config, on_ready=lambda url: print(f"duet master: serving {url}",
                                                               flush=True)))
     return 0

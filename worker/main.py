@@ -26,6 +26,8 @@ log = logging.getLogger("worker")
 # Failures that are the operator's to fix: reported as one line, not a traceback.
 STARTUP_ERRORS = (CheckpointError, TritonStartError, TritonNotInstalled, ExecutorUnavailable,
                   ExecutorFailed, OSError, ValueError)
+# Of those, the ones that mean the config or the checkpoint is wrong: exit code 2.
+BAD_INPUT_ERRORS = (CheckpointError, ValueError, FileNotFoundError)
 
 
 def make_executor(config: WorkerConfig) -> Executor:
@@ -52,7 +54,8 @@ class Worker:
     def __init__(self, config: WorkerConfig):
         self.config = config
         self.executor = make_executor(config)
-        self.service = PipelineService(self.executor, config.max_message_bytes)
+        self.service = PipelineService(self.executor, config.max_message_bytes,
+                                       config.tls_client_names)
         self.server, self.health, self.port = make_server(
             self.service, config.listen, credentials=server_credentials(config))
         self.sweeper: asyncio.Task | None = None
@@ -134,7 +137,8 @@ async def _serve_until_signal(config: WorkerConfig) -> None:
 
 
 def run_cli(config_path: str, write_model_repo_dir: str | None = None) -> int:
-    """What `duet worker` does; returns the exit code (2: bad config, 1: failed to start)."""
+    """What `duet worker` does; returns the exit code (2: bad config or checkpoint, 1: failed
+    to start for another reason, such as a port in use or Triton failing)."""
     try:
         config = WorkerConfig.from_toml(config_path)
     except ValueError as e:
@@ -148,7 +152,7 @@ def run_cli(config_path: str, write_model_repo_dir: str | None = None) -> int:
         asyncio.run(_serve_until_signal(config))
     except STARTUP_ERRORS as e:
         print(f"duet worker: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, BAD_INPUT_ERRORS) else 1
     return 0
 
 
