@@ -70,7 +70,7 @@ class PipelineGenerator:
         ready, reason = self.readiness()
         if not ready:
             raise PipelineUnavailable(reason)
-        check_request(request, self.head.vocab_size)  # a bad one fails alone, not its step
+        check_request(request, self.head.vocab_size)  # fails alone here, not a whole step
         seq = Sequence(request)
         self.scheduler.add(seq)
         self._wake.set()
@@ -167,14 +167,8 @@ class PipelineGenerator:
                 log.exception("head forward of step %d failed", batch.step_id)
                 self.scheduler.abandon(batch, SequenceFailed("INTERNAL", f"head forward: {e}"))
                 continue
-            try:
-                request = step_request(batch, hidden)
-            except ValueError as e:  # a message that cannot be built fails its batch only
-                log.exception("step %d cannot be sent", batch.step_id)
-                self.scheduler.abandon(batch, SequenceFailed("INVALID_ARGUMENT", str(e)))
-                continue
             self._inflight.append((batch, time.monotonic()))
-            await stream.send(request)
+            await stream.send(step_request(batch, hidden))  # cannot fail: see check_request
             self._update_metrics()
 
     def _head_step(self, batch: MicroBatch) -> pb.Tensor:
