@@ -4,7 +4,8 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, model_serializer,
+                      model_validator)
 
 from proto.convert import FLOAT32_MAX, INT32_MAX
 
@@ -76,8 +77,22 @@ class ChatCompletionRequest(_SamplingFields):
         return self
 
 
+def _prompt_form(value: Any) -> str:
+    """Which of OpenAI's four prompt forms a value is, from its first element, so a long
+    list is validated once (trying each arm of the union took 140 ms for 163k ids)."""
+    if isinstance(value, list) and value:
+        return {str: "list[str]", list: "list[list[int]]"}.get(type(value[0]), "list[int]")
+    return "str" if isinstance(value, str) else "list[int]"
+
+
+Prompt = Annotated[
+    Annotated[str, Tag("str")] | Annotated[list[str], Tag("list[str]")]
+    | Annotated[list[int], Tag("list[int]")] | Annotated[list[list[int]], Tag("list[list[int]]")],
+    Discriminator(_prompt_form)]
+
+
 class CompletionRequest(_SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: Prompt
     max_tokens: Count | None = 16  # OpenAI's default for legacy completions
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
