@@ -1,11 +1,13 @@
 """Fuzz the HTTP API from its own /openapi.json (hypothesis-jsonschema): no body may get a 5xx
 or an error event with a server error, and the master must stay ready.
 
-Bodies are both schema-valid ones and the schema's field names with arbitrary JSON values.
+Bodies are schema-valid ones, valid ones with one field at an edge of what the wire and the
+model carry, and the schema's field names with arbitrary JSON values.
 A live master and worker (local executor) over a tiny checkpoint; fixed seed, bounded
 examples. max_tokens and n are clamped so that a valid body generates a few tokens only.
 """
 import json
+import re
 
 import httpx
 import pytest
@@ -17,13 +19,19 @@ from e2e_harness import live_pipeline
 from engine.tiny_model import write_tiny_model
 
 SPLIT = 2
-EXAMPLES_PER_ENDPOINT = 60
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
+EXAMPLES_PER_ENDPOINT = 150  # at 100 a wire-range bug (top_k 2**31) went unfound
+MINIMAL = {"/v1/chat/completions": {"messages": [{"role": "user", "content": "hi"}]},
+           "/v1/completions": {"prompt": "hi"}}
+ENDPOINTS = tuple(MINIMAL)
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
                                                                 max_size=3),
     max_leaves=6)
+# Values at the edges of what the wire and the model carry (int32, uint64, float32, vocab).
+EDGES = st.sampled_from([
+    0, -1, 2**31 - 1, 2**31, 2**32, 2**63, 2**64, -(2**63) - 1, 10**6, 1e39, -1e39,
+    float("nan"), float("inf"), [2**31], [-1], [10**6], None])
 
 
 @pytest.fixture(scope="module")
@@ -39,17 +47,23 @@ def body_strategy(openapi: dict, path: str) -> st.SearchStrategy:
     content = openapi["paths"][path]["post"]["requestBody"]["content"]
     schema = {**content["application/json"]["schema"], "components": openapi["components"]}
     name = schema["$ref"].rsplit("/", 1)[1]
-    fields = sorted(openapi["components"]["schemas"][name]["properties"])
+    properties = openapi["components"]["schemas"][name]["properties"]
+    fields = sorted(properties)
+    numeric = [f for f in fields if re.search(r'"(integer|number)"', json.dumps(properties[f]))]
     junk = st.dictionaries(st.sampled_from(fields), JSON_VALUES, max_size=6)
-    return st.one_of(from_schema(schema), junk, JSON_VALUES)
+    edged = st.dictionaries(st.sampled_from(numeric), EDGES, min_size=1, max_size=2).map(
+        lambda extra: {**MINIMAL[path], **extra})  # a body that works but for one or two fields
+    return st.one_of([edged] * 4 + [from_schema(schema), junk, JSON_VALUES])
 
 
 def clamp(body):
-    """A few tokens per valid body, so the examples stay fast."""
+    """A few tokens per valid body, so the examples stay fast (edge values stay as drawn)."""
     if isinstance(body, dict):
-        for key, most in (("max_tokens", 3), ("max_completion_tokens", 3), ("n", 2)):
-            if isinstance(body.get(key), int) and not isinstance(body[key], bool):
-                body[key] = min(body[key], most)
+        for key, most, edge in (("max_tokens", 3, 2**31), ("max_completion_tokens", 3, 2**31),
+                                ("n", 2, 129)):
+            value = body.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and most < value < edge:
+                body[key] = most
         body.setdefault("max_tokens", 3)
     return body
 

@@ -101,21 +101,21 @@ async def fuzz_one(channel, raw: list[bytes]) -> None:
 
 
 async def test_fuzzed_streams_never_disturb_another_stream(local_worker, head):
+    examples = []
+
+    @settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(messages())
+    def collect(raw):
+        examples.append(raw)
+
+    collect()  # first: drawing them is slow, and the victim must not sit idle meanwhile
     async with grpc.aio.insecure_channel(local_worker.address) as channel:
         quiet = Victim(channel, head)
         want = [await quiet.advance() for _ in range(EXAMPLES + 1)]
         quiet.close()
         victim = Victim(channel, head)
         got = [await victim.advance()]
-        examples = []
-
-        @settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
-        @given(messages())
-        def collect(raw):
-            examples.append(raw)
-
-        collect()
         try:
             for raw in examples:
                 await fuzz_one(channel, raw)
