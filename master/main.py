@@ -18,6 +18,7 @@ import torch
 import uvicorn
 
 from engine.fingerprint import checkpoint_fingerprint
+from engine.manifest import Manifest
 from master.admin import admin_router
 from master.app import create_app
 from master.auth import ApiKeyChecker
@@ -52,7 +53,7 @@ def build(config: MasterConfig) -> Master:
         kv_cache_bytes=config.kv_cache_bytes, block_size=config.kv_block_size,
     )
     identity = HeadIdentity(checkpoint_fingerprint(config.model_dir), config.head_layer_end,
-                            config.dtype, head.hidden_size)
+                            config.dtype, head.hidden_size, Manifest.read(config.model_dir))
     client = PipelineClient(PipelineClientConfig(
         worker_address=config.worker_address,
         client_name=f"{config.role}@{socket.gethostname()}",

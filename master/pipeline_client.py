@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 
 from engine.fingerprint import describe_mismatch
+from engine.manifest import Manifest, first_difference
 from master.generation import PipelineUnavailable
 from proto import pipeline_pb2 as pb
 from proto import pipeline_pb2_grpc as pb_grpc
@@ -56,6 +57,7 @@ class HeadIdentity:
     split_layer: int  # k: the head runs [0, k), the worker must start at k
     dtype: str
     hidden_size: int
+    manifest: Manifest | None = None  # the checkpoint's SHA256SUMS, when it has one
 
     def as_dict(self) -> dict:
         return dict(fingerprint=self.fingerprint, split_layer=self.split_layer,
@@ -65,6 +67,16 @@ class HeadIdentity:
 def _reply_identity(reply: pb.HandshakeReply) -> dict:
     return dict(fingerprint=reply.fingerprint, split_layer=reply.layer_start,
                 dtype=reply.dtype, hidden_size=reply.hidden_size)
+
+
+def manifest_mismatch(mine: Manifest | None, reply: pb.HandshakeReply) -> str | None:
+    """When both hosts have a manifest and the digests differ: the first differing file."""
+    if mine is None or not reply.manifest_digest or reply.manifest_digest == mine.digest():
+        return None
+    theirs = {entry.path: entry.sha256 for entry in reply.manifest}
+    first = first_difference(mine.as_dict(), theirs)
+    return (f"checkpoint manifest digest: expected {mine.digest()[:16]}…, got "
+            f"{reply.manifest_digest[:16]}…; first differing file: {first}")
 
 
 def _read(path: str) -> bytes | None:
@@ -150,6 +162,7 @@ class PipelineClient:
         request = pb.HandshakeRequest(
             fingerprint=ident.fingerprint, head_layer_end=ident.split_layer, dtype=ident.dtype,
             hidden_size=ident.hidden_size, client_name=self.config.client_name,
+            manifest_digest=ident.manifest.digest() if ident.manifest else "",
         )
         address = self.config.worker_address
         try:
@@ -158,7 +171,8 @@ class PipelineClient:
             raise PipelineUnavailable(
                 f"worker at {address} unreachable: {e.code().name}: {e.details()}"
             ) from None
-        mismatch = describe_mismatch(ident.as_dict(), _reply_identity(reply))
+        mismatch = (describe_mismatch(ident.as_dict(), _reply_identity(reply))
+                    or manifest_mismatch(ident.manifest, reply))
         if mismatch:
             raise PipelineUnavailable(f"worker at {address} refused by handshake: {mismatch}")
         stream = StepStream(stub.Step(), address)

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import grpc
 
+from duet.sd_notify import supervise
 from engine.errors import CheckpointError
+from engine.manifest import Manifest
+from proto import pipeline_pb2 as pb
 from worker.config import WorkerConfig
 from worker.executor import Executor, ExecutorUnavailable, LocalExecutor
 from worker.server import PipelineService, make_server, set_serving
@@ -46,6 +49,15 @@ def server_credentials(config: WorkerConfig) -> grpc.ServerCredentials | None:
                                        require_client_auth=ca is not None)
 
 
+def attach_manifest(info: pb.HandshakeReply, model_dir: str) -> None:
+    """The checkpoint's SHA256SUMS into the handshake reply, so the API can compare."""
+    manifest = Manifest.read(model_dir)
+    if manifest is not None:
+        info.manifest_digest = manifest.digest()
+        info.manifest.extend(pb.ManifestEntry(path=path, sha256=sha)
+                             for path, sha in manifest.entries)
+
+
 class Worker:
     """One worker: executor + gRPC server + idle sweeper."""
 
@@ -69,6 +81,7 @@ class Worker:
             raise
         self.service.info = info
         info.max_message_bytes = self.config.max_message_bytes
+        attach_manifest(info, self.config.model_dir)
         security = ("mutual TLS" if self.config.tls_client_ca_file
                     else "TLS" if self.config.tls else "plaintext")
         log.info("worker ready: executor %s, layers [%d, %d) of %d, device %s, dtype %s, "
@@ -126,10 +139,14 @@ async def _serve_until_signal(config: WorkerConfig) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
+    ready = asyncio.Event()
+    systemd = asyncio.create_task(supervise(ready, "worker serving"))
     try:
-        await run_worker(config)
+        await run_worker(config, ready)
     except asyncio.CancelledError:
         pass
+    finally:
+        systemd.cancel()
 
 
 def run_cli(config_path: str, write_model_repo_dir: str | None = None) -> int:
