@@ -47,6 +47,7 @@ class MasterConfig:
     max_model_len: int = 0  # 0 = the checkpoint's max_position_embeddings
     log_prompts: bool = False  # prompt text in the access log
     role: str = "master"  # "standby" answers only after POST /admin/activate
+    standby_mode: str = "hot"  # a standby's head: "hot" loaded at start, "cold" on activation
     reasoning_parser: str = "auto"  # "auto" (R1-style <think> if the template uses it) | "none"
     # The pipeline (master/pipeline_generator.py, master/pipeline_client.py):
     kv_block_size: int = 16  # tokens per KV block of the head's cache
@@ -84,6 +85,7 @@ def _checks(c: MasterConfig) -> dict[str, tuple[bool, str]]:
         "step_token_budget": (c.step_token_budget >= 1, ">= 1"),
         "max_model_len": (c.max_model_len >= 0, ">= 0 (0 = the checkpoint's)"),
         "role": (c.role in ROLES, " | ".join(ROLES)),
+        "standby_mode": (c.standby_mode in ("hot", "cold"), "hot | cold"),
         "reasoning_parser": (c.reasoning_parser in ("auto", "none"), "auto | none"),
         "kv_block_size": (c.kv_block_size >= 1, ">= 1"),
         "max_inflight_batches": (c.max_inflight_batches >= 1, ">= 1"),

@@ -37,6 +37,7 @@ class WorkerConfig:
     tls_cert_file: str = ""  # server certificate (PEM); with tls_key_file enables TLS
     tls_key_file: str = ""
     tls_client_ca_file: str = ""  # CA of client certificates; set = mutual TLS required
+    metrics_listen: str = ""  # host:port of the Prometheus metrics (worker/metrics.py); "" = off
 
     def __post_init__(self):
         checks = {
@@ -58,6 +59,7 @@ class WorkerConfig:
             "max_message_bytes": 1024 <= self.max_message_bytes < 2**31,
             "tls_key_file": bool(self.tls_cert_file) == bool(self.tls_key_file),
             "tls_client_ca_file": not self.tls_client_ca_file or bool(self.tls_cert_file),
+            "metrics_listen": not self.metrics_listen or _is_host_port(self.metrics_listen),
         }
         for name, ok in checks.items():
             if not ok:
@@ -89,6 +91,7 @@ _HINTS = {
     "dtype": f" (one of {', '.join(DTYPES)})",
     "executor": f" (one of {', '.join(EXECUTORS)})",
     "listen": " (host:port)",
+    "metrics_listen": " (host:port, or empty for no metrics)",
     "triton_url": " (host:port of Triton's gRPC endpoint)",
     "tls_key_file": " (tls_cert_file and tls_key_file go together)",
     "tls_client_ca_file": " (mutual TLS needs tls_cert_file and tls_key_file)",

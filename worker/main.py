@@ -21,6 +21,7 @@ from engine.manifest import Manifest
 from proto import pipeline_pb2 as pb
 from worker.config import WorkerConfig
 from worker.executor import Executor, ExecutorUnavailable, LocalExecutor
+from worker.metrics import WorkerMetrics
 from worker.server import PipelineService, make_server, set_serving
 from worker.triton_process import TritonStartError
 from worker.triton_repo import TritonNotInstalled, write_model_repo
@@ -64,7 +65,12 @@ class Worker:
     def __init__(self, config: WorkerConfig):
         self.config = config
         self.executor = make_executor(config)
+        self.metrics = WorkerMetrics() if config.metrics_listen else None
+        if self.metrics is not None:
+            self.executor = self.metrics.wrap(self.executor)
         self.service = PipelineService(self.executor, config.max_message_bytes)
+        if self.metrics is not None:
+            self.metrics.track(self.service)
         self.server, self.health, self.port = make_server(
             self.service, config.listen, credentials=server_credentials(config))
         self.sweeper: asyncio.Task | None = None
@@ -73,6 +79,8 @@ class Worker:
         """Listen at once (health NOT_SERVING), load the tail, then serve."""
         await set_serving(self.health, False)
         await self.server.start()
+        if self.metrics is not None:
+            self.metrics.serve(self.config.metrics_listen)
         started_s = time.perf_counter()
         try:
             info = await self.executor.start()
@@ -114,6 +122,8 @@ class Worker:
         await self.server.stop(grace_s)
         await self.service.close()
         await self.executor.close()
+        if self.metrics is not None:
+            self.metrics.close()
         log.info("worker stopped")
 
 

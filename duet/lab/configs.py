@@ -13,6 +13,9 @@ from pathlib import Path
 
 from duet.lab.topology import API_PORT, HOSTS, VIP, WORKER_PORT
 
+WORKER_METRICS_PORT = 9400  # each on its host's loopback, as deploy/ sets them
+VRRP_METRICS_PORT = 9651
+
 
 @dataclass(frozen=True)
 class LabOptions:
@@ -66,7 +69,7 @@ def worker_config(run: Path, model: Path, k: int, opt: LabOptions, tls: Path) ->
         listen=f"0.0.0.0:{WORKER_PORT}", kv_cache_bytes=opt.kv_cache_bytes,
         torch_threads=opt.torch_threads, run_dir=str(run / "triton"),
         tls_cert_file=str(tls / "worker.pem"), tls_key_file=str(tls / "worker.key"),
-        tls_client_ca_file=str(tls / "ca.pem"))})
+        tls_client_ca_file=str(tls / "ca.pem"), metrics_listen=f"127.0.0.1:{WORKER_METRICS_PORT}")})
 
 
 def api_config(role: str, model: Path, k: int, opt: LabOptions, tls: Path) -> str:
@@ -92,7 +95,7 @@ def vrrp_config(host: str, run: Path, opt: LabOptions) -> str:
     fields = dict(interface="eth0", vrid=51, priority=150 if host == "a" else 100,
                   vips=[f"{VIP}/24"], advert_interval_s=opt.advert_interval_s, preempt=True,
                   status_file=str(run / f"vrrp-{host}.json"), status_interval_s=0.1,
-                  realtime_priority=10, garp_repeat_delay_s=1.0)
+                  realtime_priority=10, garp_repeat_delay_s=1.0, metrics_port=VRRP_METRICS_PORT)
     if host == "b":
         fields["notify_url"] = f"{local_api}/admin/vrrp"
     fields["health"] = dict(url=f"{local_api}/ready", interval_s=opt.health_interval_s,

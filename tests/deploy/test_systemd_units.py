@@ -4,10 +4,12 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from engine.tiny_model import write_tiny_model
@@ -121,10 +123,22 @@ def test_master_says_ready_once_listening_and_feeds_the_watchdog(tmp_path, tiny,
 def test_worker_says_ready_once_serving_and_feeds_the_watchdog(tmp_path, tiny,
                                                                notify_listener):
     config = tmp_path / "worker.toml"
+    metrics_port = free_port()
     config.write_text(f'model_dir = "{tiny}"\nlayer_start = 1\nexecutor = "local"\n'
-                      f'listen = "127.0.0.1:0"\nkv_cache_bytes = 8388608\ndtype = "float32"\n')
+                      f'listen = "127.0.0.1:0"\nkv_cache_bytes = 8388608\ndtype = "float32"\n'
+                      f'metrics_listen = "127.0.0.1:{metrics_port}"\n')
     log = tmp_path / "worker.log"
     proc = start([sys.executable, "-m", "duet.cli", "worker", "--config", str(config)],
                  notify_listener.env(WATCHDOG_S), log)
+    notify_listener.wait_for("READY=1")
+    # READY means serving: the worker's own metrics say so too (what the dashboard reads).
+    scrape = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+    assert "duet_worker_serving 1.0" in scrape and "duet_worker_kv_capacity_tokens" in scrape
     check_ready_then_watchdog(notify_listener, proc, log)
     assert "worker ready" in log.read_text()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
