@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -54,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from duet.drill.runner import run_drill
     from duet.drill.scenarios import SCENARIOS
 
+    if os.geteuid() != 0 and not args.host_a:
+        raise PermissionError("duet drill: the lab needs root (its clients run in a namespace)")
     if args.clients < 1:
         raise ValueError(f"--clients: expected >= 1, got {args.clients}")
     out = Path(args.json or f"drill-{args.scenario}-{time.strftime('%Y%m%dT%H%M%S')}.json")

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from duet.lab import services as svc
 from duet.lab.configs import LabOptions, api_config, make_certs, vrrp_config, worker_config
-from duet.lab.topology import (API_PORT, HOSTS, VIP, LabState, ServiceState, build_network,
+from duet.lab.topology import (API_PORT, LabState, ServiceState, build_network,
                                existing_namespaces, http_in, pids_in, vip_holders)
+from vrrp.lab import HOSTS, VIP
 from vrrp.netns import run_ip
 
 TINY_ARCH = "deepseek_v3"

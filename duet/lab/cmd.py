@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -35,6 +36,9 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from duet.lab import build
+
+    if os.geteuid() != 0:
+        raise PermissionError("duet lab: needs root (it makes network namespaces)")
 
     if args.action == "down":
         print(build.down(Path(args.dir), args.prefix))

@@ -6,12 +6,12 @@ locally); the master and the standby present client certificates signed by the s
 """
 from __future__ import annotations
 
-import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from duet.lab.topology import API_PORT, HOSTS, VIP, WORKER_PORT
+from duet.lab.topology import API_PORT, WORKER_PORT
+from vrrp.lab import HOSTS, VIP, toml_value
 
 WORKER_METRICS_PORT = 9400  # each on its host's loopback, as deploy/ sets them
 VRRP_METRICS_PORT = 9651
@@ -51,13 +51,9 @@ def make_certs(d: Path) -> Path:
 
 
 def toml(fields: dict, table: str = "") -> str:
-    def value(v) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return json.dumps(v)
-    scalars = "".join(f"{k} = {value(v)}\n" for k, v in fields.items() if not isinstance(v, dict))
+    """TOML text of nested dicts (a dict value is a table)."""
+    scalars = "".join(f"{k} = {toml_value(v)}\n" for k, v in fields.items()
+                      if not isinstance(v, dict))
     tables = "".join(toml(v, f"{table}.{k}" if table else k) for k, v in fields.items()
                      if isinstance(v, dict))
     return (f"[{table}]\n" if table else "") + scalars + tables

@@ -12,11 +12,9 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from vrrp.lab import VIP, build_bridge
 from vrrp.netns import run_ip, socket_in_netns
 
-HOSTS = {"a": ("10.99.0.1", "02:99:00:00:00:01"), "b": ("10.99.0.2", "02:99:00:00:00:02"),
-         "c": ("10.99.0.10", "02:99:00:00:00:10")}
-VIP = "10.99.0.100"
 API_PORT = 8000
 WORKER_PORT = 50051
 STATE_NAME = "lab.json"
@@ -68,22 +66,12 @@ class LabState:
 
 
 def build_network(state: LabState) -> None:
-    """Bridge in its own namespace, one veth per host; records each namespace first."""
-    br = state.ns("br")
-    for ns in (br, *(state.ns(h) for h in HOSTS)):
+    """vrrp/lab.py's bridge and namespaces; each namespace is in lab.json before it exists."""
+    def created(ns: str) -> None:
         state.namespaces.append(ns)
         state.save()
-        run_ip("netns", "add", ns)
-        run_ip("-n", ns, "link", "set", "lo", "up")
-    run_ip("-n", br, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
-    run_ip("-n", br, "link", "set", "br0", "up")
-    for host, (ip, mac) in HOSTS.items():
-        ns = state.ns(host)
-        run_ip("-n", br, "link", "add", "name", f"port-{host}", "type", "veth",
-               "peer", "name", "eth0", "netns", ns)
-        run_ip("-n", br, "link", "set", f"port-{host}", "master", "br0", "up")
-        run_ip("-n", ns, "link", "set", "eth0", "address", mac, "up")
-        run_ip("-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+
+    build_bridge(state.ns, created)
 
 
 def existing_namespaces(prefix: str) -> list[str]:
