@@ -21,7 +21,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from master.config import load_master_config
 
-    config = load_master_config(args.config)
+    config = load_master_config(args.config)  # before torch is imported: a bad file fails fast
     asyncio.run(_serve(config))
     return 0
 

@@ -6,10 +6,19 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 QUIET_PATHS = ("/health", "/ready", "/metrics")  # probes and scrapes: no line
+# Kept as they are in a logged path; everything else (controls, spaces, quotes, "%", non-ASCII)
+# is percent-encoded, so a request cannot forge a line or a field.
+PATH_SAFE = "/-._~!$&'()*+,;=:@"
+
+
+def escaped(text: str) -> str:
+    """`text` (a decoded path or a method) percent-encoded for one log field."""
+    return quote(text, safe=PATH_SAFE, encoding="utf-8", errors="surrogateescape")
 
 
 @dataclass
@@ -33,7 +42,7 @@ class AccessRecord:
     def line(self, method: str, path: str, log_prompts: bool) -> str:
         total_s = time.perf_counter() - self.start_s
         ttft = "-" if self.ttft_s is None else f"{self.ttft_s:.4f}"
-        parts = [f"request_id={self.request_id}", f"key={self.key_id}", f'"{method} {path}"',
+        parts = [f"request_id={self.request_id}", f"key={self.key_id}", f'"{escaped(method)} {escaped(path)}"',
                  f"status={self.status}", f"prompt_tokens={self.prompt_tokens}",
                  f"output_tokens={self.output_tokens}", f"ttft_s={ttft}",
                  f"total_s={total_s:.4f}", f"finish={self.finish}"]

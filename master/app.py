@@ -56,6 +56,9 @@ def create_app(config: MasterConfig, generator: Generator, bundle: ModelBundle,
     @app.get("/ready")
     async def _ready():
         ready, reason = generator.readiness()
+        if ready and config.role == "master" and not getattr(generator, "active", True):
+            # a deactivated master must fail its VRRP health check, so the VIP moves away
+            ready, reason = False, "deactivated (POST /admin/activate to serve again)"
         return JSONResponse({"ready": ready, "reason": reason}, status_code=200 if ready else 503)
 
     @app.get("/metrics")

@@ -41,6 +41,10 @@ class MasterConfig:
     tls_key_file: str = ""
     api_keys: Mapping[str, str] = field(  # id -> key; {} = open; also from DUET_API_KEYS
         default_factory=dict, repr=False, metadata={"parse": _api_keys, "env": "DUET_API_KEYS"})
+    admin_keys: Mapping[str, str] = field(  # id -> key for /admin/*; also DUET_ADMIN_KEYS
+        default_factory=dict, repr=False, metadata={"parse": _api_keys, "env": "DUET_ADMIN_KEYS"})
+    admin_from_loopback: bool = True  # loopback callers need no admin key (the VRRP hook)
+    forwarded_allow_ips: str = ""  # proxies trusted for X-Forwarded-*; "" = headers ignored
     max_num_seqs: int = 64  # sequences running at once
     max_waiting: int = 256  # queued sequences before 429
     step_token_budget: int = 512  # new tokens per step, prefill chunks included

@@ -17,12 +17,13 @@ from typing import Callable
 
 import torch
 import uvicorn
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from engine.fingerprint import checkpoint_fingerprint
 from engine.manifest import Manifest
-from master.admin import admin_router
+from master.admin import AdminAccess, RealPeer, admin_router
 from master.app import create_app
-from master.auth import ApiKeyChecker
+from master.auth import ApiKeyChecker, exposure_warnings
 from master.bundle import ModelBundle
 from master.cold_standby import ColdStandby
 from master.config import MasterConfig
@@ -56,7 +57,11 @@ def build(config: MasterConfig) -> Master:
     else:
         generator = build_pipeline(config, metrics)
     app = create_app(config, generator, bundle, metrics=metrics)
-    app.include_router(admin_router(generator, ApiKeyChecker(config.api_keys)))
+    warnings = exposure_warnings(config.host, config.api_keys)
+    for warning in warnings:
+        log.warning("%s", warning)
+    access = AdminAccess(ApiKeyChecker(config.admin_keys), config.admin_from_loopback, warnings)
+    app.include_router(admin_router(generator, access))
     return Master(config, generator, app)
 
 
@@ -101,8 +106,9 @@ async def run(config: MasterConfig, *, stop: asyncio.Event | None = None,
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    server = _Server(uvicorn.Config(master.app, host=config.host, port=config.port,
-                                    log_level="warning", access_log=False, lifespan="off"))
+    server = _Server(uvicorn.Config(_asgi(master.app, config), host=config.host,
+                                    port=config.port, log_level="warning", access_log=False,
+                                    lifespan="off", proxy_headers=False))
     sock = _bind(config.host, config.port)  # here, so a taken port is one readable line
     master.generator.start()
     serving = asyncio.create_task(server.serve(sockets=[sock]))
@@ -123,6 +129,15 @@ async def run(config: MasterConfig, *, stop: asyncio.Event | None = None,
         await master.generator.close()
         sock.close()
         log.info("master stopped")
+
+
+def _asgi(app, config: MasterConfig):
+    """The app behind RealPeer; forwarded headers are honoured only from configured proxies
+    (uvicorn's own proxy_headers stay off: by default it trusts 127.0.0.1 and reads the
+    FORWARDED_ALLOW_IPS environment variable)."""
+    if config.forwarded_allow_ips:
+        app = ProxyHeadersMiddleware(app, trusted_hosts=config.forwarded_allow_ips)
+    return RealPeer(app)
 
 
 def _bind(host: str, port: int) -> socket.socket:

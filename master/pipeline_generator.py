@@ -105,7 +105,8 @@ class PipelineGenerator:
             stream = await self.client.connect_with_backoff()
             reply = self.client.handshake
             self.worker_kv_capacity_tokens = reply.kv_capacity_tokens
-            self.scheduler.set_limits(min(self.head.kv_capacity_tokens, reply.kv_capacity_tokens),
+            worker_kv = reply.stream_kv_tokens or reply.kv_capacity_tokens  # this stream's share
+            self.scheduler.set_limits(min(self.head.kv_capacity_tokens, worker_kv),
                                       self._max_step_tokens())
             self._connected = True
             try:

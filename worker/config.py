@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import ipaddress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -11,6 +12,30 @@ from duet.settings import load_settings, settings_from_dict
 DTYPES = ("bfloat16", "float16", "float32")
 EXECUTORS = ("triton", "local")
 ENV_PREFIX = "DUET_WORKER_"
+
+
+def _is_loopback(listen: str) -> bool:
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def parse_names(value) -> tuple[str, ...]:
+    """Certificate names from a TOML list or a comma-separated string (env)."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError("expected a list of certificate names")
+    names = tuple(v.strip() for v in value)
+    if not names:
+        raise ValueError("expected at least one certificate name (leave it out to allow any)")
+    if not all(names):
+        raise ValueError("an empty certificate name in the list")
+    return names
 
 
 @dataclass(frozen=True)
@@ -24,7 +49,9 @@ class WorkerConfig:
     kv_cache_bytes: int = 1 << 30
     kv_block_size: int = 16  # tokens per KV block
     torch_threads: int = 0  # intra-op CPU threads in the tail's process; 0 = torch's default
-    listen: str = "0.0.0.0:50051"  # host:port of the Pipeline gRPC service
+    listen: str = "127.0.0.1:50051"  # host:port of the Pipeline gRPC service
+    # Plaintext on an address beyond loopback is refused unless this says it is meant.
+    allow_plaintext_from_network: bool = False
     executor: str = "triton"
     triton_url: str = ""  # host:port of an existing Triton (gRPC); empty = start our own
     triton_grpc_port: int = 0  # managed Triton's ports on 127.0.0.1; 0 = pick a free one
@@ -37,6 +64,13 @@ class WorkerConfig:
     tls_cert_file: str = ""  # server certificate (PEM); with tls_key_file enables TLS
     tls_key_file: str = ""
     tls_client_ca_file: str = ""  # CA of client certificates; set = mutual TLS required
+    # Client certificate names (CN or SAN) allowed in; empty = any the CA signed.
+    tls_client_names: tuple[str, ...] = field(
+        default=(), metadata={"parse": parse_names})
+    # What one API stream (the master's or the standby's) may hold on the tail, so that no
+    # client can starve the other: a fraction of the KV cache, and a number of sequences.
+    stream_kv_share: float = 0.5
+    stream_max_seqs: int = 256
     metrics_listen: str = ""  # host:port of the Prometheus metrics (worker/metrics.py); "" = off
 
     def __post_init__(self):
@@ -59,12 +93,19 @@ class WorkerConfig:
             "max_message_bytes": 1024 <= self.max_message_bytes < 2**31,
             "tls_key_file": bool(self.tls_cert_file) == bool(self.tls_key_file),
             "tls_client_ca_file": not self.tls_client_ca_file or bool(self.tls_cert_file),
+            "tls_client_names": not self.tls_client_names or bool(self.tls_client_ca_file),
+            "stream_kv_share": 0 < self.stream_kv_share <= 1,
+            "stream_max_seqs": self.stream_max_seqs >= 1,
             "metrics_listen": not self.metrics_listen or _is_host_port(self.metrics_listen),
         }
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"worker config: {name} is invalid: {getattr(self, name)!r}"
                                  f"{_HINTS.get(name, '')}")
+        if not (self.tls or self.allow_plaintext_from_network or _is_loopback(self.listen)):
+            raise ValueError(f"worker config: listen {self.listen!r} is beyond loopback without "
+                             "TLS: set tls_cert_file and tls_key_file (and tls_client_ca_file), "
+                             "or allow_plaintext_from_network = true")
 
     @property
     def tls(self) -> bool:
@@ -95,9 +136,12 @@ _HINTS = {
     "triton_url": " (host:port of Triton's gRPC endpoint)",
     "tls_key_file": " (tls_cert_file and tls_key_file go together)",
     "tls_client_ca_file": " (mutual TLS needs tls_cert_file and tls_key_file)",
+    "tls_client_names": " (a name list needs mutual TLS: set tls_client_ca_file)",
+    "stream_kv_share": " (a fraction in (0, 1])",
 }
 
 
 def _is_host_port(value: str) -> bool:
     host, sep, port = value.rpartition(":")
     return bool(sep and host and port.isdigit() and 0 <= int(port) < 65536)
+

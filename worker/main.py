@@ -30,6 +30,8 @@ log = logging.getLogger("worker")
 # Failures that are the operator's to fix: reported as one line, not a traceback.
 STARTUP_ERRORS = (CheckpointError, TritonStartError, TritonNotInstalled, ExecutorUnavailable,
                   OSError, ValueError)
+# Of those, the ones that mean the config or the checkpoint is wrong: exit code 2.
+BAD_INPUT_ERRORS = (CheckpointError, ValueError, FileNotFoundError)
 
 
 def make_executor(config: WorkerConfig) -> Executor:
@@ -68,7 +70,8 @@ class Worker:
         self.metrics = WorkerMetrics() if config.metrics_listen else None
         if self.metrics is not None:
             self.executor = self.metrics.wrap(self.executor)
-        self.service = PipelineService(self.executor, config.max_message_bytes)
+        self.service = PipelineService(self.executor, config.max_message_bytes,
+                                       config.tls_client_names)
         if self.metrics is not None:
             self.metrics.track(self.service)
         self.server, self.health, self.port = make_server(
@@ -160,7 +163,8 @@ async def _serve_until_signal(config: WorkerConfig) -> None:
 
 
 def run_cli(config_path: str, write_model_repo_dir: str | None = None) -> int:
-    """What `duet worker` does; returns the exit code (2: bad config, 1: failed to start)."""
+    """What `duet worker` does; returns the exit code (2: bad config or checkpoint, 1: failed
+    to start for another reason, such as a port in use or Triton failing)."""
     try:
         config = WorkerConfig.from_toml(config_path)
     except ValueError as e:
@@ -174,7 +178,7 @@ def run_cli(config_path: str, write_model_repo_dir: str | None = None) -> int:
         asyncio.run(_serve_until_signal(config))
     except STARTUP_ERRORS as e:
         print(f"duet worker: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, BAD_INPUT_ERRORS) else 1
     return 0
 
 

@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from engine.fingerprint import describe_mismatch
 from proto import pipeline_pb2 as pb
+from worker.client_names import ClientNames
 from worker.executor import Executor, ExecutorUnavailable
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,10 @@ def _lenient(parse):
 class PipelineService:
     """Serves Handshake and Step for every API stream over one executor."""
 
-    def __init__(self, executor: Executor, max_message_bytes: int):
+    def __init__(self, executor: Executor, max_message_bytes: int,
+                 client_names: tuple[str, ...] = ()):
         self.executor = executor
+        self.names = ClientNames(client_names)  # empty: any client the TLS layer let in
         self.max_message_bytes = max_message_bytes
         self.info: pb.HandshakeReply | None = None  # set once the executor is loaded
         self.stream_ids = itertools.count(1)
@@ -58,10 +61,10 @@ class PipelineService:
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(SERVICE, {
             "Handshake": grpc.unary_unary_rpc_method_handler(
-                self.Handshake, request_deserializer=_lenient(pb.HandshakeRequest.FromString),
+                self.names.unary(self.Handshake), request_deserializer=_lenient(pb.HandshakeRequest.FromString),
                 response_serializer=pb.HandshakeReply.SerializeToString),
             "Step": grpc.stream_stream_rpc_method_handler(
-                self.Step, request_deserializer=_lenient(pb.StepRequest.FromString),
+                self.names.stream(self.Step), request_deserializer=_lenient(pb.StepRequest.FromString),
                 response_serializer=pb.StepReply.SerializeToString),
         })
 

@@ -19,6 +19,7 @@ from engine.sampler import SamplerState, sample
 from engine.stage import Stage
 from proto import pipeline_pb2 as pb
 from proto.convert import WireError, params_from_proto, tensor_from_proto
+from worker.stream_quota import StreamQuota, StreamQuotaExceeded
 from worker.wire import check_hidden, sampled_to_proto
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ class TailRunner:
     """The worker's sequence table around a tail Stage (layers [k, L), norm, LM head)."""
 
     def __init__(self, stage, *, fingerprint: str, model_name: str, idle_timeout_s: float,
-                 clock=time.monotonic):
+                 clock=time.monotonic, stream_kv_share: float = 1.0,
+                 stream_max_seqs: int = 1 << 30):
         self.stage = stage
         cfg = stage.config
         self.hidden_size, self.num_layers = cfg.hidden_size, cfg.num_hidden_layers
@@ -59,15 +61,18 @@ class TailRunner:
         self.clock = clock
         self.seqs: dict[str, TailSeq] = {}
         self.ended: dict[str, OrderedDict[str, str]] = {}  # stream -> seq_id -> why it ended
+        self.quota = StreamQuota(stage.kv.capacity_tokens, stage.kv.block_size,
+                                 stream_kv_share, stream_max_seqs)
 
     @classmethod
     def load(cls, model_dir: str, layer_start: int, *, dtype: str, device: str,
-             kv_cache_bytes: int, block_size: int, idle_timeout_s: float) -> "TailRunner":
+             kv_cache_bytes: int, block_size: int, idle_timeout_s: float,
+             **limits) -> "TailRunner":
         num_layers = ModelConfig.from_dir(model_dir).num_hidden_layers
         stage = Stage.load(model_dir, layer_start, num_layers, dtype=dtype, device=device,
                            kv_cache_bytes=kv_cache_bytes, block_size=block_size)
         return cls(stage, fingerprint=checkpoint_fingerprint(model_dir),
-                   model_name=Path(model_dir).name, idle_timeout_s=idle_timeout_s)
+                   model_name=Path(model_dir).name, idle_timeout_s=idle_timeout_s, **limits)
 
     def info(self) -> pb.HandshakeReply:
         """What the worker tells an API at handshake (executor and limits are the server's)."""
@@ -75,7 +80,8 @@ class TailRunner:
             fingerprint=self.fingerprint, layer_start=self.stage.layer_start,
             layer_end=self.num_layers, num_layers=self.num_layers, dtype=self.dtype,
             hidden_size=self.hidden_size, kv_capacity_tokens=self.stage.kv.capacity_tokens,
-            model_name=self.model_name,
+            model_name=self.model_name, stream_kv_tokens=self.quota.kv_tokens,
+            stream_max_seqs=self.quota.max_seqs,
         )
 
     # --- one step ------------------------------------------------------------------------
@@ -149,10 +155,13 @@ class TailRunner:
             raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT,
                             f"position gap in sequence {seq_step.seq_id!r}: expected start_pos "
                             f"{seq.next_pos}, got {seq_step.start_pos}")
+        end_pos = seq_step.start_pos + seq_step.num_tokens
         try:
-            self.stage.kv.reserve(key, seq_step.start_pos + seq_step.num_tokens)
-        except KVCacheFull as e:
+            self.quota.check(stream, key, end_pos)
+            self.stage.kv.reserve(key, end_pos)
+        except (KVCacheFull, StreamQuotaExceeded) as e:
             raise SeqFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
+        self.quota.record(stream, key, end_pos)
         self.seqs[key] = seq
         return seq
 
@@ -204,6 +213,7 @@ class TailRunner:
         seq = self.seqs.pop(f"{stream}/{seq_id}", None)
         if seq is not None:
             self.stage.release(seq.key)
+            self.quota.release(stream, seq.key)
         ended = self.ended.setdefault(stream, OrderedDict())
         ended.setdefault(seq_id, why)
         while len(ended) > TOMBSTONES_PER_STREAM:
@@ -215,6 +225,7 @@ class TailRunner:
         for key in keys:
             self.stage.release(self.seqs.pop(key).key)
         self.ended.pop(stream, None)
+        self.quota.drop_stream(stream)
         return len(keys)
 
     def expire_idle(self) -> list[str]:

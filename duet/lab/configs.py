@@ -65,7 +65,9 @@ def worker_config(run: Path, model: Path, k: int, opt: LabOptions, tls: Path) ->
         listen=f"0.0.0.0:{WORKER_PORT}", kv_cache_bytes=opt.kv_cache_bytes,
         torch_threads=opt.torch_threads, run_dir=str(run / "triton"),
         tls_cert_file=str(tls / "worker.pem"), tls_key_file=str(tls / "worker.key"),
-        tls_client_ca_file=str(tls / "ca.pem"), metrics_listen=f"127.0.0.1:{WORKER_METRICS_PORT}")})
+        tls_client_ca_file=str(tls / "ca.pem"),
+        tls_client_names=["duet-lab-master", "duet-lab-standby"],
+        metrics_listen=f"127.0.0.1:{WORKER_METRICS_PORT}")})
 
 
 def api_config(role: str, model: Path, k: int, opt: LabOptions, tls: Path) -> str:

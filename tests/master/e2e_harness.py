@@ -38,6 +38,8 @@ def toml_text(fields: dict) -> str:
             return "true" if v else "false"
         if isinstance(v, (int, float)):
             return repr(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
         if isinstance(v, dict):
             return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
         return '"' + str(v).replace('"', '\\"') + '"'
@@ -80,28 +82,31 @@ class Service:
 
 
 def start_worker(tmp: Path, model_dir: Path, k: int, *, port: int | None = None,
-                 executor: str = "local", name: str = "worker", **fields) -> tuple[Service, int]:
+                 executor: str = "local", name: str = "worker", netns: str | None = None,
+                 **fields) -> tuple[Service, int]:
     port = port or free_port()
     config = dict(model_dir=str(model_dir), layer_start=k, dtype="float32",
-                  listen=f"127.0.0.1:{port}", executor=executor,
-                  kv_cache_bytes=64 * 2**20, **fields)
+                  listen=f"127.0.0.1:{port}", executor=executor, kv_cache_bytes=64 * 2**20)
+    config.update(fields)
     toml = tmp / f"{name}.toml"
     toml.write_text(toml_text(config))
     argv = [sys.executable, "-m", "duet.cli", "worker", "--config", str(toml)]
-    service = Service(name, argv, tmp / f"{name}.log")
+    service = Service(name, in_netns(netns, argv) if netns else argv, tmp / f"{name}.log")
     service.wait_for(r"worker ready")
     return service, port
 
 
 def start_master(tmp: Path, model_dir: Path, k: int, worker_port: int, *,
-                 name: str = "master", env: dict | None = None, **fields) -> tuple[Service, str]:
+                 name: str = "master", env: dict | None = None, netns: str | None = None,
+                 **fields) -> tuple[Service, str]:
     config = dict(model_dir=str(model_dir), head_layer_end=k, port=0, dtype="float32",
                   worker_address=f"127.0.0.1:{worker_port}", kv_cache_bytes=64 * 2**20,
                   **fields)
     toml = tmp / f"{name}.toml"
     toml.write_text(toml_text(config))
     argv = [sys.executable, "-m", "duet.cli", "master", "--config", str(toml)]
-    service = Service(name, argv, tmp / f"{name}.log", env=env)
+    service = Service(name, in_netns(netns, argv) if netns else argv, tmp / f"{name}.log",
+                      env=env)
     url = service.wait_for(r"duet master: serving (http://\S+)").group(1)
     return service, url
 
@@ -180,3 +185,36 @@ def json_layers(model_dir: Path) -> int:
     import json
 
     return json.loads((model_dir / "config.json").read_text())["num_hidden_layers"]
+
+
+def netns_request(netns: str, method: str, url: str, body: dict | None = None,
+                  headers: dict | None = None, timeout_s: float = 30.0) -> tuple[int, dict]:
+    """One HTTP request made from inside a network namespace: (status, JSON body or {})."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    from vrrp.netns import socket_in_netns
+
+    parts = urlsplit(url)
+    sock = socket_in_netns(netns, socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(timeout_s)
+    sock.connect((parts.hostname, parts.port))
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
+    conn.sock = sock
+    try:
+        payload = json.dumps(body).encode() if body is not None else None
+        conn.request(method, parts.path, body=payload,
+                     headers={"content-type": "application/json", **(headers or {})})
+        resp = conn.getresponse()
+        text = resp.read()
+    finally:
+        conn.close()
+    try:
+        return resp.status, json.loads(text)
+    except ValueError:
+        return resp.status, {}
+
+
+def in_netns(netns: str, argv: list[str]) -> list[str]:
+    return ["ip", "netns", "exec", netns, *argv]

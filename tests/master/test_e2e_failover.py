@@ -50,23 +50,25 @@ def greedy_text(stack, text: str, n: int) -> str:
 
 
 def test_worker_gone_fails_fast_with_503_then_the_master_reconnects(stack):
-    errors = []
+    errors, chunks, started = [], [], threading.Event()
 
     def long_stream():
         try:
-            for _ in client(stack.url).completions.create(
+            for chunk in client(stack.url).completions.create(
                     model=stack.model.name, prompt="Go on", max_tokens=3000, stream=True):
-                pass
+                chunks.append(chunk)
+                started.set()
         except openai.APIError as e:
             errors.append(e)
 
     streamer = threading.Thread(target=long_stream)
     streamer.start()
-    time.sleep(1.0)  # the stream is under way
+    assert started.wait(30), f"the stream never started: {errors}"
     stack.worker.stop(signal.SIGKILL)
     killed = time.monotonic()
     streamer.join(10)
     assert not streamer.is_alive() and errors, "the running stream must end with an error"
+    assert 0 < len(chunks) < 3000  # it was under way, and it did not run to its end
     assert time.monotonic() - killed < 10
 
     started = time.monotonic()

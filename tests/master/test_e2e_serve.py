@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
@@ -62,6 +63,25 @@ def alive(pid: int) -> bool:
         return False
 
 
+def concurrent_long_requests_match_the_reference(client, model, bundle) -> None:
+    """Through Triton beyond one short request: three at once, each over several KV blocks,
+    so prefill, batched decode steps and block growth all run on the default path."""
+    prompts = {i: bundle.tokenizer.encode(f"Request number {i} asks for a longer answer.")
+               for i in range(3)}
+    reference = Reference(model, bundle.stop_token_ids)
+    want = {i: reference.greedy(p, 40) for i, p in prompts.items()}
+    with ThreadPoolExecutor(3) as pool:
+        got = dict(zip(prompts, pool.map(
+            lambda p: client.completions.create(model=model.name, prompt=p, max_tokens=40,
+                                                temperature=0, logprobs=0),
+            prompts.values())))
+    for i, ids in want.items():
+        visible = [t for t in ids if t not in bundle.stop_token_ids]
+        assert got[i].usage.completion_tokens == len(ids)
+        assert got[i].choices[0].logprobs.tokens == [bundle.tokenizer.token_text(t)
+                                                     for t in visible]
+
+
 def test_duet_serve_answers_then_stops_everything_on_ctrl_c(tmp_path):
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
     argv = [sys.executable, "-m", "duet.cli", "serve", "--port", "0"]
@@ -84,10 +104,12 @@ def test_duet_serve_answers_then_stops_everything_on_ctrl_c(tmp_path):
                                               max_tokens=8, temperature=0)
         assert chat.usage.completion_tokens == len(ref)
         assert chat.usage.prompt_tokens == len(prompt)
+        concurrent_long_requests_match_the_reference(client, model, bundle)
 
         children = descendants(serve.proc.pid)
         assert any("tritonserver" in cmdline(pid) for pid in children), "worker runs Triton"
         regions = shm_regions(children)
+        assert regions, "Triton's Python backend maps its shared memory: none found to check"
         serve.proc.send_signal(signal.SIGINT)
         assert serve.proc.wait(60) == 0, serve.log()
         assert "duet serve: stopped" in serve.log()

@@ -168,7 +168,8 @@ def worker_fields(ckpt: Path, executor: str, **overrides) -> dict:
     fields = dict(model_dir=str(ckpt), layer_start=SPLIT, dtype="float32", device="cpu",
                   kv_cache_bytes=KV_CACHE_BYTES, listen=f"127.0.0.1:{free_port()}",
                   executor=executor, idle_timeout_s=IDLE_TIMEOUT_S, torch_threads=1,
-                  max_message_bytes=MAX_MESSAGE_BYTES)
+                  max_message_bytes=MAX_MESSAGE_BYTES,
+                  stream_kv_share=1.0)  # one stream may fill the cache (limits: own tests)
     fields.update(overrides)
     return fields
 
@@ -187,6 +188,7 @@ class WorkerProcess:
 
     def __init__(self, tmp: Path, fields: dict):
         self.address = fields["listen"]
+        self.executor = fields["executor"]
         self.log_path = tmp / "worker.log"
         config = write_config(tmp / "worker.toml", run_dir=str(tmp / "run"), **fields)
         self.proc = start_worker_process(config, self.log_path)

@@ -27,13 +27,15 @@ class Healthy:
 
 
 @pytest.fixture
-async def healthy(channel, head):
+async def healthy(worker, channel, head):
+    """Each test that takes it also proves the worker process outlived the bad input."""
     stream = StepStream(channel)
     seq = Healthy(stream, head, "healthy")
     await seq.advance(first=True)
     yield seq
     head.release("healthy")
     stream.cancel()
+    assert worker.proc.poll() is None, worker.log()
 
 
 def one_seq(seq_id="s", start_pos=0, num_tokens=2, params=GREEDY) -> pb.SeqStep:
@@ -134,6 +136,3 @@ async def test_garbage_bytes_end_only_that_stream(channel, healthy):
     assert "not a StepRequest" in e.value.details()
     await healthy.advance()
 
-
-async def test_worker_process_survived(worker):
-    assert worker.proc.poll() is None, worker.log()

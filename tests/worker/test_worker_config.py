@@ -35,6 +35,12 @@ def test_toml_with_table_and_env_override(tmp_path):
     (dict(tls_cert_file="/c.pem"), "tls_key_file"),
     (dict(tls_client_ca_file="/ca.pem"), "tls_client_ca_file"),
     (dict(triton_url="localhost"), "triton_url"),
+    (dict(tls_client_names=["x"]), "tls_client_names"),
+    (dict(tls_client_names=[], tls_cert_file="/c", tls_key_file="/k", tls_client_ca_file="/a"),
+     "tls_client_names: expected at least one"),
+    (dict(stream_kv_share=0), "stream_kv_share"),
+    (dict(stream_kv_share=1.5), "stream_kv_share"),
+    (dict(stream_max_seqs=0), "stream_max_seqs"),
     (dict(colour="blue"), "colour"),
 ])
 def test_each_bad_field_is_named(changes, field):
@@ -70,11 +76,44 @@ def test_cli_bad_config_is_one_line_and_exit_2(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_cli_bad_checkpoint_is_one_line_and_exit_1(tmp_path):
+@pytest.mark.parametrize("listen", ["0.0.0.0:50051", "[::]:50051", "10.1.2.3:50051",
+                                    "worker.internal:50051"])
+def test_beyond_loopback_needs_tls_or_an_explicit_plaintext_opt_in(listen):
+    with pytest.raises(ValueError, match="beyond loopback without TLS"):
+        WorkerConfig.from_dict({**BASE, "listen": listen}, environ={})
+    assert WorkerConfig.from_dict({**BASE, "listen": listen, "allow_plaintext_from_network": True},
+                                  environ={}).listen == listen
+    tls = WorkerConfig.from_dict({**BASE, "listen": listen, "tls_cert_file": "/c.pem",
+                                  "tls_key_file": "/c.key"}, environ={})
+    assert tls.tls
+
+
+def test_loopback_is_the_default_and_needs_nothing():
+    assert WorkerConfig.from_dict(BASE, environ={}).listen == "127.0.0.1:50051"
+    for listen in ("localhost:1", "[::1]:1", "127.0.0.2:1"):
+        assert WorkerConfig.from_dict({**BASE, "listen": listen}, environ={}).listen == listen
+
+
+def test_client_names_from_env_are_a_comma_list():
+    config = WorkerConfig.from_dict(
+        {**BASE, "tls_cert_file": "/c", "tls_key_file": "/k", "tls_client_ca_file": "/a"},
+        environ={"DUET_WORKER_TLS_CLIENT_NAMES": "master.internal, standby.internal"})
+    assert config.tls_client_names == ("master.internal", "standby.internal")
+
+
+def test_cli_plaintext_on_the_network_is_one_line_and_exit_2(tmp_path):
+    path = write_config(tmp_path / "w.toml", model_dir="/m", layer_start=2, listen="0.0.0.0:0")
+    result = duet_worker("--config", str(path))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+    assert "allow_plaintext_from_network" in result.stderr
+
+
+def test_cli_bad_checkpoint_is_one_line_and_exit_2(tmp_path):
     path = write_config(tmp_path / "w.toml", model_dir=str(tmp_path / "nothing"), layer_start=2,
                         executor="local", listen="127.0.0.1:0")
     result = duet_worker("--config", str(path))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("duet worker:") and "config.json" in last

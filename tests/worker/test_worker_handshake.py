@@ -24,7 +24,8 @@ async def test_handshake_reports_the_tail(worker, ckpt):
     assert (reply.layer_start, reply.layer_end, reply.num_layers) == (SPLIT, NUM_LAYERS, NUM_LAYERS)
     assert reply.fingerprint == checkpoint_fingerprint(ckpt)
     assert (reply.dtype, reply.hidden_size) == ("float32", 64)
-    assert reply.executor in ("local", "triton") and reply.kv_capacity_tokens > 0
+    assert reply.executor == worker.executor and reply.kv_capacity_tokens > 0
+    assert 0 < reply.stream_kv_tokens <= reply.kv_capacity_tokens and reply.stream_max_seqs > 0
     assert reply.max_message_bytes > 0
 
 
