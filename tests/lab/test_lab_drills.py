@@ -102,7 +102,7 @@ def test_drill(lab, scenario, tmp_path):
     assert res.returncode == 0 and report["ok"], f"{failed}\n{res.stdout}{res.stderr}"
     assert "drill passed" in res.stdout and "first success via VIP" in res.stdout
     assert report["first_success_s"] is not None and report["requests"]["succeeded"] > 0
-    assert report["final"]["vip_holders"] == ["a"] and report["max_vip_holders_at_once"] == 1
+    assert report["final"]["vip_holders"] == ["a"] and report["longest_two_holders_s"] < 0.3
     if scenario in ("crash-a", "kill-master", "stop-a", "cut-a-link"):
         assert report["vip_moved_s"] < 5 and report["vip_back_s"] is not None
         assert served_by_standby(run_dir) > before, "the standby on B served through the VIP"
