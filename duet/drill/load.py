@@ -1,5 +1,5 @@
 """N clients streaming completions through the VIP, retrying as a real client would, and a
-probe that asks for one token at a time on fresh connections.
+probe that starts a one-token request on a fresh connection every 50 ms.
 
 Run as its own process (inside the lab's client namespace, or on any machine that reaches a
 real pair's VIP): `python -m duet.drill.load --url URL --model NAME --clients N --out FILE`.
@@ -19,7 +19,6 @@ import httpx
 BACKOFF_FIRST_S = 0.05  # then doubling, like the OpenAI SDK's retries but faster
 BACKOFF_MAX_S = 0.25  # an eager client: the figures measure the system, not the backoff
 RETRY_AFTER_MAX_S = 1.0  # the server's Retry-After is honoured up to this
-PROBE_PAUSE_S = 0.02  # between the probe's attempts
 
 
 async def attempt(client: httpx.AsyncClient, url: str, body: dict) -> dict:
@@ -50,31 +49,49 @@ async def attempt(client: httpx.AsyncClient, url: str, body: dict) -> dict:
 # A streaming client keeps its connection and waits up to 3 s for the next token: a stream
 # in flight on a host that died ends only with that timeout, as it would for a real client.
 CLIENT_TIMEOUT = httpx.Timeout(connect=0.5, read=3.0, write=1.0, pool=1.0)
-# The probe asks for one token on a fresh connection with short timeouts, over and over:
-# it sees the first moment the VIP serves again, which a stuck stream cannot.
-PROBE_TIMEOUT = httpx.Timeout(connect=0.2, read=1.0, write=0.2, pool=0.2)
+# The probe starts a one-token request on a fresh connection every PROBE_EVERY_S, whatever
+# became of the earlier ones: it sees the first moment the VIP serves again, which a client
+# stuck in a dead stream (or a dead probe) cannot.
+PROBE_TIMEOUT = httpx.Timeout(connect=0.5, read=2.0, write=0.5, pool=0.5)
+PROBE_EVERY_S = 0.05
 
 
-async def one_client(index: int | str, url: str, body: dict, out, stop: asyncio.Event) -> None:
-    probe = index == "probe"
-    limits = httpx.Limits(max_keepalive_connections=0) if probe else httpx.Limits()
-    async with httpx.AsyncClient(timeout=PROBE_TIMEOUT if probe else CLIENT_TIMEOUT,
-                                 limits=limits, trust_env=False) as client:
+def _record(out, rec: dict, **ids) -> None:
+    out.write(json.dumps(rec | ids) + "\n")
+    out.flush()
+
+
+async def one_client(index: int, url: str, body: dict, out, stop: asyncio.Event) -> None:
+    async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT, trust_env=False) as client:
         request = 0
         while not stop.is_set():
             request += 1
             backoff_s = BACKOFF_FIRST_S
             for number in range(1, 10**6):
                 rec = await attempt(client, url, body)
-                rec.update(client=index, request=request, attempt=number)
-                out.write(json.dumps(rec) + "\n")
-                out.flush()
+                _record(out, rec, client=index, request=request, attempt=number)
                 if rec["ok"] or stop.is_set():
                     break
-                wait_s = min(max(backoff_s, rec.get("retry_after_s", 0)), RETRY_AFTER_MAX_S)
-                wait_s = PROBE_PAUSE_S if probe else wait_s
-                await asyncio.sleep(wait_s)
+                await asyncio.sleep(min(max(backoff_s, rec.get("retry_after_s", 0)),
+                                        RETRY_AFTER_MAX_S))
                 backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+
+
+async def probe(url: str, body: dict, out, stop: asyncio.Event) -> None:
+    limits = httpx.Limits(max_keepalive_connections=0)  # every probe dials the VIP anew
+    async with httpx.AsyncClient(timeout=PROBE_TIMEOUT, limits=limits, trust_env=False) as c:
+        async def one(number: int) -> None:
+            _record(out, await attempt(c, url, body), client="probe", request=number, attempt=1)
+
+        running: set[asyncio.Task] = set()
+        number = 0
+        while not stop.is_set():
+            number += 1
+            task = asyncio.create_task(one(number))
+            running.add(task)
+            task.add_done_callback(running.discard)
+            await asyncio.sleep(PROBE_EVERY_S)
+        await asyncio.gather(*running, return_exceptions=True)
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -84,8 +101,7 @@ async def main_async(args: argparse.Namespace) -> None:
     body = {"model": args.model, "prompt": "The drill", "max_tokens": args.max_tokens,
             "temperature": 0, "stream": True}
     with open(args.out, "a") as out:
-        probe = dict(body, max_tokens=1)
-        await asyncio.gather(one_client("probe", args.url, probe, out, stop),
+        await asyncio.gather(probe(args.url, dict(body, max_tokens=1), out, stop),
                              *(one_client(i, args.url, body, out, stop)
                                for i in range(args.clients)))
 
