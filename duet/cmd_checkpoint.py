@@ -1,18 +1,19 @@
-"""`duet checkpoint <action>`: commands about a checkpoint folder, one module per action.
+"""`duet checkpoint ACTION`: look at a checkpoint before loading it, or verify its bytes.
 
-Each action module has `register(subparsers)` like the top-level commands (see duet/cli.py).
+Each action lives in its own module with `register(subparsers)`; add one by adding its module
+to ACTIONS.
 """
 from __future__ import annotations
 
-# Add an action by adding its module here.
-ACTIONS = ("duet.checkpoint_verify",)
+import argparse
+import importlib
+
+ACTIONS = ("duet.checkpoint_inspect", "duet.checkpoint_split", "duet.checkpoint_verify")
 
 
-def register(subparsers) -> None:
-    import importlib
-
-    p = subparsers.add_parser("checkpoint", help="check a checkpoint folder",
-                              description=__doc__.splitlines()[0])
-    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "checkpoint", help="inspect a checkpoint, plan a two-host split, verify its bytes")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name in ACTIONS:
         importlib.import_module(name).register(actions)

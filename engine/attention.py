@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from engine.batch import ForwardContext
+from engine.paged_decode import decode_attention
 
 # cuDNN's attention plans a new graph for every new key length, i.e. at every decode step:
 # measured at ~9 ms per layer call on an H100 (bench/gpu/results.md). The others need no plan.
@@ -115,6 +116,8 @@ def paged_attention(
     k_cache, v_cache = kv
     write_cache(k_cache, ctx, k)
     write_cache(v_cache, ctx, v)
+    if ctx.decode_tables is not None:  # one query per sequence, context through the block table
+        return decode_attention(q, k_cache, v_cache, ctx.decode_tables, scale)
     layout = attention_layout(ctx)
     keys = gather_context(k_cache, ctx).transpose(1, 2)  # [B, Hkv, C, D]
     values = gather_context(v_cache, ctx).transpose(1, 2)

@@ -52,11 +52,15 @@ class ForwardContext:
     slot_mapping: torch.Tensor  # [T] long: flat KV slot each new token's entry is written to
     query_start: list[int]  # B + 1 offsets of each sequence's new tokens in [T]
     context_lens: list[int]  # [B] context length of each sequence after this step
-    context_slots: torch.Tensor  # [B, C] long: flat slots of each sequence's context, 0-padded
-    context_mask: torch.Tensor  # [B, C] bool: True where context_slots is a real entry
+    context_slots: torch.Tensor | None  # [B, C] long: flat slots of each sequence's context,
+    #                                     0-padded; None in a decode step that has decode_tables
+    context_mask: torch.Tensor | None  # [B, C] bool: True where context_slots is a real entry
     # How queries pad into [B, maxQ] and which context each sees, derived once per step:
     # an engine.attention.AttentionLayout, filled on first use by engine.attention.attention_layout.
     layout: object | None = None
+    # Decode-only steps run from static buffers (engine.decode_graphs): an
+    # engine.paged_decode.DecodeTables that attention reads the context through instead.
+    decode_tables: object | None = None
 
     @property
     def num_seqs(self) -> int:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import torch
 
 from engine.batch import ForwardContext, StepBatch
+from engine.block_table import BlockTable
 from engine.errors import KVCacheFull
 from engine.models.base import LayerKV
 
@@ -14,7 +15,11 @@ __all__ = ["KVCache", "KVCacheFull"]
 
 
 class KVCache:
-    """Per-layer tensors [num_slots, *token_shape]; each sequence owns a list of blocks."""
+    """Per-layer tensors [num_slots, *token_shape]; each sequence owns a list of blocks.
+
+    One block more than `num_blocks` is allocated: the scratch block, owned by no sequence,
+    where the padding rows of a CUDA-graph batch bucket write their keys and values.
+    """
 
     def __init__(
         self,
@@ -38,7 +43,8 @@ class KVCache:
             )
         self.block_size = block_size
         self.device = next(iter(layer_devices.values()))
-        slots = self.num_blocks * block_size
+        self.scratch_block = self.num_blocks
+        slots = (self.num_blocks + 1) * block_size
         # zeros, not empty: masked-out rows still meet the values in a matmul, and NaN * 0 = NaN
         self.layers: dict[int, LayerKV] = {
             i: tuple(torch.zeros(slots, *s, dtype=dtype, device=dev) for s in token_shapes)
@@ -47,6 +53,29 @@ class KVCache:
         self._free = list(range(self.num_blocks - 1, -1, -1))  # pop() hands out low blocks first
         self._tables: dict[str, list[int]] = {}  # seq_id -> its blocks, in position order
         self._lens: dict[str, int] = {}  # seq_id -> tokens written so far
+        self.block_table: BlockTable | None = None  # made by enable_block_table
+
+    def enable_block_table(self, max_seqs: int, max_tokens_per_seq: int) -> BlockTable:
+        """Mirror the block lists of up to max_seqs sequences on the device (for decode graphs)."""
+        if self.block_table is None:
+            max_blocks = min(self.num_blocks, -(-max_tokens_per_seq // self.block_size))
+            self.block_table = BlockTable(max_seqs, max_blocks, self.scratch_block, self.device)
+        return self.block_table
+
+    def table_rows(self, batch: StepBatch) -> list[int] | None:
+        """Each chunk's row of the device block table (reserved chunks); None if one has none."""
+        rows = []
+        for c in batch.chunks:
+            row = self.block_table.row(c.seq_id, self._tables[c.seq_id])
+            if row is None:
+                return None
+            rows.append(row)
+        return rows
+
+    def mark_written(self, batch: StepBatch) -> None:
+        """Record that the step's chunks are in the cache (the step builds no context)."""
+        for c in batch.chunks:
+            self._lens[c.seq_id] = c.end_pos
 
     # --- accounting -----------------------------------------------------------------------
     @property
@@ -95,6 +124,8 @@ class KVCache:
         """Give a sequence's blocks back; unknown ids are ignored."""
         self._free.extend(reversed(self._tables.pop(seq_id, [])))
         self._lens.pop(seq_id, None)
+        if self.block_table is not None:
+            self.block_table.release(seq_id)
 
     def check_batch(self, batch: StepBatch) -> None:
         """ValueError naming a sequence whose chunk does not continue what the cache holds."""

@@ -8,6 +8,7 @@ import math
 
 import torch
 
+from engine import fused
 from engine.errors import CheckpointError
 
 
@@ -100,7 +101,9 @@ class RotaryEmbedding:
         memo = self._memo
         if memo is not None and memo[0] is positions and memo[1] == dtype:
             return memo[2], memo[3]
-        inv_freq = self.inv_freq.to(positions.device)
+        if self.inv_freq.device != positions.device:  # once: a copy inside a CUDA graph capture fails
+            self.inv_freq = self.inv_freq.to(positions.device)
+        inv_freq = self.inv_freq
         freqs = positions.float()[:, None] * inv_freq[None, :]  # [T, dim / 2]
         emb = torch.cat((freqs, freqs), dim=-1)  # [T, dim]
         cos = (emb.cos() * self.attention_factor).to(dtype)
@@ -116,6 +119,8 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Half-split layout (Llama, Qwen2): x [T, heads, dim], cos/sin [T, dim]."""
+    if x.shape[0] and fused.usable(x) and cos.stride(-1) == 1 and sin.stride(-1) == 1:
+        return fused.rope_half(x, cos, sin)  # one kernel instead of five
     return x * cos[:, None] + rotate_half(x) * sin[:, None]
 
 

@@ -9,12 +9,15 @@ import torch
 
 from engine.batch import StepBatch
 from engine.config import ModelConfig
+from engine.checkpoint import CheckpointFiles
+from engine.decode_graphs import DecodeGraphs
 from engine.errors import CheckpointError
+from engine.fp8_native import FP8_MODES, SCALE_SUFFIX, convert_to_native, fp8_mode
 from engine.kv_cache import KVCache
 from engine.models import model_class
 from engine.models.base import StageModel
 from engine.placement import forward_spread, layer_devices, place
-from engine.weights import load_weights
+from engine.weights import fp8_block, load_weights
 
 log = logging.getLogger("duet.engine.load")
 
@@ -41,6 +44,20 @@ class Stage:
         self.devices = devices
         self.device = devices[self.layer_start]  # where inputs go (and the forward context)
         self._spread = len(set(devices.values())) > 1
+        self.decode_graphs: DecodeGraphs | None = None  # made by enable_decode_graphs
+
+    def enable_decode_graphs(self, max_batch: int, capture: bool | None = None) -> None:
+        """Run decode-only steps of up to max_batch sequences from static buffers, captured as
+        CUDA graphs per batch bucket (capture None: on CUDA devices). A stage spread over several
+        GPUs keeps running every step eagerly."""
+        if self._spread:
+            log.info("decode graphs off: the stage is spread over several GPUs")
+            return
+        self.decode_graphs = DecodeGraphs(
+            self.model, self.kv, max_batch=max_batch, hidden_size=self.config.hidden_size,
+            dtype=DTYPES[self.dtype], capture=self.device.type == "cuda" if capture is None else capture,
+            max_tokens_per_seq=self.config.max_position_embeddings,
+        )
 
     @classmethod
     def load(
@@ -55,17 +72,16 @@ class Stage:
         block_size: int = 16,
         load_format: str = "safetensors",
         seed: int = 0,
+        fp8: str = "native",
+        cuda_graph_max_batch: int = 0,
     ) -> "Stage":
         """Build the stage's layers on `device` and fill them (load_format "dummy": seeded random).
-
         device "cuda" on a host of several GPUs spreads the layers over all of them.
-        """
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        if load_format not in LOAD_FORMATS:
-            raise ValueError(
-                f"load_format must be one of {', '.join(LOAD_FORMATS)}, got {load_format!r}"
-            )
+        cuda_graph_max_batch > 0: decode steps of up to that many sequences run as CUDA graphs.
+        An FP8 checkpoint stays FP8 with fp8 "native" where the GPU can multiply in FP8 (else it
+        is dequantized to `dtype`, and the log line says why)."""
+        _check_choices(dtype=(dtype, DTYPES), fp8=(fp8, FP8_MODES),
+                       load_format=(load_format, LOAD_FORMATS))
         started = time.perf_counter()
         config = ModelConfig.from_dir(model_dir)
         layers = config.num_hidden_layers
@@ -75,21 +91,30 @@ class Stage:
                 f"is outside the model's {layers} layers"
             )
         cls_ = model_class(config.architecture)
+        devices = layer_devices(layer_start, layer_end, device)
         with torch.device("meta"):  # no memory and no random init for weights about to be loaded
             model = cls_(config, layer_start, layer_end)
-        devices = layer_devices(layer_start, layer_end, device)
+            fp8_note = _fp8_setup(model, model_dir, fp8, devices[layer_start], load_format)
         place(model, devices, DTYPES[dtype]).eval()
         load_weights(model, model_dir, load_format=load_format, seed=seed)
         kv = KVCache(model.kv_token_shapes(), devices, kv_cache_bytes,
                      block_size=block_size, dtype=DTYPES[dtype])
         seconds = time.perf_counter() - started
         log.info(
-            "stage [%d, %d) of %s ready in %.1f s on %s, %s: KV cache for %d tokens (%.2f GiB)",
+            "stage [%d, %d) of %s ready in %.1f s on %s, %s%s: KV cache for %d tokens (%.2f GiB)",
             layer_start, layer_end, Path(model_dir).name, seconds,
-            ", ".join(sorted({str(d) for d in devices.values()})), dtype,
+            ", ".join(sorted({str(d) for d in devices.values()})), dtype, fp8_note,
             kv.capacity_tokens, kv.capacity_tokens * kv.bytes_per_token / 2**30,
         )
-        return cls(config, model, kv, devices, dtype, seconds)
+        stage = cls(config, model, kv, devices, dtype, seconds)
+        if cuda_graph_max_batch:
+            stage.enable_decode_graphs(cuda_graph_max_batch)
+        return stage
+
+    def weight_bytes(self) -> int:
+        """Bytes of the stage's parameters and buffers (FP8 weights count one byte each)."""
+        tensors = {id(t): t for t in [*self.model.parameters(), *self.model.buffers()]}
+        return sum(t.numel() * t.element_size() for t in tensors.values())
 
     def forward(self, batch: StepBatch, inputs: torch.Tensor) -> torch.Tensor:
         """inputs: token ids [T] (first stage) or hidden [T, H] -> hidden [T, H] after its layers.
@@ -100,6 +125,12 @@ class Stage:
         self._check_inputs(batch, inputs)
         self.kv.check_batch(batch)
         self.kv.reserve_all((c.seq_id, c.end_pos) for c in batch.chunks)
+        graphs = self.decode_graphs
+        if graphs is not None and graphs.accepts(batch):
+            with torch.inference_mode():
+                out = graphs.run(batch, inputs if self.is_first else inputs.to(DTYPES[self.dtype]))
+            if out is not None:
+                return out
         ctx = self.kv.build_context(batch)
         with torch.inference_mode():
             inputs = inputs.to(self.device)
@@ -130,6 +161,32 @@ class Stage:
             return
         if inputs.dim() != 1 or inputs.shape[0] != t or inputs.is_floating_point():
             raise ValueError(f"expected {t} token ids [T] for the first stage, {got}")
-        low, high = torch.stack(torch.aminmax(inputs)).tolist() if t else (0, 0)  # one sync
+        if inputs.device.type != "cpu":  # ids the engine sampled itself: in range by construction,
+            return  # and reading them back would make the host wait for the device every step
+        low, high = torch.stack(torch.aminmax(inputs)).tolist() if t else (0, 0)
         if low < 0 or high >= self.config.vocab_size:
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size})")
+
+
+def _check_choices(**fields: tuple[str, tuple]) -> None:
+    for name, (value, choices) in fields.items():
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _fp8_setup(model: StageModel, model_dir, requested: str, device: torch.device,
+               load_format: str) -> str:
+    """Convert an FP8 checkpoint's layers to native FP8 when the device allows; the log's note."""
+    if model.config.get("quantization_config") is None or load_format == "dummy":
+        return ""
+    mode, why = fp8_mode(requested, device, fp8_block(model))
+    if mode == "dequantize":
+        return f", FP8 weights dequantized ({why})"
+    files = CheckpointFiles(model_dir)
+
+    def has_scale(param: str) -> bool:
+        names = model.checkpoint_names(param)
+        return all(n + SCALE_SUFFIX in files for n in names)
+
+    linears, stacks = convert_to_native(model, has_scale)
+    return f", FP8 native ({linears} linears, {stacks} expert stacks; {why})"

@@ -30,16 +30,23 @@ class Head:
         kv_cache_bytes: int,
         block_size: int = 16,
         load_format: str = "safetensors",
+        fp8: str = "native",
+        cuda_graph_max_batch: int = 0,
     ) -> Head:
         stage = Stage.load(
             model_dir, 0, layer_end, dtype=dtype, device=device,
             kv_cache_bytes=kv_cache_bytes, block_size=block_size, load_format=load_format,
+            fp8=fp8, cuda_graph_max_batch=cuda_graph_max_batch,
         )
         return cls(stage)
 
     @property
     def layer_end(self) -> int:
         return self.stage.layer_end
+
+    @property
+    def vocab_size(self) -> int:
+        return self.stage.config.vocab_size
 
     @property
     def hidden_size(self) -> int:
@@ -65,7 +72,8 @@ class Head:
         """token ids [T] of the chunks, in row order -> hidden states [T, H] on the wire."""
         if not chunks:
             return empty_hidden(self.hidden_size, self.dtype)
-        inputs = torch.tensor(token_ids, dtype=torch.long, device=self.stage.device)  # [T]
+        # [T] on the host: the stage checks the id range there, without waiting for the device
+        inputs = torch.tensor(token_ids, dtype=torch.long)
         hidden = self.stage.forward(StepBatch(tuple(chunks)), inputs)  # [T, H]
         return tensor_to_proto(hidden)
 

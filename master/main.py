@@ -19,6 +19,7 @@ import torch
 import uvicorn
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from engine.decode_graphs import graph_batch_for
 from engine.fingerprint import checkpoint_fingerprint
 from engine.manifest import Manifest
 from master.admin import AdminAccess, RealPeer, admin_router
@@ -69,7 +70,8 @@ def build_pipeline(config: MasterConfig, metrics: Metrics) -> PipelineGenerator:
     """The head's weights and the pipeline to the worker (not started)."""
     head = Head.load(
         config.model_dir, config.head_layer_end, dtype=config.dtype, device=config.device,
-        kv_cache_bytes=config.kv_cache_bytes, block_size=config.kv_block_size,
+        kv_cache_bytes=config.kv_cache_bytes, block_size=config.kv_block_size, fp8=config.fp8,
+        cuda_graph_max_batch=graph_batch_for(config.device, config.cuda_graph_max_batch),
     )
     identity = HeadIdentity(checkpoint_fingerprint(config.model_dir), config.head_layer_end,
                             config.dtype, head.hidden_size, Manifest.read(config.model_dir))

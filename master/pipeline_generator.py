@@ -16,7 +16,8 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator
 
-from master.generation import GenerationRequest, PipelineUnavailable, SequenceFailed, TokenEvent
+from master.generation import (GenerationRequest, PipelineUnavailable, SequenceFailed,
+                               TokenEvent, check_request)
 from master.scheduler import MicroBatch, Scheduler, SchedulerConfig
 from master.sequence import Sequence
 from master.wire import STATUS_NAMES, step_request
@@ -69,6 +70,7 @@ class PipelineGenerator:
         ready, reason = self.readiness()
         if not ready:
             raise PipelineUnavailable(reason)
+        check_request(request, self.head.vocab_size)  # fails alone here, not a whole step
         seq = Sequence(request)
         self.scheduler.add(seq)
         self._wake.set()
@@ -166,7 +168,7 @@ class PipelineGenerator:
                 self.scheduler.abandon(batch, SequenceFailed("INTERNAL", f"head forward: {e}"))
                 continue
             self._inflight.append((batch, time.monotonic()))
-            await stream.send(step_request(batch, hidden))
+            await stream.send(step_request(batch, hidden))  # cannot fail: see check_request
             self._update_metrics()
 
     def _head_step(self, batch: MicroBatch) -> pb.Tensor:

@@ -11,6 +11,7 @@ from duet.settings import load_settings, settings_from_dict
 
 DTYPES = ("bfloat16", "float16", "float32")
 EXECUTORS = ("triton", "local")
+FP8_MODES = ("native", "dequantize")
 ENV_PREFIX = "DUET_WORKER_"
 
 
@@ -46,8 +47,11 @@ class WorkerConfig:
     layer_start: int  # the worker runs layers [layer_start, L); the API runs [0, layer_start)
     dtype: str = "bfloat16"
     device: str = "cpu"  # torch device of the tail: "cpu", "cuda", "cuda:1"
+    fp8: str = "native"  # FP8 checkpoints: keep e4m3 on GPUs that can (cc >= 8.9) | "dequantize"
     kv_cache_bytes: int = 1 << 30
     kv_block_size: int = 16  # tokens per KV block
+    cuda_graph_max_batch: int = 64  # decode steps of up to this many sequences as CUDA graphs
+    #                                  (CUDA devices only); 0 = off
     torch_threads: int = 0  # intra-op CPU threads in the tail's process; 0 = torch's default
     listen: str = "127.0.0.1:50051"  # host:port of the Pipeline gRPC service
     # Plaintext on an address beyond loopback is refused unless this says it is meant.
@@ -79,8 +83,10 @@ class WorkerConfig:
             "layer_start": self.layer_start >= 1,
             "dtype": self.dtype in DTYPES,
             "device": bool(self.device),
+            "fp8": self.fp8 in FP8_MODES,
             "kv_cache_bytes": self.kv_cache_bytes > 0,
             "kv_block_size": self.kv_block_size > 0,
+            "cuda_graph_max_batch": self.cuda_graph_max_batch >= 0,
             "torch_threads": self.torch_threads >= 0,
             "listen": _is_host_port(self.listen),
             "executor": self.executor in EXECUTORS,
@@ -131,6 +137,7 @@ _HINTS = {
     "layer_start": " (must be >= 1: the API runs at least the embedding and one layer)",
     "dtype": f" (one of {', '.join(DTYPES)})",
     "executor": f" (one of {', '.join(EXECUTORS)})",
+    "fp8": f" (one of {', '.join(FP8_MODES)})",
     "listen": " (host:port)",
     "metrics_listen": " (host:port, or empty for no metrics)",
     "triton_url": " (host:port of Triton's gRPC endpoint)",

@@ -18,6 +18,7 @@ from engine.attention import (
 )
 from engine.batch import ForwardContext
 from engine.models.base import RMSNorm
+from engine.paged_decode import decode_attention
 from engine.rope import RotaryEmbedding, apply_rope, apply_rope_interleaved
 
 LATENT_NORM_EPS = 1e-6  # q_a_layernorm / kv_a_layernorm: the reference code's default, not rms_norm_eps
@@ -106,6 +107,10 @@ def _subset(ctx: ForwardContext, seqs: list[int]) -> tuple[ForwardContext, torch
 class MLAttention(nn.Module):
     """Low-rank queries and keys/values; the cache holds latents, not per-head keys and values."""
 
+    # Native FP8 keeps kv_b_proj dequantized: decodes slice its weight per head (W_UK, W_UV) for
+    # the absorbed attention; it is 0.3% of a V3 layer (vLLM does the same).
+    fp8_keep_dequantized = ("kv_b_proj",)
+
     def __init__(self, spec: MLASpec, rotary: RotaryEmbedding):
         super().__init__()
         s, bias = spec, spec.attention_bias
@@ -162,6 +167,11 @@ class MLAttention(nn.Module):
         w_uk, w_uv = self._up_weights()
         q_latent = torch.bmm(q_nope.transpose(0, 1), w_uk).transpose(0, 1)  # [B, nh, kvr]
         query = torch.cat([q_latent, q_pe], dim=-1)  # [B, nh, kvr + r]
+        if ctx.decode_tables is not None:  # the latent rows are the keys and (their first kvr) values
+            latent = cache[:, None, :]  # [S, 1, kvr + r]
+            out_latent = decode_attention(query, latent, latent[..., : s.kv_lora_rank],
+                                          ctx.decode_tables, s.softmax_scale)  # [B, nh, kvr]
+            return torch.bmm(out_latent.transpose(0, 1), w_uv).transpose(0, 1)  # [B, nh, v]
         rows = gather_context(cache, ctx).to(query.dtype)  # [B, C, kvr + r]
         scores = torch.bmm(query, rows.transpose(1, 2)).float() * s.softmax_scale  # [B, nh, C]
         if not all(n == ctx.context_slots.shape[1] for n in ctx.context_lens):

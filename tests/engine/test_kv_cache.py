@@ -26,7 +26,7 @@ def test_capacity_comes_from_the_byte_budget_in_whole_blocks():
     assert kv.capacity_tokens == 20 and kv.used_tokens == 0 and kv.usage == 0
     assert set(kv.layers) == {0, 1}
     k, v = kv.layers[0]
-    assert k.shape == (20, 2, 8) and v.shape == (20, 2, 8)
+    assert k.shape == (24, 2, 8) and v.shape == (24, 2, 8)  # and the scratch block of graph padding
     assert kv.bytes_per_token == 2 * TOKEN_BYTES
 
 

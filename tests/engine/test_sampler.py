@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
-from engine.sampler import SamplerState, apply_penalties, sample, truncate
+from engine.sampler import SamplerState, sample
 from engine.sampling_params import SamplingParams
+from sampler_reference import apply_penalties, truncate  # the row-wise sampler sample() equals
 
 VOCAB = 50
 
@@ -94,6 +95,20 @@ def test_truncated_tokens_are_never_sampled():
     logits = random_logits(1, seed=5)
     allowed = set(torch.topk(logits[0], 3).indices.tolist())
     assert set(draw(logits, SamplingParams(top_k=3, seed=1), 200)) <= allowed
+
+
+def test_batched_penalties_equal_the_row_wise_ones():
+    from engine.sampling_ops import apply_penalties as batched
+
+    logits = random_logits(3, seed=8)
+    params = [SamplingParams(presence_penalty=0.5, frequency_penalty=0.25, prompt_token_ids=(4,)),
+              SamplingParams(),
+              SamplingParams(repetition_penalty=1.3, frequency_penalty=-0.5, prompt_token_ids=(0, 9))]
+    outputs = [[1, 1, 2], [3], [9, 7, 7]]
+    got = batched(logits, params, outputs)
+    for row, (p, out) in enumerate(zip(params, outputs)):
+        state = SamplerState(p, None, out)
+        assert torch.equal(got[row], apply_penalties(logits[row], state))
 
 
 def test_presence_and_frequency_penalize_output_tokens_only():
