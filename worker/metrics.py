@@ -86,5 +86,8 @@ class MeteredExecutor:
     def serving(self) -> bool:
         return self.inner.serving()
 
+    async def wait_failed(self) -> str:
+        return await self.inner.wait_failed()
+
     async def close(self) -> None:
         await self.inner.close()
