@@ -16,6 +16,7 @@ from master.auth import parse_api_keys
 
 ENV_PREFIX = "DUET_MASTER_"
 ROLES = ("master", "standby")
+FP8_MODES = ("native", "dequantize")
 
 
 def _api_keys(value) -> Mapping[str, str]:
@@ -34,6 +35,7 @@ class MasterConfig:
     head_layer_end: int = 1  # k: this host runs layers [0, k)
     dtype: str = "float32"
     device: str = "cpu"
+    fp8: str = "native"  # FP8 checkpoints: keep e4m3 on GPUs that can (cc >= 8.9) | "dequantize"
     kv_cache_bytes: int = 256 * 2**20
     cuda_graph_max_batch: int = 64  # decode steps of up to this many sequences as CUDA graphs
     #                                  (CUDA devices only; >= max_num_seqs to graph them all); 0 = off
@@ -53,7 +55,11 @@ class MasterConfig:
     max_model_len: int = 0  # 0 = the checkpoint's max_position_embeddings
     log_prompts: bool = False  # prompt text in the access log
     role: str = "master"  # "standby" answers only after POST /admin/activate
+    standby_mode: str = "hot"  # a standby's head: "hot" loaded at start, "cold" on activation
     reasoning_parser: str = "auto"  # "auto" (R1-style <think> if the template uses it) | "none"
+    max_output_tokens: int = 32768  # per request; absent max_tokens = min(what fits, this)
+    max_request_body_bytes: int = 32 * 2**20  # larger request bodies get 413
+    tokenizer_threads: int = 2  # tokenize and render chat templates off the event loop
     # The pipeline (master/pipeline_generator.py, master/pipeline_client.py):
     kv_block_size: int = 16  # tokens per KV block of the head's cache
     max_inflight_batches: int = 2  # micro-batches sent to the worker, not yet answered
@@ -87,6 +93,7 @@ def _checks(c: MasterConfig) -> dict[str, tuple[bool, str]]:
         "head_layer_end": (c.head_layer_end >= 1, "k >= 1"),
         "dtype": (c.dtype in DTYPES, " | ".join(DTYPES)),
         "device": (bool(c.device), "a torch device such as cpu or cuda:0"),
+        "fp8": (c.fp8 in FP8_MODES, " | ".join(FP8_MODES)),
         "kv_cache_bytes": (c.kv_cache_bytes > 0, "a positive number of bytes"),
         "cuda_graph_max_batch": (c.cuda_graph_max_batch >= 0, ">= 0 (0 = off)"),
         "worker_address": (":" in c.worker_address, "host:port"),
@@ -95,7 +102,11 @@ def _checks(c: MasterConfig) -> dict[str, tuple[bool, str]]:
         "step_token_budget": (c.step_token_budget >= 1, ">= 1"),
         "max_model_len": (c.max_model_len >= 0, ">= 0 (0 = the checkpoint's)"),
         "role": (c.role in ROLES, " | ".join(ROLES)),
+        "standby_mode": (c.standby_mode in ("hot", "cold"), "hot | cold"),
         "reasoning_parser": (c.reasoning_parser in ("auto", "none"), "auto | none"),
+        "max_output_tokens": (1 <= c.max_output_tokens < 2**31, "1 .. 2**31 - 1 tokens"),
+        "max_request_body_bytes": (c.max_request_body_bytes >= 1024, ">= 1024 bytes"),
+        "tokenizer_threads": (c.tokenizer_threads >= 1, ">= 1"),
         "kv_block_size": (c.kv_block_size >= 1, ">= 1"),
         "max_inflight_batches": (c.max_inflight_batches >= 1, ">= 1"),
         "step_timeout_s": (c.step_timeout_s > 0, "> 0 seconds"),

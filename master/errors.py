@@ -19,6 +19,7 @@ _SEQUENCE_STATUS = {"RESOURCE_EXHAUSTED": 503, "INVALID_ARGUMENT": 400, "UNAVAIL
                     "CANCELLED": 499, "DEADLINE_EXCEEDED": 504}
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
           404: "invalid_request_error", 405: "invalid_request_error",
+          413: "invalid_request_error",
           429: "rate_limit_error", 499: "invalid_request_error"}
 
 
@@ -54,8 +55,8 @@ def to_api_error(exc: BaseException) -> APIError:
         retry = str(max(1, math.ceil(exc.retry_after_s)))
         return APIError(429, str(exc), code="rate_limit_exceeded", headers={"Retry-After": retry})
     if isinstance(exc, PipelineUnavailable):
-        retry = exc.retry_after_s
-        headers = {"Retry-After": str(max(1, math.ceil(retry)))} if retry else None
+        retry_after_s = getattr(exc, "retry_after_s", 0)  # a cold standby that is loading
+        headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))} if retry_after_s else None
         return APIError(503, f"the model is unavailable: {exc}", code="pipeline_unavailable",
                         headers=headers)
     if isinstance(exc, SequenceFailed):
@@ -101,7 +102,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        code = {404: "not_found", 405: "method_not_allowed",
+                413: "request_too_large"}.get(exc.status_code)
         return APIError(exc.status_code, str(exc.detail), code=code).response()
 
     @app.exception_handler(Exception)

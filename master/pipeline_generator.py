@@ -7,7 +7,7 @@ import dataclasses
 import time
 from typing import AsyncIterator
 
-from master.generation import GenerationRequest, PipelineUnavailable, TokenEvent
+from master.generation import GenerationRequest, PipelineUnavailable, TokenEvent, check_request
 from master.pipeline_driver import PipelineDriver
 from master.scheduler import Scheduler, SchedulerConfig
 from master.sequence import Sequence
@@ -56,6 +56,7 @@ class PipelineGenerator:
         ready, reason = self.readiness()
         if not ready and not self.driver.recovering:  # while rebuilding, new ones wait too
             raise PipelineUnavailable(reason, self.scheduler.config.retry_after_s)
+        check_request(request, self.head.vocab_size)  # fails alone here, not a whole step
         seq = Sequence(request)
         self.scheduler.add(seq)
         self.driver.wake.set()

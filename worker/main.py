@@ -15,9 +15,13 @@ from pathlib import Path
 
 import grpc
 
+from runtime.sd_notify import supervise
 from engine.errors import CheckpointError
+from engine.manifest import Manifest
+from proto import pipeline_pb2 as pb
 from worker.config import WorkerConfig
-from worker.executor import Executor, ExecutorUnavailable, LocalExecutor
+from worker.executor import Executor, ExecutorFailed, ExecutorUnavailable, LocalExecutor
+from worker.metrics import WorkerMetrics
 from worker.server import PipelineService, make_server, set_serving
 from worker.triton_process import TritonStartError
 from worker.triton_repo import TritonNotInstalled, write_model_repo
@@ -25,7 +29,7 @@ from worker.triton_repo import TritonNotInstalled, write_model_repo
 log = logging.getLogger("worker")
 # Failures that are the operator's to fix: reported as one line, not a traceback.
 STARTUP_ERRORS = (CheckpointError, TritonStartError, TritonNotInstalled, ExecutorUnavailable,
-                  OSError, ValueError)
+                  ExecutorFailed, OSError, ValueError)
 # Of those, the ones that mean the config or the checkpoint is wrong: exit code 2.
 BAD_INPUT_ERRORS = (CheckpointError, ValueError, FileNotFoundError)
 
@@ -48,14 +52,28 @@ def server_credentials(config: WorkerConfig) -> grpc.ServerCredentials | None:
                                        require_client_auth=ca is not None)
 
 
+def attach_manifest(info: pb.HandshakeReply, model_dir: str) -> None:
+    """The checkpoint's SHA256SUMS into the handshake reply, so the API can compare."""
+    manifest = Manifest.read(model_dir)
+    if manifest is not None:
+        info.manifest_digest = manifest.digest()
+        info.manifest.extend(pb.ManifestEntry(path=path, sha256=sha)
+                             for path, sha in manifest.entries)
+
+
 class Worker:
     """One worker: executor + gRPC server + idle sweeper."""
 
     def __init__(self, config: WorkerConfig):
         self.config = config
         self.executor = make_executor(config)
+        self.metrics = WorkerMetrics() if config.metrics_listen else None
+        if self.metrics is not None:
+            self.executor = self.metrics.wrap(self.executor)
         self.service = PipelineService(self.executor, config.max_message_bytes,
                                        config.tls_client_names)
+        if self.metrics is not None:
+            self.metrics.track(self.service)
         self.server, self.health, self.port = make_server(
             self.service, config.listen, credentials=server_credentials(config))
         self.sweeper: asyncio.Task | None = None
@@ -64,6 +82,8 @@ class Worker:
         """Listen at once (health NOT_SERVING), load the tail, then serve."""
         await set_serving(self.health, False)
         await self.server.start()
+        if self.metrics is not None:
+            self.metrics.serve(self.config.metrics_listen)
         started_s = time.perf_counter()
         try:
             info = await self.executor.start()
@@ -72,6 +92,7 @@ class Worker:
             raise
         self.service.info = info
         info.max_message_bytes = self.config.max_message_bytes
+        attach_manifest(info, self.config.model_dir)
         security = ("mutual TLS" if self.config.tls_client_ca_file
                     else "TLS" if self.config.tls else "plaintext")
         log.info("worker ready: executor %s, layers [%d, %d) of %d, device %s, dtype %s, "
@@ -104,17 +125,20 @@ class Worker:
         await self.server.stop(grace_s)
         await self.service.close()
         await self.executor.close()
+        if self.metrics is not None:
+            self.metrics.close()
         log.info("worker stopped")
 
 
 async def run_worker(config: WorkerConfig, ready: asyncio.Event | None = None) -> None:
-    """Serve until cancelled; `ready` is set once the tail is loaded and serving."""
+    """Serve until cancelled (or ExecutorFailed); `ready` is set once the tail is serving."""
     worker = Worker(config)
     await worker.start()
     if ready is not None:
         ready.set()
     try:
-        await asyncio.Event().wait()
+        why = await worker.executor.wait_failed()
+        raise ExecutorFailed(f"{why}; exiting so that a supervisor restarts the worker")
     finally:
         await asyncio.shield(worker.stop())
 
@@ -129,10 +153,14 @@ async def _serve_until_signal(config: WorkerConfig) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
+    ready = asyncio.Event()
+    systemd = asyncio.create_task(supervise(ready, "worker serving"))
     try:
-        await run_worker(config)
+        await run_worker(config, ready)
     except asyncio.CancelledError:
         pass
+    finally:
+        systemd.cancel()
 
 
 def run_cli(config_path: str, write_model_repo_dir: str | None = None) -> int:
