@@ -96,18 +96,22 @@ def _tokenizer_info(xgr, model_dir: Path, vocab_size: int):
 
 
 def apply_guides(logits: torch.Tensor, guides: list[Guide | None]) -> torch.Tensor:
-    """logits [B, V] -> [B, V] with the tokens each row's grammar forbids at -inf; rows without
-    a guide (or whose grammar has finished) keep their values exactly."""
+    """logits [B, V] -> a copy with the tokens each row's grammar forbids at -inf; rows without
+    a guide (or whose grammar has finished) keep their values exactly. The raw logits stay as
+    they are: logprobs are of the model's distribution."""
     rows = [i for i, g in enumerate(guides) if g is not None and not g.finished()]
     if not rows:
         return logits
-    dev, vocab = logits.device, logits.shape[1]
-    bitmask = torch.full((len(rows), (vocab + 31) // 32), -1, dtype=torch.int32,
-                         pin_memory=dev.type == "cuda")  # [R, W]: bit j of word w: token 32w+j
-    guides[rows[0]].batch.batch_fill_next_token_bitmask([guides[i].matcher for i in rows], bitmask)
-    words = bitmask.to(dev, non_blocking=True)
-    shifts = torch.arange(32, device=dev, dtype=torch.int32)
-    allowed = ((words[:, :, None] >> shifts) & 1).reshape(len(rows), -1)[:, :vocab]  # [R, V]
-    index = torch.tensor(rows).to(dev, non_blocking=True)
-    masked = logits.index_select(0, index).masked_fill(allowed == 0, float("-inf"))
-    return logits.index_copy(0, index, masked)
+    import xgrammar as xgr
+
+    # xgrammar's apply (a C++ loop on CPU, a Triton kernel on CUDA) against unpacking the bits
+    # with torch ops: 34 vs 105 ms at batch 1 and 136 vs 268 ms at batch 32 on the loaded
+    # 2-core VM (a plain clone of the logits took 27 / 32 ms there).
+    bitmask = torch.full((len(guides), (logits.shape[1] + 31) // 32), -1, dtype=torch.int32,
+                         pin_memory=logits.is_cuda)  # [B, W]: bit j of word w: token 32w+j
+    guides[rows[0]].batch.batch_fill_next_token_bitmask([guides[i].matcher for i in rows],
+                                                         bitmask, indices=rows)
+    masked = logits.clone()
+    xgr.apply_token_bitmask_inplace(masked, bitmask.to(logits.device, non_blocking=True),
+                                    indices=rows)
+    return masked

@@ -1,9 +1,9 @@
 """What structured outputs cost per output token: the tiny DeepSeek-V3 checkpoint (real
 129,280-id tokenizer) decoding at batch 1 and 32, each step's logits sampled twice side by
 side, without grammars and with one JSON-schema matcher per row (bench/grammar/engines.py's
-schema, llguidance through engine/guide.py); the difference over the plain decode step.
+schema, xgrammar through engine/guide.py); the difference over the plain decode step.
 
-    python bench/grammar/overhead.py [--device cuda] --out bench/grammar/overhead.md
+    python -m bench.grammar.overhead [--device cuda] --out bench/grammar/overhead.md
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def run(stage: Stage, factory: GuideFactory, batch: int, device: str) -> dict:
         sample(logits, guided)
         t2 = sync(device)
         for i, s in enumerate(guided):  # a finished grammar starts over, the bench goes on
-            if s.guide.matcher.is_stopped():
+            if s.guide.finished() or s.guide.matcher.is_completed():
                 guided[i] = SamplerState.create(params, factory.create(constraint))
         batch_ = StepBatch(tuple(SeqChunk(s, PROMPT_TOKENS + step, 1) for s in ids))
         t3 = sync(device)
@@ -80,7 +80,7 @@ def main() -> None:
         model = write_tiny_model("deepseek_v3", Path(tmp) / "m", seed=0)
         stage = Stage.load(model, 0, 4, dtype="float32", device=args.device)
         factory = GuideFactory(model, stage.config.vocab_size)
-        factory.tokenizer()  # the vocabulary's one-time set-up is not per token
+        factory.compiler()  # the vocabulary's one-time set-up is not per token
         for batch in (1, 32):
             r = run(stage, factory, batch, args.device)
             lines.append(f"| {batch} | {r['step_s'] * 1e3:.2f} ms | {r['extra_s'] * 1e3:.2f} ms "
