@@ -87,12 +87,17 @@ class ServingContext:
 
     def choice_states(self, response_id: str, req: _SamplingFields, prompts: list[list[int]],
                       max_tokens: list[int], logprobs: int | None,
-                      think_open: bool | None = None) -> list[ChoiceState]:
+                      think_open: bool | None = None,
+                      constraint: Constraint | None = None) -> list[ChoiceState]:
         """n choices per prompt, index = prompt * n + i, seed + i for choice i.
 
         think_open None: no reasoning split (completions); else whether the prompt opened it.
+        constraint: what the output must match when the caller decides it (a forced tool
+        call); by default the request's response_format / guided_* fields.
         """
-        states, constraint = [], constraint_of(req)  # checked once: a bad schema is a 400
+        states = []
+        if constraint is None:
+            constraint = constraint_of(req)  # checked once: a bad schema is a 400
         for p, (ids, budget) in enumerate(zip(prompts, max_tokens)):
             for i in range(req.n):
                 index = p * req.n + i
