@@ -16,6 +16,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from engine.constraint import Constraint
 from engine.sampling_params import SamplingParams
 from master.access_log import AccessRecord
 from master.bundle import ModelBundle
@@ -26,6 +27,7 @@ from master.generation import GenerationRequest, Generator
 from master.metrics import Metrics
 from master.protocol import Usage, _SamplingFields
 from master.reasoning import ReasoningParser, prompt_opens_think
+from master.structured import constraint_of
 from proto.convert import WireError, check_wire_ranges
 
 T = TypeVar("T")
@@ -74,7 +76,8 @@ class ServingContext:
         return requested
 
     def sampling_params(self, req: _SamplingFields, logprobs: int | None,
-                        prompt_ids: list[int], choice: int) -> SamplingParams:
+                        prompt_ids: list[int], choice: int,
+                        constraint: Constraint | None = None) -> SamplingParams:
         """Request fields, else generation_config.json's defaults, else OpenAI's."""
         defaults = self.bundle.sampling_defaults
 
@@ -93,6 +96,7 @@ class ServingContext:
                 repetition_penalty=repetition_penalty, logprobs=logprobs,
                 stop_token_ids=self.bundle.stop_token_ids + tuple(req.stop_token_ids or ()),
                 prompt_token_ids=tuple(prompt_ids) if repetition_penalty != 1.0 else (),
+                constraint=constraint,
             )
             check_wire_ranges(params)
         except WireError as e:
@@ -114,16 +118,21 @@ class ServingContext:
 
     def choice_states(self, response_id: str, req: _SamplingFields, prompts: list[list[int]],
                       max_tokens: list[int], logprobs: int | None,
-                      think_open: bool | None = None) -> list[ChoiceState]:
+                      think_open: bool | None = None,
+                      constraint: Constraint | None = None) -> list[ChoiceState]:
         """n choices per prompt, index = prompt * n + i, seed + i for choice i.
 
         think_open None: no reasoning split (completions); else whether the prompt opened it.
+        constraint: what the output must match when the caller decides it (a forced tool
+        call); by default the request's response_format / guided_* fields.
         """
         states = []
+        if constraint is None:
+            constraint = constraint_of(req)  # checked once: a bad schema is a 400
         for p, (ids, budget) in enumerate(zip(prompts, max_tokens)):
             for i in range(req.n):
                 index = p * req.n + i
-                params = self.sampling_params(req, logprobs, ids, i)
+                params = self.sampling_params(req, logprobs, ids, i, constraint)
                 gen = GenerationRequest(f"{response_id}-{index}", ids, params, budget)
                 parser = None
                 if think_open is not None and self.bundle.reasoning:
