@@ -67,6 +67,7 @@ def build(config: MasterConfig) -> Master:
         max_num_seqs=config.max_num_seqs, max_waiting=config.max_waiting,
         step_token_budget=config.step_token_budget, kv_block_size=config.kv_block_size,
         max_inflight_batches=config.max_inflight_batches,
+        enable_prefix_caching=config.enable_prefix_caching,
     )
     metrics = Metrics(config.served_model_name)
     generator = PipelineGenerator(head, client, scheduling, metrics=metrics,
