@@ -191,10 +191,10 @@ class TailRunner:
                             f"position gap in sequence {seq_step.seq_id!r}: expected start_pos "
                             f"{expected}, got {seq_step.start_pos}")
         end_pos = seq_step.start_pos + seq_step.num_tokens
+        if seq_step.cached_prefix and key not in self.seqs:
+            self._attach(stream, seq, list(seq_step.cached_prefix))
         try:
             self.quota.check(stream, key, end_pos - seq.kept_tokens)
-            if seq_step.cached_prefix and key not in self.seqs:
-                self._attach(stream, seq, list(seq_step.cached_prefix))
             self.stage.kv.reserve(key, end_pos)
         except (KVCacheFull, StreamQuotaExceeded) as e:
             self.stage.release(key)  # the blocks it attached
