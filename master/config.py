@@ -16,6 +16,7 @@ from master.auth import parse_api_keys
 
 ENV_PREFIX = "DUET_MASTER_"
 ROLES = ("master", "standby")
+FP8_MODES = ("native", "dequantize")
 
 
 def _api_keys(value) -> Mapping[str, str]:
@@ -34,6 +35,7 @@ class MasterConfig:
     head_layer_end: int = 1  # k: this host runs layers [0, k)
     dtype: str = "float32"
     device: str = "cpu"
+    fp8: str = "native"  # FP8 checkpoints: keep e4m3 on GPUs that can (cc >= 8.9) | "dequantize"
     kv_cache_bytes: int = 256 * 2**20
     cuda_graph_max_batch: int = 64  # decode steps of up to this many sequences as CUDA graphs
     #                                  (CUDA devices only; >= max_num_seqs to graph them all); 0 = off
@@ -84,6 +86,7 @@ def _checks(c: MasterConfig) -> dict[str, tuple[bool, str]]:
         "head_layer_end": (c.head_layer_end >= 1, "k >= 1"),
         "dtype": (c.dtype in DTYPES, " | ".join(DTYPES)),
         "device": (bool(c.device), "a torch device such as cpu or cuda:0"),
+        "fp8": (c.fp8 in FP8_MODES, " | ".join(FP8_MODES)),
         "kv_cache_bytes": (c.kv_cache_bytes > 0, "a positive number of bytes"),
         "cuda_graph_max_batch": (c.cuda_graph_max_batch >= 0, ">= 0 (0 = off)"),
         "worker_address": (":" in c.worker_address, "host:port"),

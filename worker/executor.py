@@ -51,7 +51,8 @@ def tail_loader(config: WorkerConfig) -> Callable[[], TailRunner]:
         return TailRunner.load(
             config.model_dir, config.layer_start, dtype=config.dtype, device=config.device,
             kv_cache_bytes=config.kv_cache_bytes, block_size=config.kv_block_size,
-            idle_timeout_s=config.idle_timeout_s, stream_kv_share=config.stream_kv_share,
+            idle_timeout_s=config.idle_timeout_s, fp8=config.fp8,
+            stream_kv_share=config.stream_kv_share,
             stream_max_seqs=config.stream_max_seqs,
             cuda_graph_max_batch=graph_batch_for(config.device, config.cuda_graph_max_batch),
         )
