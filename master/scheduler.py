@@ -6,7 +6,9 @@ on their way, runs the head on the result and sends it; with the worker's reply 
 takes decodes first, then prefill chunks, then newly admitted sequences, under a token
 budget; a long prompt is split over steps and only its last chunk samples. A sequence is in
 at most one in-flight step, so with two in flight the running set splits itself into halves
-that alternate between the head and the worker.
+that alternate between the head and the worker. With prefix caching (master/prefix_cache.py)
+a new prompt starts after its longest kept prefix, and kept blocks count once against the KV
+capacity of both stages.
 """
 from __future__ import annotations
 
