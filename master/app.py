@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from master.access_log import AccessLogMiddleware, AccessRecord
 from master.auth import ApiKeyChecker, ApiKeyMiddleware
+from master.body_limit import BodyLimitMiddleware
 from master.bundle import ModelBundle
 from master.config import MasterConfig
 from master.errors import install_error_handlers
@@ -30,10 +32,13 @@ def create_app(config: MasterConfig, generator: Generator, bundle: ModelBundle,
     """The API of one master (or standby). `lifespan` starts and stops the scheduler."""
     app = FastAPI(title="duet", lifespan=lifespan, docs_url=None, redoc_url=None)
     ctx = ServingContext(config, generator, bundle,
-                         metrics or Metrics(config.served_model_name))
+                         metrics or Metrics(config.served_model_name),
+                         ThreadPoolExecutor(config.tokenizer_threads,
+                                            thread_name_prefix="duet-tokenize"))
     app.state.ctx = ctx
     install_error_handlers(app)
     app.add_middleware(ApiKeyMiddleware, checker=ApiKeyChecker(config.api_keys))
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_request_body_bytes)
     app.add_middleware(AccessLogMiddleware, log_prompts=config.log_prompts)  # outermost
 
     @app.post("/v1/chat/completions")

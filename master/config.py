@@ -56,6 +56,9 @@ class MasterConfig:
     log_prompts: bool = False  # prompt text in the access log
     role: str = "master"  # "standby" answers only after POST /admin/activate
     reasoning_parser: str = "auto"  # "auto" (R1-style <think> if the template uses it) | "none"
+    max_output_tokens: int = 32768  # per request; absent max_tokens = min(what fits, this)
+    max_request_body_bytes: int = 32 * 2**20  # larger request bodies get 413
+    tokenizer_threads: int = 2  # tokenize and render chat templates off the event loop
     # The pipeline (master/pipeline_generator.py, master/pipeline_client.py):
     kv_block_size: int = 16  # tokens per KV block of the head's cache
     enable_prefix_caching: bool = True  # share KV blocks of equal prompt prefixes (both stages)
@@ -96,6 +99,9 @@ def _checks(c: MasterConfig) -> dict[str, tuple[bool, str]]:
         "max_model_len": (c.max_model_len >= 0, ">= 0 (0 = the checkpoint's)"),
         "role": (c.role in ROLES, " | ".join(ROLES)),
         "reasoning_parser": (c.reasoning_parser in ("auto", "none"), "auto | none"),
+        "max_output_tokens": (1 <= c.max_output_tokens < 2**31, "1 .. 2**31 - 1 tokens"),
+        "max_request_body_bytes": (c.max_request_body_bytes >= 1024, ">= 1024 bytes"),
+        "tokenizer_threads": (c.tokenizer_threads >= 1, ">= 1"),
         "kv_block_size": (c.kv_block_size >= 1, ">= 1"),
         "max_inflight_batches": (c.max_inflight_batches >= 1, ">= 1"),
         "step_timeout_s": (c.step_timeout_s > 0, "> 0 seconds"),

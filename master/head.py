@@ -45,6 +45,10 @@ class Head:
         return self.stage.layer_end
 
     @property
+    def vocab_size(self) -> int:
+        return self.stage.config.vocab_size
+
+    @property
     def hidden_size(self) -> int:
         return self.stage.config.hidden_size
 

@@ -32,15 +32,23 @@ def _message_dict(m: ChatMessage, index: int) -> dict:
     return d
 
 
+RESERVED_TEMPLATE_NAMES = frozenset({"messages", "tools", "documents", "add_generation_prompt"})
+
+
 def render_prompt(ctx: ServingContext, req: ChatCompletionRequest) -> tuple[str, list[int]]:
     template = ctx.bundle.chat_template
     if template is None:
         raise APIError(400, "this model has no chat template; use /v1/completions",
                        param="messages")
     messages = [_message_dict(m, i) for i, m in enumerate(req.messages)]
+    extra = req.chat_template_kwargs or {}
+    taken = sorted(RESERVED_TEMPLATE_NAMES & extra.keys())
+    if taken:
+        raise APIError(400, f"chat_template_kwargs: {taken[0]!r} is set by the request itself",
+                       param="chat_template_kwargs")
     try:
         prompt = template.render(messages, add_generation_prompt=req.add_generation_prompt,
-                                 tools=req.tools, **(req.chat_template_kwargs or {}))
+                                 tools=req.tools, **extra)
     except ChatTemplateError as e:
         raise APIError(400, str(e), param="messages") from None
     return prompt, template.encode(prompt)
@@ -63,7 +71,7 @@ def chat_logprobs(tok: Tokenizer, update: ChoiceUpdate, top_n: int) -> ChatLogpr
 async def chat_completion(ctx: ServingContext, req: ChatCompletionRequest,
                           request: Request, record: AccessRecord):
     ctx.check_model(req.model)
-    prompt, ids = render_prompt(ctx, req)
+    prompt, ids = await ctx.off_loop(render_prompt, ctx, req)
     record.prompt = prompt
     budget = ctx.max_tokens(len(ids), req.max_completion_tokens or req.max_tokens,
                             "max_completion_tokens" if req.max_completion_tokens else "max_tokens",

@@ -5,6 +5,7 @@ between modules.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import grpc
 import httpx
@@ -104,6 +106,24 @@ def start_master(tmp: Path, model_dir: Path, k: int, worker_port: int, *,
                       env=env)
     url = service.wait_for(r"duet master: serving (http://\S+)").group(1)
     return service, url
+
+
+@contextlib.contextmanager
+def live_pipeline(tmp: Path, model_dir: Path, k: int, **master_fields) -> Iterator[str]:
+    """A worker (local executor) and a ready master in front of it; yields the master's URL
+    and stops both afterwards."""
+    worker, worker_port = start_worker(tmp, model_dir, k)
+    try:
+        master, url = start_master(tmp, model_dir, k, worker_port, **master_fields)
+    except Exception:
+        worker.stop()
+        raise
+    try:
+        wait_ready(url)
+        yield url
+    finally:
+        master.stop()
+        worker.stop()
 
 
 def wait_ready(url: str, timeout_s: float = 60.0) -> None:
