@@ -55,6 +55,7 @@ class MasterConfig:
     max_model_len: int = 0  # 0 = the checkpoint's max_position_embeddings
     log_prompts: bool = False  # prompt text in the access log
     role: str = "master"  # "standby" answers only after POST /admin/activate
+    standby_mode: str = "hot"  # a standby's head: "hot" loaded at start, "cold" on activation
     reasoning_parser: str = "auto"  # "auto" (R1-style <think> if the template uses it) | "none"
     max_output_tokens: int = 32768  # per request; absent max_tokens = min(what fits, this)
     max_request_body_bytes: int = 32 * 2**20  # larger request bodies get 413
@@ -98,6 +99,7 @@ def _checks(c: MasterConfig) -> dict[str, tuple[bool, str]]:
         "step_token_budget": (c.step_token_budget >= 1, ">= 1"),
         "max_model_len": (c.max_model_len >= 0, ">= 0 (0 = the checkpoint's)"),
         "role": (c.role in ROLES, " | ".join(ROLES)),
+        "standby_mode": (c.standby_mode in ("hot", "cold"), "hot | cold"),
         "reasoning_parser": (c.reasoning_parser in ("auto", "none"), "auto | none"),
         "max_output_tokens": (1 <= c.max_output_tokens < 2**31, "1 .. 2**31 - 1 tokens"),
         "max_request_body_bytes": (c.max_request_body_bytes >= 1024, ">= 1024 bytes"),
