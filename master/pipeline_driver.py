@@ -119,7 +119,7 @@ class PipelineDriver:
                 self.scheduler.abandon(step, SequenceFailed("INTERNAL", f"head forward: {e}"))
                 hidden = empty_hidden(self.head.hidden_size, self.head.dtype)
             self.inflight.append((step, time.monotonic()))
-            await stream.send(step_request(step, hidden))
+            await stream.send(step_request(step, hidden))  # cannot fail: see check_request
             if self.metrics is not None and step.prefix_query_tokens:
                 self.metrics.observe_prefix_cache(step.prefix_query_tokens, step.prefix_hit_tokens)
             self.update_metrics()

@@ -85,6 +85,29 @@ def targets(r: dict) -> list[str]:
     ]
 
 
+def measured_tables(r: dict) -> list[str]:
+    """Accuracy per layer, the kernel's speed and the tiny checkpoint's greedy agreement."""
+    return [
+        "## Accuracy: each layer's output vs the dequantized layer on the same input", "",
+        "| case | layer | layer output rel. error | experts, same routing | tokens routed elsewhere |",
+        "|---|---:|---:|---:|---:|",
+        *[f"| {case} | {idx} | {v['layer']:.4f} | {v['experts_same_routing']:.4f} | "
+          f"{v['tokens_rerouted']:.3f} |" for case, per in r["accuracy"].items()
+          for idx, v in per.items()], "",
+        "## Kernel (one 36864 x 7168 FP8 projection, 264 MB; us)", "",
+        "| M | bf16 cuBLAS (528 MB) | FP8, bf16 activations | FP8, e4m3 activations |",
+        "|---:|---:|---:|---:|",
+        *[f"| {k['m']} | {k['bf16_us']:.0f} | {k['fp8_act0_us']:.0f} | {k['fp8_act1_us']:.0f} |"
+          for k in r["kernel_speed"] if "m" in k], "",
+        "## Tiny FP8 checkpoint: greedy tokens equal of 32 (native vs dequantize)", "",
+        "| prompt | bf16 free | bf16 forced | fp32 free | fp32 forced | bf16 vs fp32 dequantize, forced |",
+        "|---:|---:|---:|---:|---:|---:|",
+        *[f"| {i} | {g['native_vs_dequantize_bf16']['free']} | {g['native_vs_dequantize_bf16']['forced']} "
+          f"| {g['native_vs_dequantize_fp32']['free']} | {g['native_vs_dequantize_fp32']['forced']} "
+          f"| {g['bf16_vs_fp32_dequantize']['forced']} |" for i, g in enumerate(r["tiny_greedy"])], "",
+    ]
+
+
 def main(path: str) -> None:
     r = json.loads(open(path).read())
     nat, deq = r["modes"]["native"], r["modes"]["dequantize"]
@@ -115,23 +138,7 @@ def main(path: str) -> None:
         f"- native: {nat['prefill']['ms']:.1f} ms for {nat['layers']} layers "
         f"({nat['prefill']['tok_per_s']:.0f} tok/s through them); dequantized bf16: "
         f"{deq['prefill']['ms']:.1f} ms ({deq['prefill']['tok_per_s']:.0f} tok/s)", "",
-        "## Accuracy: each layer's output vs the dequantized layer on the same input", "",
-        "| case | layer | layer output rel. error | experts, same routing | tokens routed elsewhere |",
-        "|---|---:|---:|---:|---:|",
-        *[f"| {case} | {idx} | {v['layer']:.4f} | {v['experts_same_routing']:.4f} | "
-          f"{v['tokens_rerouted']:.3f} |" for case, per in r["accuracy"].items()
-          for idx, v in per.items()], "",
-        "## Kernel (one 36864 x 7168 FP8 projection, 264 MB; us)", "",
-        "| M | bf16 cuBLAS (528 MB) | FP8, bf16 activations | FP8, e4m3 activations |",
-        "|---:|---:|---:|---:|",
-        *[f"| {k['m']} | {k['bf16_us']:.0f} | {k['fp8_act0_us']:.0f} | {k['fp8_act1_us']:.0f} |"
-          for k in r["kernel_speed"] if "m" in k], "",
-        "## Tiny FP8 checkpoint: greedy tokens equal of 32 (native vs dequantize)", "",
-        "| prompt | bf16 free | bf16 forced | fp32 free | fp32 forced | bf16 vs fp32 dequantize, forced |",
-        "|---:|---:|---:|---:|---:|---:|",
-        *[f"| {i} | {g['native_vs_dequantize_bf16']['free']} | {g['native_vs_dequantize_bf16']['forced']} "
-          f"| {g['native_vs_dequantize_fp32']['free']} | {g['native_vs_dequantize_fp32']['forced']} "
-          f"| {g['bf16_vs_fp32_dequantize']['forced']} |" for i, g in enumerate(r["tiny_greedy"])], "",
+        *measured_tables(r),
         "## Extrapolation to 61 layers on two hosts", "", *extrapolation(r), "",
         "## Targets (issue 12)", "", *targets(r), "",
     ]
