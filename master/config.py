@@ -62,6 +62,7 @@ class MasterConfig:
     tokenizer_threads: int = 2  # tokenize and render chat templates off the event loop
     # The pipeline (master/pipeline_generator.py, master/pipeline_client.py):
     kv_block_size: int = 16  # tokens per KV block of the head's cache
+    enable_prefix_caching: bool = True  # share KV blocks of equal prompt prefixes (both stages)
     max_inflight_batches: int = 2  # micro-batches sent to the worker, not yet answered
     step_timeout_s: float = 120.0  # a step unanswered this long means the worker is gone
     max_message_bytes: int = 256 * 2**20  # gRPC limit of one step message, both ways

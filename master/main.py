@@ -86,6 +86,7 @@ def build_pipeline(config: MasterConfig, metrics: Metrics) -> PipelineGenerator:
         max_num_seqs=config.max_num_seqs, max_waiting=config.max_waiting,
         step_token_budget=config.step_token_budget, kv_block_size=config.kv_block_size,
         max_inflight_batches=config.max_inflight_batches,
+        enable_prefix_caching=config.enable_prefix_caching,
     )
     return PipelineGenerator(head, client, scheduling, metrics=metrics,
                              step_timeout_s=config.step_timeout_s,
