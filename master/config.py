@@ -13,6 +13,7 @@ from typing import Mapping
 from runtime.settings import load_settings
 from engine.dtypes import DTYPES
 from master.auth import parse_api_keys
+from master.tool_formats import PARSERS
 
 ENV_PREFIX = "DUET_MASTER_"
 ROLES = ("master", "standby")
@@ -21,6 +22,15 @@ ROLES = ("master", "standby")
 def _api_keys(value) -> Mapping[str, str]:
     """A read-only id -> key map from any form parse_api_keys accepts."""
     return types.MappingProxyType(parse_api_keys(value))
+
+
+def _origins(value) -> tuple[str, ...]:
+    """A TOML list, or the environment's comma-separated text."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError("expected a list of origins")
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,9 @@ class MasterConfig:
     log_prompts: bool = False  # prompt text in the access log
     role: str = "master"  # "standby" answers only after POST /admin/activate
     reasoning_parser: str = "auto"  # "auto" (R1-style <think> if the template uses it) | "none"
+    tool_call_parser: str = "auto"  # auto (by tokenizer) | deepseek_v3 | hermes | none
+    cors_allow_origins: tuple[str, ...] = field(  # origins browsers may call from; () = no
+        default=(), metadata={"parse": _origins})  # CORS headers at all. Env: comma-separated
     # The pipeline (master/pipeline_generator.py, master/pipeline_client.py):
     kv_block_size: int = 16  # tokens per KV block of the head's cache
     max_inflight_batches: int = 2  # micro-batches sent to the worker, not yet answered
@@ -92,6 +105,9 @@ def _checks(c: MasterConfig) -> dict[str, tuple[bool, str]]:
         "max_model_len": (c.max_model_len >= 0, ">= 0 (0 = the checkpoint's)"),
         "role": (c.role in ROLES, " | ".join(ROLES)),
         "reasoning_parser": (c.reasoning_parser in ("auto", "none"), "auto | none"),
+        "tool_call_parser": (c.tool_call_parser in PARSERS, " | ".join(PARSERS)),
+        "cors_allow_origins": (all(isinstance(o, str) and o for o in c.cors_allow_origins),
+                               'a list of origins such as ["https://app.example"] or ["*"]'),
         "kv_block_size": (c.kv_block_size >= 1, ">= 1"),
         "max_inflight_batches": (c.max_inflight_batches >= 1, ">= 1"),
         "step_timeout_s": (c.step_timeout_s > 0, "> 0 seconds"),

@@ -48,7 +48,8 @@ def build(config: MasterConfig) -> Master:
     """Load tokenizer, template and head weights; wire them to a (not yet started) pipeline."""
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)  # a CPU host shared with the worker
-    bundle = ModelBundle.load(config.model_dir, config.max_model_len, config.reasoning_parser)
+    bundle = ModelBundle.load(config.model_dir, config.max_model_len, config.reasoning_parser,
+                              config.tool_call_parser)
     head = Head.load(
         config.model_dir, config.head_layer_end, dtype=config.dtype, device=config.device,
         kv_cache_bytes=config.kv_cache_bytes, block_size=config.kv_block_size,

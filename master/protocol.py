@@ -6,13 +6,23 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
+from master.request_fields import refuse_unknown
+
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # unknown fields are ignored, as OpenAI does
+    # An unknown field is refused with a 400 naming it, as OpenAI does (request_fields.py):
+    # one that would change the output must never be silently ignored.
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _no_unknown_fields(self):
+        refuse_unknown(self.model_extra)
+        return self
 
 
 class StreamOptions(_Request):
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's: usage on every chunk
 
 
 class _SamplingFields(_Request):
@@ -57,6 +67,8 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     add_generation_prompt: bool = True  # vLLM's extension
     chat_template_kwargs: dict[str, Any] | None = None  # vLLM's extension
 
@@ -71,6 +83,7 @@ class CompletionRequest(_SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for legacy completions
     logprobs: int | None = Field(None, ge=0, le=20)
+    max_completion_tokens: int | None = Field(None, ge=1)  # the chat name, accepted here too
     echo: bool = False
     suffix: str | None = None
 
@@ -118,27 +131,62 @@ def _drop_none(handler, obj, keys: tuple[str, ...]) -> dict:
     return {k: v for k, v in data.items() if v is not None or k not in keys}
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # a JSON object, as text
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class DeltaFunctionCall(BaseModel):
+    name: str | None = None
+    arguments: str = ""
+
+    @model_serializer(mode="wrap")
+    def _ser(self, handler):
+        return _drop_none(handler, self, ("name",))
+
+
+class DeltaToolCall(BaseModel):
+    """A call's first delta has id, type and name; later ones only add arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunctionCall
+
+    @model_serializer(mode="wrap")
+    def _ser(self, handler):
+        return _drop_none(handler, self, ("id", "type"))
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
     reasoning_content: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
     @model_serializer(mode="wrap")
     def _ser(self, handler):
-        return _drop_none(handler, self, ("reasoning_content",))
+        return _drop_none(handler, self, ("reasoning_content", "tool_calls"))
 
 
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
     reasoning_content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
     @model_serializer(mode="wrap")
     def _ser(self, handler):
-        return _drop_none(handler, self, ("role", "content", "reasoning_content"))
+        return _drop_none(handler, self, ("role", "content", "reasoning_content", "tool_calls"))
 
 
-FinishReason = Literal["stop", "length"] | None
+FinishReason = Literal["stop", "length", "tool_calls"] | None
 
 
 class ChatChoice(BaseModel):

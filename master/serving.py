@@ -83,10 +83,11 @@ class ServingContext:
 
     def choice_states(self, response_id: str, req: _SamplingFields, prompts: list[list[int]],
                       max_tokens: list[int], logprobs: int | None,
-                      think_open: bool | None = None) -> list[ChoiceState]:
+                      think_open: bool | None = None, tools=None) -> list[ChoiceState]:
         """n choices per prompt, index = prompt * n + i, seed + i for choice i.
 
         think_open None: no reasoning split (completions); else whether the prompt opened it.
+        tools: the chat request's tools.ToolPlan, whose parser reads calls out of the text.
         """
         states = []
         for p, (ids, budget) in enumerate(zip(prompts, max_tokens)):
@@ -97,8 +98,8 @@ class ServingContext:
                 parser = None
                 if think_open is not None and self.bundle.reasoning:
                     parser = ReasoningParser(in_reasoning=think_open)
-                states.append(ChoiceState(index, self.bundle.tokenizer, gen,
-                                          req.stop_strings(), parser))
+                states.append(ChoiceState(index, self.bundle.tokenizer, gen, req.stop_strings(),
+                                          parser, tools.parser() if tools else None))
         return states
 
     def think_open(self, prompt: str) -> bool:
