@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
 from master.access_log import AccessLogMiddleware, AccessRecord
@@ -14,9 +15,11 @@ from master.errors import install_error_handlers
 from master.generation import Generator
 from master.metrics import Metrics
 from master.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
-from master.serving import ServingContext
+from master.serving import ServingContext, json_response
 from master.serving_chat import chat_completion
 from master.serving_completion import completion
+from master.serving_tokenize import (DetokenizeRequest, TokenizeChatRequest,
+                                     TokenizeCompletionRequest, detokenize, tokenize)
 
 log = logging.getLogger("duet.master")
 
@@ -33,7 +36,12 @@ def create_app(config: MasterConfig, generator: Generator, bundle: ModelBundle,
                          metrics or Metrics(config.served_model_name))
     app.state.ctx = ctx
     install_error_handlers(app)
-    app.add_middleware(ApiKeyMiddleware, checker=ApiKeyChecker(config.api_keys))
+    app.add_middleware(ApiKeyMiddleware, checker=ApiKeyChecker(config.api_keys),
+                       prefix=("/v1/", "/tokenize", "/detokenize"))
+    if config.cors_allow_origins:  # off by default: browsers on other origins get no answer
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_allow_origins),
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type"])
     app.add_middleware(AccessLogMiddleware, log_prompts=config.log_prompts)  # outermost
 
     @app.post("/v1/chat/completions")
@@ -43,6 +51,14 @@ def create_app(config: MasterConfig, generator: Generator, bundle: ModelBundle,
     @app.post("/v1/completions")
     async def _completions(req: CompletionRequest, request: Request):
         return await completion(ctx, req, request, _record(request))
+
+    @app.post("/tokenize")
+    async def _tokenize(req: TokenizeCompletionRequest | TokenizeChatRequest):
+        return json_response(tokenize(ctx, req))
+
+    @app.post("/detokenize")
+    async def _detokenize(req: DetokenizeRequest):
+        return json_response(detokenize(ctx, req))
 
     @app.get("/v1/models")
     async def _models():
