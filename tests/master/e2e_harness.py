@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -104,6 +105,24 @@ def start_master(tmp: Path, model_dir: Path, k: int, worker_port: int, *,
                       env=env)
     url = service.wait_for(r"duet master: serving (http://\S+)").group(1)
     return service, url
+
+
+@contextmanager
+def worker_and_master(tmp: Path, model_dir: Path, k: int, *, env: dict | None = None,
+                      **master_fields):
+    """A worker and a master in front of it, ready; yields (master url, worker port)."""
+    worker, worker_port = start_worker(tmp, model_dir, k)
+    try:
+        master, url = start_master(tmp, model_dir, k, worker_port, env=env, **master_fields)
+    except Exception:
+        worker.stop()
+        raise
+    try:
+        wait_ready(url)
+        yield url, worker_port
+    finally:
+        master.stop()
+        worker.stop()
 
 
 def wait_ready(url: str, timeout_s: float = 60.0) -> None:

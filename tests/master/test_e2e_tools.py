@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from e2e_harness import Reference, start_master, start_worker, wait_ready
+from e2e_harness import Reference, worker_and_master
 from engine.tiny_model import write_tiny_model
 from master.bundle import ModelBundle
 from test_http_tools import ASK, FOLLOW_UP, TOOLS
@@ -21,20 +21,10 @@ SPLIT = 1
 def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e_tools")
     model = write_tiny_model("qwen2", tmp / "tiny-qwen2", num_layers=2)
-    worker, worker_port = start_worker(tmp, model, SPLIT)
-    try:
-        master, url = start_master(tmp, model, SPLIT, worker_port)
-    except Exception:
-        worker.stop()
-        raise
-    try:
-        wait_ready(url)
+    with worker_and_master(tmp, model, SPLIT) as (url, _):
         bundle = ModelBundle.load(model)
         yield SimpleNamespace(url=url, name=model.name, tok=bundle.tokenizer,
                               ref=Reference(model, bundle.stop_token_ids))
-    finally:
-        master.stop()
-        worker.stop()
 
 
 @pytest.fixture
