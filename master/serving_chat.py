@@ -42,7 +42,9 @@ def render_prompt(ctx: ServingContext, req: ChatCompletionRequest,
         raise APIError(400, "this model has no chat template; use /v1/completions",
                        param="messages")
     messages = [_message_dict(m, i) for i, m in enumerate(req.messages)]
-    uses = set(template.variables) | ({"tool_calls"} if template.mentions("tool_calls") else set())
+    uses = set(template.variables)  # "tools": the template renders definitions itself
+    if template.mentions("tool_calls"):  # and earlier calls (DeepSeek's)
+        uses.add("tool_calls")
     messages, tools = prompt_messages(messages, plan, ctx.bundle.tool_format, uses)
     try:
         prompt = template.render(messages, add_generation_prompt=req.add_generation_prompt,

@@ -112,7 +112,8 @@ def test_multi_turn_renders_calls_and_results(live, client):
 def test_malformed_call_is_content_never_an_error(live, client):
     kind, _, gen, _ = live
     bad = ("<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{oops"
-           if kind == "deepseek" else '<tool_call>\n{"name": "f", "arguments": {oops}}\n</tool_call>')
+           if kind == "deepseek"
+           else '<tool_call>\n{"name": "f", "arguments": {oops}}\n</tool_call>')
     gen.reply = lambda _r: bad
     out = client.chat.completions.create(model="tiny", messages=ASK, tools=TOOLS)
     assert out.choices[0].message.content == bad and out.choices[0].finish_reason == "stop"

@@ -52,7 +52,8 @@ def test_two_calls_found_however_the_text_is_split(fmt, text, prefix):
 
 def test_deepseek_v31_call_body_and_unicode_markers():
     assert DS_CALLS_BEGIN == "<\uff5ctool\u2581calls\u2581begin\uff5c>"
-    text = f'{DS_CALLS_BEGIN}{DS_CALL_BEGIN}get_weather{DS_SEP}{{"city": "Paris"}}{DS_CALL_END}{DS_CALLS_END}'
+    text = (f'{DS_CALLS_BEGIN}{DS_CALL_BEGIN}get_weather{DS_SEP}{{"city": "Paris"}}'
+            f'{DS_CALL_END}{DS_CALLS_END}')
     content, calls = run(ToolCallParser(DS), [text])
     assert content == "" and calls[0].name == "get_weather"
     assert json.loads(calls[0].arguments) == {"city": "Paris"}
