@@ -10,7 +10,7 @@ import json
 import uuid
 from dataclasses import dataclass
 
-from master.reasoning import _partial_tag_len
+from master.reasoning import partial_tag_len
 from master.tool_formats import ToolFormat
 
 
@@ -87,7 +87,7 @@ class ToolCallParser:
         markers = [m for m in (fmt.section_begin, fmt.call_begin) if m]
         found = [(self._buf.find(m), m) for m in markers if m in self._buf]
         if not found:
-            keep = max(_partial_tag_len(self._buf, m) for m in markers)
+            keep = max(partial_tag_len(self._buf, m) for m in markers)
             out, self._buf = self._buf[:len(self._buf) - keep], self._buf[len(self._buf) - keep:]
             return out, True
         at, marker = min(found)
