@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.guide import Guide, apply_guides
 from engine.sampling_ops import apply_penalties, choose
 from engine.sampling_params import SamplingParams
 
@@ -29,13 +30,14 @@ class SamplerState:
     params: SamplingParams
     generator: torch.Generator | None = None  # seeded when params.seed is set
     output_token_ids: list[int] = field(default_factory=list)
+    guide: Guide | None = None  # the grammar its output must match (engine/guide.py), if any
 
     @classmethod
-    def create(cls, params: SamplingParams) -> "SamplerState":
+    def create(cls, params: SamplingParams, guide: Guide | None = None) -> "SamplerState":
         generator = None
         if params.seed is not None:
             generator = torch.Generator().manual_seed(params.seed)
-        return cls(params=params, generator=generator)
+        return cls(params=params, generator=generator, guide=guide)
 
     def has_penalties(self) -> bool:
         p = self.params
@@ -61,7 +63,8 @@ def sample(logits: torch.Tensor, states: list[SamplerState]) -> list[SampleResul
     """logits [B, V] fp32, one state per row -> one result per row; records the tokens."""
     assert logits.dim() == 2 and logits.shape[0] == len(states), "one state per logits row"
     params = [s.params for s in states]
-    penalized = apply_penalties(logits, params, [s.output_token_ids for s in states])
+    allowed = apply_guides(logits, [s.guide for s in states])  # grammars' masks first
+    penalized = apply_penalties(allowed, params, [s.output_token_ids for s in states])
     greedy = [is_greedy(p) for p in params]
     if all(greedy):
         tokens = penalized.argmax(-1)  # [B]
@@ -86,6 +89,8 @@ def sample(logits: torch.Tensor, states: list[SamplerState]) -> list[SampleResul
         token = int(row[0])
         results.append(_result(token, state.params, row[1:], n_top))
         state.output_token_ids.append(token)
+        if state.guide is not None:
+            state.guide.consume(token)
     return results
 
 

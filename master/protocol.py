@@ -25,6 +25,13 @@ class StreamOptions(_Request):
     continuous_usage_stats: bool = False  # vLLM's: usage on every chunk
 
 
+class ResponseFormat(_Request):
+    """OpenAI's response_format; master/structured.py turns it into a grammar."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None  # {"name", "schema", "strict"}
+
+
 class _SamplingFields(_Request):
     """Fields chat and completions share. None = the checkpoint's generation_config default."""
 
@@ -44,6 +51,12 @@ class _SamplingFields(_Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    # structured outputs (master/structured.py): at most one of these
+    response_format: ResponseFormat | None = None
+    guided_json: dict[str, Any] | bool | str | None = None  # vLLM's extensions
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = Field(None, min_length=1)
+    guided_grammar: str | None = None
 
     def stop_strings(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

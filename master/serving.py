@@ -15,6 +15,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from engine.constraint import Constraint
 from engine.sampling_params import SamplingParams
 from master.access_log import AccessRecord
 from master.bundle import ModelBundle
@@ -25,6 +26,7 @@ from master.generation import GenerationRequest, Generator
 from master.metrics import Metrics
 from master.protocol import Usage, _SamplingFields
 from master.reasoning import ReasoningParser, prompt_opens_think
+from master.structured import constraint_of
 
 
 @dataclass
@@ -58,7 +60,8 @@ class ServingContext:
         return requested
 
     def sampling_params(self, req: _SamplingFields, logprobs: int | None,
-                        prompt_ids: list[int], choice: int) -> SamplingParams:
+                        prompt_ids: list[int], choice: int,
+                        constraint: Constraint | None = None) -> SamplingParams:
         """Request fields, else generation_config.json's defaults, else OpenAI's."""
         defaults = self.bundle.sampling_defaults
 
@@ -77,6 +80,7 @@ class ServingContext:
                 repetition_penalty=repetition_penalty, logprobs=logprobs,
                 stop_token_ids=self.bundle.stop_token_ids + tuple(req.stop_token_ids or ()),
                 prompt_token_ids=tuple(prompt_ids) if repetition_penalty != 1.0 else (),
+                constraint=constraint,
             )
         except ValueError as e:
             raise APIError(400, str(e), param=str(e).split(" ")[0]) from None
@@ -89,11 +93,11 @@ class ServingContext:
         think_open None: no reasoning split (completions); else whether the prompt opened it.
         tools: the chat request's tools.ToolPlan, whose parser reads calls out of the text.
         """
-        states = []
+        states, constraint = [], constraint_of(req)  # checked once: a bad schema is a 400
         for p, (ids, budget) in enumerate(zip(prompts, max_tokens)):
             for i in range(req.n):
                 index = p * req.n + i
-                params = self.sampling_params(req, logprobs, ids, i)
+                params = self.sampling_params(req, logprobs, ids, i, constraint)
                 gen = GenerationRequest(f"{response_id}-{index}", ids, params, budget)
                 parser = None
                 if think_open is not None and self.bundle.reasoning:

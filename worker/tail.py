@@ -14,7 +14,9 @@ import torch
 from engine.batch import SeqChunk, StepBatch
 from engine.config import ModelConfig
 from engine.errors import KVCacheFull
+from engine.constraint import ConstraintError
 from engine.fingerprint import checkpoint_fingerprint
+from engine.guide import Guide, GuideFactory
 from engine.sampler import SamplerState, sample
 from engine.stage import Stage
 from proto import pipeline_pb2 as pb
@@ -65,8 +67,9 @@ class TailRunner:
 
     def __init__(self, stage, *, fingerprint: str, model_name: str, idle_timeout_s: float,
                  clock=time.monotonic, stream_kv_share: float = 1.0,
-                 stream_max_seqs: int = 1 << 30):
+                 stream_max_seqs: int = 1 << 30, guides: GuideFactory | None = None):
         self.stage = stage
+        self.guides = guides  # compiles structured-output constraints; None: refused
         cfg = stage.config
         self.hidden_size, self.num_layers = cfg.hidden_size, cfg.num_hidden_layers
         self.dtype = stage.dtype  # "bfloat16", "float16" or "float32"
@@ -87,7 +90,8 @@ class TailRunner:
                            kv_cache_bytes=kv_cache_bytes, block_size=block_size,
                            cuda_graph_max_batch=cuda_graph_max_batch)
         return cls(stage, fingerprint=checkpoint_fingerprint(model_dir),
-                   model_name=Path(model_dir).name, idle_timeout_s=idle_timeout_s, **limits)
+                   model_name=Path(model_dir).name, idle_timeout_s=idle_timeout_s,
+                   guides=GuideFactory(model_dir, stage.config.vocab_size), **limits)
 
     def info(self) -> pb.HandshakeReply:
         """What the worker tells an API at handshake (executor and limits are the server's)."""
@@ -199,7 +203,19 @@ class TailRunner:
             raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT,
                             f"prompt_token_ids outside the vocabulary [0, {vocab}): {outside[:5]}")
         return TailSeq(key=key, stream=stream, seq_id=seq_step.seq_id,
-                       sampler=SamplerState.create(params))
+                       sampler=SamplerState.create(params, self._guide(params)))
+
+    def _guide(self, params) -> Guide | None:
+        """The sequence's grammar matcher, compiled on its first step (None: no constraint)."""
+        if params.constraint is None:
+            return None
+        if self.guides is None:
+            raise SeqFailed(grpc.StatusCode.UNIMPLEMENTED,
+                            "this worker has no tokenizer for structured outputs")
+        try:
+            return self.guides.create(params.constraint)
+        except ConstraintError as e:
+            raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
 
     def _forward(self, hidden: torch.Tensor, planned: list[PlannedSeq],
                  results: list[pb.SeqResult]) -> None:
