@@ -27,6 +27,7 @@ from master.metrics import Metrics
 from master.protocol import Usage, _SamplingFields
 from master.reasoning import ReasoningParser, prompt_opens_think
 from master.structured import constraint_of
+from master.tools import forced_constraint
 
 
 @dataclass
@@ -93,7 +94,8 @@ class ServingContext:
         think_open None: no reasoning split (completions); else whether the prompt opened it.
         tools: the chat request's tools.ToolPlan, whose parser reads calls out of the text.
         """
-        states, constraint = [], constraint_of(req)  # checked once: a bad schema is a 400
+        # checked once: a bad schema is a 400; a forced tool call is a constraint too
+        states, constraint = [], forced_constraint(tools, constraint_of(req))
         for p, (ids, budget) in enumerate(zip(prompts, max_tokens)):
             for i in range(req.n):
                 index = p * req.n + i

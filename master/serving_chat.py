@@ -20,7 +20,7 @@ from master.serving import RequestRun, ServingContext, json_response, run_update
 from master.sse import SSEWriter, include_usage, nonempty, running_usage, stream_response
 from master.tokenizer import Tokenizer
 from master.tool_parser import ToolCallDelta
-from master.tools import ToolPlan, prompt_messages, require_constraint, tool_plan
+from master.tools import ToolPlan, prompt_messages, tool_plan
 
 
 def _message_dict(m: ChatMessage, index: int) -> dict:
@@ -60,8 +60,6 @@ def request_tools(ctx: ServingContext, req: ChatCompletionRequest) -> ToolPlan |
     if plan is not None and plan.mode == "auto" and plan.fmt is None:
         raise APIError(400, "this model has no tool-call format to parse (set the master's "
                        "tool_call_parser)", param="tools")
-    if plan is not None and plan.forced_schema() is not None:
-        require_constraint(plan.forced_schema())
     return plan
 
 

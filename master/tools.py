@@ -2,8 +2,9 @@
 
 `tool_choice`: "none" = the tools stay out of the prompt and nothing is parsed; "auto" (the
 default with tools) = the model's own syntax is parsed; "required" or a named function = the
-output must be a call: `ToolPlan.forced_schema` is the JSON schema the sampler has to enforce
-(the structured-output path), and the output is read as that JSON (`ForcedToolParser`).
+output must be a call: `forced_constraint` makes `ToolPlan.forced_schema` the JSON schema the
+worker's sampler enforces (the structured-output path, engine/constraint.py), and the output is
+read back as that JSON (`ForcedToolParser`), as vLLM does.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from engine.constraint import Constraint, ConstraintError
 from master.errors import APIError
 from master.tool_formats import ToolFormat
 from master.tool_parser import ForcedToolParser, ToolCallParser
@@ -134,10 +136,20 @@ def _written_out(m: dict, fmt: ToolFormat) -> dict:
     return m
 
 
-def require_constraint(schema: dict) -> None:
-    """Hook for the structured-output path: a forced tool call ("required" or a named
-    function) needs the sampler to enforce `schema`. Until that path is in this build the
-    request is refused, never answered unconstrained."""
-    raise APIError(400, 'tool_choice "required" or a named function needs structured outputs '
-                   "(JSON-schema constrained sampling), which this server does not have yet",
-                   param="tool_choice")
+
+def forced_constraint(plan: ToolPlan | None, other: Constraint | None) -> Constraint | None:
+    """The request's sampling constraint: a forced call's JSON schema ("required" or a named
+    function), else `other` (response_format / guided_*); both at once is a 400."""
+    schema = plan.forced_schema() if plan is not None else None
+    if schema is None:
+        return other
+    if other is not None:
+        raise APIError(400, 'tool_choice "required" or a named function cannot be combined '
+                       "with response_format or guided_*", param="tool_choice")
+    constraint = Constraint.json_schema(schema)
+    try:
+        constraint.grammar()
+    except ConstraintError as e:
+        raise APIError(400, f"tools: the parameters schema cannot be enforced: {e}",
+                       param="tools") from None
+    return constraint

@@ -1,11 +1,13 @@
 """Tools through a live master and a live worker (local executor, real gRPC), official openai
-SDK. The tiny random checkpoint never writes tool-call syntax by itself; what these tests see
-is the prompt side: the definitions, earlier calls and tool results reach the model (its
-greedy output equals the in-process engine's on the prompt /tokenize renders), and what the
-server cannot honour is a 400."""
+SDK. The tiny random checkpoint never writes tool-call syntax by itself: the prompt side is
+checked by its greedy output (equal to the in-process engine's on the prompt /tokenize
+renders, definitions, earlier calls and tool results included), and the calls by forcing them
+(tool_choice named or "required": the worker's sampler is constrained to the call's JSON)."""
+import json
 from types import SimpleNamespace
 
 import httpx
+import jsonschema
 import openai
 import pytest
 
@@ -13,6 +15,17 @@ from e2e_harness import Reference, worker_and_master
 from engine.tiny_model import write_tiny_model
 from master.bundle import ModelBundle
 from test_http_tools import ASK, FOLLOW_UP, TOOLS
+
+# Bounded arguments (enums), so that a random model's constrained output always ends.
+CITY = {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome", "Oslo"]},
+                                         "days": {"type": "integer", "minimum": 1,
+                                                  "maximum": 9}},
+        "required": ["city"], "additionalProperties": False}
+TZ = {"type": "object", "properties": {"tz": {"enum": ["CET", "UTC"]}}, "required": ["tz"],
+      "additionalProperties": False}
+BOUNDED = [{"type": "function", "function": {"name": "get_weather", "parameters": CITY}},
+           {"type": "function", "function": {"name": "get_time", "parameters": TZ}}]
+SCHEMAS = {"get_weather": CITY, "get_time": TZ}
 
 SPLIT = 1
 
@@ -64,3 +77,38 @@ def test_unimplemented_fields_are_refused_and_metadata_accepted(stack, client):
                                         user="u", store=False, metadata={"k": "v"},
                                         service_tier="auto")
     assert ok.usage.completion_tokens >= 1
+
+
+def assert_valid_calls(calls, names=tuple(SCHEMAS)):
+    assert calls and len({c.id for c in calls}) == len(calls)
+    for call in calls:
+        assert call.type == "function" and call.function.name in names
+        jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_forced_calls_are_always_produced_and_valid(stack, client, seed):
+    named = {"type": "function", "function": {"name": "get_time"}}
+    out = client.chat.completions.create(model=stack.name, messages=ASK, tools=BOUNDED,
+                                         tool_choice=named, max_tokens=60, seed=seed)
+    assert out.choices[0].finish_reason == "tool_calls", out.choices[0].message
+    assert_valid_calls(out.choices[0].message.tool_calls, ("get_time",))
+    out = client.chat.completions.create(model=stack.name, messages=FOLLOW_UP, tools=BOUNDED,
+                                         tool_choice="required", max_tokens=200, seed=seed,
+                                         parallel_tool_calls=seed != 3)
+    calls = out.choices[0].message.tool_calls
+    assert out.choices[0].finish_reason == "tool_calls", out.choices[0].message
+    assert_valid_calls(calls)
+    assert len(calls) == 1 or seed != 3
+
+
+def test_forced_calls_stream_as_tool_call_deltas(stack, client):
+    stream = client.chat.completions.create(model=stack.name, messages=ASK, tools=BOUNDED,
+                                            tool_choice="required", max_tokens=200, seed=7,
+                                            stream=True)
+    chunks = list(stream)
+    deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    assert [d.index for d in deltas] == list(range(len(deltas)))
+    assert_valid_calls([SimpleNamespace(id=d.id, type=d.type, function=d.function)
+                        for d in deltas])

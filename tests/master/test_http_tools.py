@@ -125,7 +125,11 @@ def test_malformed_call_is_content_never_an_error(live, client):
     ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
      "tool_choice"),
     ({"tools": [{"type": "retrieval"}]}, "tools[0]"),
-    ({"tools": TOOLS, "tool_choice": "required"}, "tool_choice"),  # needs structured outputs
+    ({"tools": TOOLS, "tool_choice": "required", "response_format": {"type": "json_object"}},
+     "tool_choice"),  # two constraints at once
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": "no-such-type"}}}}}],
+      "tool_choice": "required"}, "tools"),  # a schema the grammar engine refuses
 ])
 def test_tool_requests_the_server_cannot_honour_are_400(client, kwargs, param):
     with pytest.raises(openai.BadRequestError) as e:
@@ -133,8 +137,31 @@ def test_tool_requests_the_server_cannot_honour_are_400(client, kwargs, param):
     assert e.value.body["param"] == param
 
 
-@pytest.mark.parametrize("field", ["logit_bias", "response_format", "reasoning_effort",
-                                   "functions", "ignore_eos"])
+def test_forced_calls_constrain_sampling_and_parse_the_json(live, client):
+    """tool_choice named / "required": the worker gets the call's JSON schema as a constraint
+    (the fake generator plays a model that follows it); the JSON comes back as tool_calls."""
+    _, _, gen, _ = live
+    gen.reply = lambda _r: '{"city":"Paris"}'
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    out = client.chat.completions.create(model="tiny", messages=ASK, tools=TOOLS,
+                                         tool_choice=named)
+    schema = json.loads(gen.requests[-1].params.constraint.text)
+    assert schema == TOOLS[0]["function"]["parameters"]
+    assert calls_of(out.choices[0].message.tool_calls) == [("get_weather", {"city": "Paris"})]
+    assert out.choices[0].message.content is None
+    gen.reply = lambda _r: json.dumps([{"name": n, "parameters": a} for n, a in TWO])
+    stream = client.chat.completions.create(model="tiny", messages=ASK, tools=TOOLS,
+                                            tool_choice="required", stream=True)
+    deltas = [d for c in stream for d in c.choices[0].delta.tool_calls or []]
+    assert [(d.function.name, json.loads(d.function.arguments)) for d in deltas] == TWO
+    schema = json.loads(gen.requests[-1].params.constraint.text)
+    assert schema["type"] == "array" and schema["minItems"] == 1
+    client.chat.completions.create(model="tiny", messages=ASK, tools=TOOLS,
+                                   tool_choice="required", parallel_tool_calls=False)
+    assert json.loads(gen.requests[-1].params.constraint.text)["maxItems"] == 1
+
+
+@pytest.mark.parametrize("field", ["logit_bias", "reasoning_effort", "functions", "ignore_eos"])
 def test_unimplemented_fields_are_refused_naming_them(client, field):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="tiny", messages=ASK, extra_body={field: {}})
