@@ -12,7 +12,8 @@ import logging
 import sys
 
 # Add a command by adding its module here.
-COMMANDS = ("duet.cmd_tiny_model", "duet.cmd_master", "duet.serve", "duet.cmd_worker", "duet.cmd_vrrp")
+COMMANDS = ("duet.cmd_tiny_model", "duet.cmd_master", "duet.serve", "duet.cmd_worker", "duet.cmd_vrrp",
+            "duet.cmd_checkpoint")
 
 EXIT_USAGE = 2
 

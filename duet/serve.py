@@ -3,7 +3,9 @@
 Without `--model` it serves a tiny random-weight DeepSeek-V3 checkpoint, written once under
 `$XDG_CACHE_HOME/duet` (else `~/.cache/duet`). The worker runs as a child process (on the
 `triton` executor by default, as deployed: it manages its own tritonserver); the master runs
-in this process. Ctrl-C or SIGTERM stops the master, then the worker, which stops Triton.
+in this process. A worker that dies is restarted with backoff (duet/supervise.py) and the
+master reconnects; one that keeps dying ends `duet serve` with exit code 1. Ctrl-C or SIGTERM
+stops the master, then the worker, which stops Triton.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from duet.supervise import RestartPolicy, Supervised
 from runtime.children import die_with_parent, free_port
 
 TINY_ARCH = "deepseek_v3"
@@ -41,6 +44,12 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", default="", help="default bfloat16 on cuda, float32 on cpu")
     p.add_argument("--kv-cache-bytes", type=int, default=256 * 2**20,
                    help="KV cache of each stage in bytes (default 256 MiB)")
+    p.add_argument("--torch-threads", type=int, default=-1,
+                   help="intra-op CPU threads of each role (default: half the cores on cpu, "
+                   "torch's default on cuda)")
+    p.add_argument("--max-restarts", type=int, default=RestartPolicy.max_restarts,
+                   help="worker restarts allowed within %g s before giving up with exit code 1 "
+                   "(default %d)" % (RestartPolicy.window_s, RestartPolicy.max_restarts))
     p.set_defaults(run=run)
 
 
@@ -107,21 +116,20 @@ def stop_worker(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-async def _announce(url: str, model: str, worker: subprocess.Popen, stop: asyncio.Event) -> None:
-    """Once /ready says 200: the URL and a curl line to paste."""
+async def _announce(url: str, model: str, worker: Supervised) -> None:
+    """Once /ready says 200: the URL and a curl line to paste; from then on a dead worker
+    is restarted (before, its death means it cannot start at all)."""
     import httpx
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per readiness poll
     async with httpx.AsyncClient(timeout=5.0) as client:
         for _ in range(int(READY_TIMEOUT_S / 0.2)):
-            if worker.poll() is not None:
-                print(f"duet serve: the worker exited with code {worker.returncode}",
-                      file=sys.stderr, flush=True)
-                stop.set()
-                return
             if (await client.get(f"{url}/ready")).status_code == 200:
                 break
             await asyncio.sleep(0.2)
+        else:
+            return  # never ready: the master's /ready says why
+    worker.up_once = True
     body = ('{"model": "%s", "messages": [{"role": "user", "content": "Hello!"}], '
             '"max_tokens": 32}' % model)
     print(f"duet serve: ready at {url}\n"
@@ -139,6 +147,8 @@ async def _serve(args: argparse.Namespace) -> int:
     args.dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
     # Two processes on one CPU: half the cores each, or torch's threads oversubscribe them.
     args.threads = max(1, (os.cpu_count() or 2) // 2) if args.device == "cpu" else 0
+    if args.torch_threads >= 0:
+        args.threads = args.torch_threads
     model_dir = Path(args.model) if args.model else await asyncio.to_thread(tiny_checkpoint,
                                                                             cache_dir())
     k, layers = split_point(model_dir.resolve(), args.split)
@@ -154,18 +164,28 @@ async def _serve(args: argparse.Namespace) -> int:
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     with tempfile.TemporaryDirectory(prefix="duet-serve-") as run_dir:
         port = int(config.worker_address.rsplit(":", 1)[1])
-        worker = start_worker(Path(run_dir), model_dir.resolve(), k, port, args)
-        tasks: list[asyncio.Task] = []
+        worker = Supervised("worker", lambda: start_worker(Path(run_dir), model_dir.resolve(),
+                                                           k, port, args),
+                            RestartPolicy(max_restarts=args.max_restarts))
+        worker.spawn()
+        tasks = [asyncio.create_task(_keep_alive(worker, stop))]
 
         def ready(url: str) -> None:
-            tasks.append(asyncio.create_task(
-                _announce(url, config.served_model_name, worker, stop)))
+            tasks.append(asyncio.create_task(_announce(url, config.served_model_name, worker)))
 
         try:
             await run_master(config, stop=stop, on_ready=ready)
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.to_thread(stop_worker, worker)
+            await asyncio.to_thread(stop_worker, worker.proc)
     print("duet serve: stopped", flush=True)
-    return 0 if worker.returncode in (0, -signal.SIGTERM) else 1
+    if worker.gave_up:
+        return 1
+    return 0 if worker.proc.returncode in (0, -signal.SIGTERM) else 1
+
+
+async def _keep_alive(worker: Supervised, stop: asyncio.Event) -> None:
+    """Restart the worker as long as the policy allows; then stop serving (exit code 1)."""
+    await worker.run()
+    stop.set()

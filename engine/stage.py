@@ -9,14 +9,16 @@ import torch
 
 from engine.batch import StepBatch
 from engine.config import ModelConfig
+from engine.checkpoint import CheckpointFiles
 from engine.decode_graphs import DecodeGraphs
 from engine.dtypes import DTYPES
 from engine.errors import CheckpointError
+from engine.fp8_native import FP8_MODES, SCALE_SUFFIX, convert_to_native, fp8_mode
 from engine.kv_cache import KVCache
 from engine.models import model_class
 from engine.models.base import StageModel
 from engine.placement import forward_spread, layer_devices, place
-from engine.weights import load_weights
+from engine.weights import fp8_block, load_weights
 
 log = logging.getLogger("duet.engine.load")
 
@@ -70,15 +72,16 @@ class Stage:
         block_size: int = 16,
         load_format: str = "safetensors",
         seed: int = 0,
+        fp8: str = "native",
         cuda_graph_max_batch: int = 0,
     ) -> "Stage":
         """Build the stage's layers on `device` and fill them (load_format "dummy": seeded random).
         device "cuda" on a host of several GPUs spreads the layers over all of them.
-        cuda_graph_max_batch > 0: decode steps of up to that many sequences run as CUDA graphs."""
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        if load_format not in LOAD_FORMATS:
-            raise ValueError(f"load_format must be one of {', '.join(LOAD_FORMATS)}, got {load_format!r}")
+        cuda_graph_max_batch > 0: decode steps of up to that many sequences run as CUDA graphs.
+        An FP8 checkpoint stays FP8 with fp8 "native" where the GPU can multiply in FP8 (else it
+        is dequantized to `dtype`, and the log line says why)."""
+        _check_choices(dtype=(dtype, DTYPES), fp8=(fp8, FP8_MODES),
+                       load_format=(load_format, LOAD_FORMATS))
         started = time.perf_counter()
         config = ModelConfig.from_dir(model_dir)
         layers = config.num_hidden_layers
@@ -88,24 +91,30 @@ class Stage:
                 f"is outside the model's {layers} layers"
             )
         cls_ = model_class(config.architecture)
+        devices = layer_devices(layer_start, layer_end, device)
         with torch.device("meta"):  # no memory and no random init for weights about to be loaded
             model = cls_(config, layer_start, layer_end)
-        devices = layer_devices(layer_start, layer_end, device)
+            fp8_note = _fp8_setup(model, model_dir, fp8, devices[layer_start], load_format)
         place(model, devices, DTYPES[dtype]).eval()
         load_weights(model, model_dir, load_format=load_format, seed=seed)
         kv = KVCache(model.kv_token_shapes(), devices, kv_cache_bytes,
                      block_size=block_size, dtype=DTYPES[dtype])
         seconds = time.perf_counter() - started
         log.info(
-            "stage [%d, %d) of %s ready in %.1f s on %s, %s: KV cache for %d tokens (%.2f GiB)",
+            "stage [%d, %d) of %s ready in %.1f s on %s, %s%s: KV cache for %d tokens (%.2f GiB)",
             layer_start, layer_end, Path(model_dir).name, seconds,
-            ", ".join(sorted({str(d) for d in devices.values()})), dtype,
+            ", ".join(sorted({str(d) for d in devices.values()})), dtype, fp8_note,
             kv.capacity_tokens, kv.capacity_tokens * kv.bytes_per_token / 2**30,
         )
         stage = cls(config, model, kv, devices, dtype, seconds)
         if cuda_graph_max_batch:
             stage.enable_decode_graphs(cuda_graph_max_batch)
         return stage
+
+    def weight_bytes(self) -> int:
+        """Bytes of the stage's parameters and buffers (FP8 weights count one byte each)."""
+        tensors = {id(t): t for t in [*self.model.parameters(), *self.model.buffers()]}
+        return sum(t.numel() * t.element_size() for t in tensors.values())
 
     def forward(self, batch: StepBatch, inputs: torch.Tensor) -> torch.Tensor:
         """inputs: token ids [T] (first stage) or hidden [T, H] -> hidden [T, H] after its layers.
@@ -157,3 +166,27 @@ class Stage:
         low, high = torch.stack(torch.aminmax(inputs)).tolist() if t else (0, 0)
         if low < 0 or high >= self.config.vocab_size:
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size})")
+
+
+def _check_choices(**fields: tuple[str, tuple]) -> None:
+    for name, (value, choices) in fields.items():
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _fp8_setup(model: StageModel, model_dir, requested: str, device: torch.device,
+               load_format: str) -> str:
+    """Convert an FP8 checkpoint's layers to native FP8 when the device allows; the log's note."""
+    if model.config.get("quantization_config") is None or load_format == "dummy":
+        return ""
+    mode, why = fp8_mode(requested, device, fp8_block(model))
+    if mode == "dequantize":
+        return f", FP8 weights dequantized ({why})"
+    files = CheckpointFiles(model_dir)
+
+    def has_scale(param: str) -> bool:
+        names = model.checkpoint_names(param)
+        return all(n + SCALE_SUFFIX in files for n in names)
+
+    linears, stacks = convert_to_native(model, has_scale)
+    return f", FP8 native ({linears} linears, {stacks} expert stacks; {why})"

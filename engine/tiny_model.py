@@ -25,12 +25,15 @@ SAVE_DTYPE = torch.bfloat16  # what DeepSeek, Qwen2 and Llama checkpoints ship
 FP8_BLOCK = (128, 128)
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 # Linear weights DeepSeek-V3 ships in FP8 (not the router `mlp.gate`, norms or embeddings).
-_FP8_WEIGHT = re.compile(r"^model\.layers\.\d+\..*_proj(_with_mqa)?\.weight$")
+FP8_WEIGHT = re.compile(r"^model\.layers\.\d+\..*_proj(_with_mqa)?\.weight$")
 
 
 def write_tiny_model(arch: str, out: str | Path, *, seed: int = 0, num_layers: int = 4,
-                     fp8: bool = False) -> Path:
-    """Write the checkpoint into `out` (created; existing files there are overwritten)."""
+                     fp8: bool = False, tokenizer: bool = True) -> Path:
+    """Write the checkpoint into `out` (created; existing files there are overwritten).
+
+    tokenizer=False leaves the tokenizer files out (the engine alone needs none; the GPU
+    machines lack the tokenizer packages)."""
     if num_layers < 2:
         raise ValueError(
             f"num_layers must be >= 2 (one shard per layer, at least two), got {num_layers}"
@@ -51,7 +54,8 @@ def write_tiny_model(arch: str, out: str | Path, *, seed: int = 0, num_layers: i
     write_shards(tensors, out, num_layers)
     _write_json(out / "config.json", raw)
     _write_json(out / "generation_config.json", generation_config(raw))
-    copy_tokenizer(TOKENIZER_PACKAGE[arch], out)
+    if tokenizer:
+        copy_tokenizer(TOKENIZER_PACKAGE[arch], out)
     return out
 
 
@@ -76,7 +80,7 @@ def quantize_fp8(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
     out = {}
     for name, value in tensors.items():
-        if _FP8_WEIGHT.match(name):
+        if FP8_WEIGHT.match(name):
             out[name], out[name + SCALE_SUFFIX] = quantize_block_fp8(value.float(), FP8_BLOCK)
         else:
             out[name] = value

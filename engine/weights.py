@@ -60,7 +60,7 @@ def load_weights(
     total = sum(t.numel() * t.element_size() for t in targets.values())
     what = f"layers [{model.layer_start}, {model.layer_end}) of {Path(model_dir).name}"
     progress = LoadProgress(f"{what} ({load_format})", total)
-    if load_format == "dummy":
+    if load_format == "dummy":  # (stages in native FP8 mode are never dummy: see engine.stage)
         for name, target in targets.items():
             fill_random_(target, source_names(model, name, None)[0], seed)
             progress.update(target.numel() * target.element_size())
@@ -71,11 +71,12 @@ def load_weights(
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise CheckpointError(f"{files.source}: missing tensors {', '.join(missing[:5])}{more}")
-    block = _fp8_block(model)
+    block = fp8_block(model)
     order = sorted(targets, key=lambda n: (files.weight_map[plan[n][0]], n))  # file by file
     with TensorReader(files) as reader:
         for name in order:
-            tensors = [_read(reader, s, block, targets[name].device) for s in plan[name]]
+            target = targets[name]
+            tensors = [_read(reader, s, block, target) for s in plan[name]]
             _copy_into(targets[name], tensors, plan[name], files)
             progress.update(targets[name].numel() * targets[name].element_size())
         opened = tuple(p.name for p in reader.opened)
@@ -83,16 +84,18 @@ def load_weights(
     return LoadReport(len(targets), total, opened, seconds)
 
 
-def _fp8_block(model: StageModel) -> tuple[int, int]:
+def fp8_block(model: StageModel) -> tuple[int, int]:
     quant = model.config.get("quantization_config") or {}
     return tuple(quant.get("weight_block_size") or (128, 128))
 
 
-def _read(reader: TensorReader, name: str, block: tuple[int, int], device) -> torch.Tensor:
-    """A checkpoint tensor; FP8 ones dequantized on the target device (fast on a GPU)."""
+def _read(reader: TensorReader, name: str, block: tuple[int, int], target: torch.Tensor):
+    """A checkpoint tensor; FP8 ones dequantized on the target's device (fast on a GPU), unless
+    the target itself is FP8 (native mode: the scales are parameters of their own)."""
     tensor = reader.get(name)
     scale_name = name + SCALE_SUFFIX
-    if scale_name in reader.files:
+    device = target.device
+    if scale_name in reader.files and target.dtype != torch.float8_e4m3fn:
         from engine.fp8 import dequantize_block_fp8  # only FP8 checkpoints need it
 
         scale_inv = reader.get(scale_name).to(device)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -9,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 from master.access_log import AccessLogMiddleware, AccessRecord
 from master.auth import ApiKeyChecker, ApiKeyMiddleware
+from master.body_limit import BodyLimitMiddleware
 from master.bundle import ModelBundle
 from master.config import MasterConfig
 from master.errors import install_error_handlers
@@ -33,7 +35,9 @@ def create_app(config: MasterConfig, generator: Generator, bundle: ModelBundle,
     """The API of one master (or standby). `lifespan` starts and stops the scheduler."""
     app = FastAPI(title="duet", lifespan=lifespan, docs_url=None, redoc_url=None)
     ctx = ServingContext(config, generator, bundle,
-                         metrics or Metrics(config.served_model_name))
+                         metrics or Metrics(config.served_model_name),
+                         ThreadPoolExecutor(config.tokenizer_threads,
+                                            thread_name_prefix="duet-tokenize"))
     app.state.ctx = ctx
     install_error_handlers(app)
     app.add_middleware(ApiKeyMiddleware, checker=ApiKeyChecker(config.api_keys),
@@ -42,6 +46,7 @@ def create_app(config: MasterConfig, generator: Generator, bundle: ModelBundle,
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_allow_origins),
                            allow_methods=["GET", "POST"],
                            allow_headers=["authorization", "content-type"])
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_request_body_bytes)
     app.add_middleware(AccessLogMiddleware, log_prompts=config.log_prompts)  # outermost
 
     @app.post("/v1/chat/completions")
@@ -54,11 +59,11 @@ def create_app(config: MasterConfig, generator: Generator, bundle: ModelBundle,
 
     @app.post("/tokenize")
     async def _tokenize(req: TokenizeCompletionRequest | TokenizeChatRequest):
-        return json_response(tokenize(ctx, req))
+        return json_response(await ctx.off_loop(tokenize, ctx, req))
 
     @app.post("/detokenize")
     async def _detokenize(req: DetokenizeRequest):
-        return json_response(detokenize(ctx, req))
+        return json_response(await ctx.off_loop(detokenize, ctx, req))
 
     @app.get("/v1/models")
     async def _models():

@@ -17,6 +17,7 @@ class ModelBundle:
     tokenizer: Tokenizer
     chat_template: ChatTemplate | None
     max_model_len: int  # prompt + output tokens, at most
+    vocab_size: int  # token ids below this are both decodable and embeddable
     sampling_defaults: dict = field(default_factory=dict)  # request field -> default value
     default_max_tokens: int | None = None  # generation_config's max_new_tokens, if any
     stop_token_ids: tuple[int, ...] = ()  # EOS ids: end of a sequence, never shown as text
@@ -33,12 +34,14 @@ class ModelBundle:
         tokenizer = Tokenizer.load(model_dir)
         template = ChatTemplate.load(model_dir, tokenizer)
         gen = GenerationDefaults.from_dir(model_dir)
-        context = read_json(model_dir / "config.json").get("max_position_embeddings", 0)
+        model_config = read_json(model_dir / "config.json")
+        context = model_config.get("max_position_embeddings", 0)
         if max_model_len <= 0:
             max_model_len = int(context)
         if max_model_len <= 0:
             raise ValueError(f"{model_dir / 'config.json'}: no max_position_embeddings; "
                              "set max_model_len")
+        tokenizer.limit_tokens(max_model_len)  # a longer prompt is refused whatever its length
         eos = list(gen.eos_token_ids)
         if tokenizer.eos_token_id is not None:
             eos.append(tokenizer.eos_token_id)
@@ -48,6 +51,8 @@ class ModelBundle:
             tokenizer=tokenizer,
             chat_template=template,
             max_model_len=max_model_len,
+            vocab_size=min(tokenizer.vocab_size,
+                           int(model_config.get("vocab_size") or tokenizer.vocab_size)),
             sampling_defaults=dict(gen.sampling),
             default_max_tokens=gen.max_new_tokens,
             stop_token_ids=tuple(dict.fromkeys(eos)),

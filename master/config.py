@@ -17,6 +17,7 @@ from master.tool_formats import PARSERS
 
 ENV_PREFIX = "DUET_MASTER_"
 ROLES = ("master", "standby")
+FP8_MODES = ("native", "dequantize")
 
 
 def _api_keys(value) -> Mapping[str, str]:
@@ -44,6 +45,7 @@ class MasterConfig:
     head_layer_end: int = 1  # k: this host runs layers [0, k)
     dtype: str = "float32"
     device: str = "cpu"
+    fp8: str = "native"  # FP8 checkpoints: keep e4m3 on GPUs that can (cc >= 8.9) | "dequantize"
     kv_cache_bytes: int = 256 * 2**20
     cuda_graph_max_batch: int = 64  # decode steps of up to this many sequences as CUDA graphs
     #                                  (CUDA devices only; >= max_num_seqs to graph them all); 0 = off
@@ -67,6 +69,9 @@ class MasterConfig:
     tool_call_parser: str = "auto"  # auto (by tokenizer) | deepseek_v3 | hermes | none
     cors_allow_origins: tuple[str, ...] = field(  # origins browsers may call from; () = no
         default=(), metadata={"parse": _origins})  # CORS headers at all. Env: comma-separated
+    max_output_tokens: int = 32768  # per request; absent max_tokens = min(what fits, this)
+    max_request_body_bytes: int = 32 * 2**20  # larger request bodies get 413
+    tokenizer_threads: int = 2  # tokenize and render chat templates off the event loop
     # The pipeline (master/pipeline_generator.py, master/pipeline_client.py):
     kv_block_size: int = 16  # tokens per KV block of the head's cache
     max_inflight_batches: int = 2  # micro-batches sent to the worker, not yet answered
@@ -96,6 +101,7 @@ def _checks(c: MasterConfig) -> dict[str, tuple[bool, str]]:
         "head_layer_end": (c.head_layer_end >= 1, "k >= 1"),
         "dtype": (c.dtype in DTYPES, " | ".join(DTYPES)),
         "device": (bool(c.device), "a torch device such as cpu or cuda:0"),
+        "fp8": (c.fp8 in FP8_MODES, " | ".join(FP8_MODES)),
         "kv_cache_bytes": (c.kv_cache_bytes > 0, "a positive number of bytes"),
         "cuda_graph_max_batch": (c.cuda_graph_max_batch >= 0, ">= 0 (0 = off)"),
         "worker_address": (":" in c.worker_address, "host:port"),
@@ -108,6 +114,9 @@ def _checks(c: MasterConfig) -> dict[str, tuple[bool, str]]:
         "tool_call_parser": (c.tool_call_parser in PARSERS, " | ".join(PARSERS)),
         "cors_allow_origins": (all(isinstance(o, str) and o for o in c.cors_allow_origins),
                                'a list of origins such as ["https://app.example"] or ["*"]'),
+        "max_output_tokens": (1 <= c.max_output_tokens < 2**31, "1 .. 2**31 - 1 tokens"),
+        "max_request_body_bytes": (c.max_request_body_bytes >= 1024, ">= 1024 bytes"),
+        "tokenizer_threads": (c.tokenizer_threads >= 1, ">= 1"),
         "kv_block_size": (c.kv_block_size >= 1, ">= 1"),
         "max_inflight_batches": (c.max_inflight_batches >= 1, ">= 1"),
         "step_timeout_s": (c.step_timeout_s > 0, "> 0 seconds"),

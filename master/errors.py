@@ -19,6 +19,7 @@ _SEQUENCE_STATUS = {"RESOURCE_EXHAUSTED": 503, "INVALID_ARGUMENT": 400, "UNAVAIL
                     "CANCELLED": 499, "DEADLINE_EXCEEDED": 504}
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
           404: "invalid_request_error", 405: "invalid_request_error",
+          413: "invalid_request_error",
           429: "rate_limit_error", 499: "invalid_request_error"}
 
 
@@ -98,7 +99,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        code = {404: "not_found", 405: "method_not_allowed",
+                413: "request_too_large"}.get(exc.status_code)
         return APIError(exc.status_code, str(exc.detail), code=code).response()
 
     @app.exception_handler(Exception)

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Protocol
 
 from engine.sampling_params import SamplingParams
+from proto.convert import WireError, check_wire_ranges
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,19 @@ class SequenceFailed(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code  # grpc status name, e.g. "RESOURCE_EXHAUSTED"
+
+
+def check_request(request: GenerationRequest, vocab_size: int) -> None:
+    """SequenceFailed (INVALID_ARGUMENT) for a request the pipeline cannot carry. Refused here
+    it fails alone; inside a step it would fail the head forward or the step message."""
+    ids = request.prompt_token_ids
+    if not ids or min(ids) < 0 or max(ids) >= vocab_size:
+        raise SequenceFailed("INVALID_ARGUMENT", f"prompt_token_ids: empty or outside the "
+                             f"vocabulary [0, {vocab_size})")
+    try:
+        check_wire_ranges(request.params)
+    except WireError as e:
+        raise SequenceFailed("INVALID_ARGUMENT", str(e)) from None
 
 
 class Generator(Protocol):

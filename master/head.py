@@ -30,18 +30,23 @@ class Head:
         kv_cache_bytes: int,
         block_size: int = 16,
         load_format: str = "safetensors",
+        fp8: str = "native",
         cuda_graph_max_batch: int = 0,
     ) -> Head:
         stage = Stage.load(
             model_dir, 0, layer_end, dtype=dtype, device=device,
             kv_cache_bytes=kv_cache_bytes, block_size=block_size, load_format=load_format,
-            cuda_graph_max_batch=cuda_graph_max_batch,
+            fp8=fp8, cuda_graph_max_batch=cuda_graph_max_batch,
         )
         return cls(stage)
 
     @property
     def layer_end(self) -> int:
         return self.stage.layer_end
+
+    @property
+    def vocab_size(self) -> int:
+        return self.stage.config.vocab_size
 
     @property
     def hidden_size(self) -> int:

@@ -52,7 +52,7 @@ def build(config: MasterConfig) -> Master:
                               config.tool_call_parser)
     head = Head.load(
         config.model_dir, config.head_layer_end, dtype=config.dtype, device=config.device,
-        kv_cache_bytes=config.kv_cache_bytes, block_size=config.kv_block_size,
+        kv_cache_bytes=config.kv_cache_bytes, block_size=config.kv_block_size, fp8=config.fp8,
         cuda_graph_max_batch=graph_batch_for(config.device, config.cuda_graph_max_batch),
     )
     identity = HeadIdentity(checkpoint_fingerprint(config.model_dir), config.head_layer_end,

@@ -110,7 +110,7 @@ class PipelineDriver:
                 self.scheduler.abandon(step, SequenceFailed("INTERNAL", f"head forward: {e}"))
                 continue
             self.inflight.append((step, time.monotonic()))
-            await stream.send(step_request(step, hidden))
+            await stream.send(step_request(step, hidden))  # cannot fail: see check_request
             self.update_metrics()
 
     def _head_step(self, step: Step) -> pb.Tensor:

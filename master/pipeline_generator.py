@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 from typing import AsyncIterator
 
-from master.generation import GenerationRequest, PipelineUnavailable, TokenEvent
+from master.generation import GenerationRequest, PipelineUnavailable, TokenEvent, check_request
 from master.pipeline_driver import PipelineDriver
 from master.scheduler import Scheduler, SchedulerConfig
 from master.sequence import Sequence
@@ -47,6 +47,7 @@ class PipelineGenerator:
         ready, reason = self.readiness()
         if not ready:
             raise PipelineUnavailable(reason)
+        check_request(request, self.head.vocab_size)  # fails alone here, not a whole step
         seq = Sequence(request)
         self.scheduler.add(seq)
         self.driver.wake.set()

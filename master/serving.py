@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable
+from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -28,6 +29,9 @@ from master.protocol import Usage, _SamplingFields
 from master.reasoning import ReasoningParser, prompt_opens_think
 from master.structured import constraint_of
 from master.tools import forced_constraint
+from proto.convert import WireError, check_wire_ranges
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -38,6 +42,11 @@ class ServingContext:
     generator: Generator
     bundle: ModelBundle
     metrics: Metrics
+    text_pool: Executor  # tokenizing and template rendering: seconds for a large prompt
+
+    async def off_loop(self, fn: Callable[..., T], *args) -> T:
+        """fn(*args) in the text pool, so /health and running streams answer meanwhile."""
+        return await asyncio.get_running_loop().run_in_executor(self.text_pool, fn, *args)
 
     def check_model(self, model: str | None) -> None:
         if model not in (None, "", self.config.served_model_name):
@@ -46,18 +55,25 @@ class ServingContext:
 
     def max_tokens(self, prompt_len: int, requested: int | None, param: str,
                    prompt_param: str) -> int:
-        """Tokens to generate; 400 when the prompt plus them exceed the context."""
-        limit = self.bundle.max_model_len
+        """Tokens to generate: absent = min(what fits, max_output_tokens); 400 above
+        max_output_tokens or when the prompt plus them exceed the context."""
+        limit, cap = self.bundle.max_model_len, self.config.max_output_tokens
+        if requested is not None and requested > cap:
+            raise APIError(400, f"{param}: {requested} is above this server's limit of {cap} "
+                           "output tokens (max_output_tokens)", param=param, code="invalid_value")
         if prompt_len >= limit:
             param = prompt_param
-        if requested is None:  # as much as fits
-            requested = max(1, min(self.bundle.default_max_tokens or limit, limit - prompt_len))
+        if requested is None:  # as much as fits, up to the server's cap
+            fits = limit - prompt_len
+            requested = max(1, min(self.bundle.default_max_tokens or fits, fits, cap))
         if prompt_len + requested > limit:
+            # A prompt over the limit was tokenized only that far (Tokenizer.limit_tokens).
+            counted = f"{prompt_len}" if prompt_len <= limit else f"more than {limit}"
             raise APIError(
                 400, f"This model's maximum context length is {limit} tokens. However, you "
-                f"requested {prompt_len + requested} tokens ({prompt_len} in the prompt, "
-                f"{requested} for the completion). Please reduce the length of the prompt "
-                "or the completion.", param=param, code="context_length_exceeded")
+                f"requested more than that ({counted} in the prompt, {requested} for the "
+                "completion). Please reduce the length of the prompt or the completion.",
+                param=param, code="context_length_exceeded")
         return requested
 
     def sampling_params(self, req: _SamplingFields, logprobs: int | None,
@@ -72,7 +88,7 @@ class ServingContext:
 
         repetition_penalty = float(pick("repetition_penalty", 1.0))
         try:
-            return SamplingParams(
+            params = SamplingParams(
                 temperature=float(pick("temperature", 1.0)), top_p=float(pick("top_p", 1.0)),
                 top_k=max(int(pick("top_k", 0)), 0), min_p=float(pick("min_p", 0.0)),
                 seed=None if req.seed is None else (req.seed + choice) % 2**64,
@@ -83,8 +99,23 @@ class ServingContext:
                 prompt_token_ids=tuple(prompt_ids) if repetition_penalty != 1.0 else (),
                 constraint=constraint,
             )
+            check_wire_ranges(params)
+        except WireError as e:
+            raise APIError(400, str(e), param=e.field, code="invalid_value") from None
         except ValueError as e:
             raise APIError(400, str(e), param=str(e).split(" ")[0]) from None
+        self._check_vocabulary(params)
+        return params
+
+    def _check_vocabulary(self, params: SamplingParams) -> None:
+        vocab = self.bundle.vocab_size
+        if params.top_k > vocab:
+            raise APIError(400, f"top_k: {params.top_k} is above the vocabulary size {vocab}",
+                           param="top_k", code="invalid_value")
+        bad = next((t for t in params.stop_token_ids if t >= vocab), None)
+        if bad is not None:
+            raise APIError(400, f"stop_token_ids: {bad} is outside the vocabulary "
+                           f"(0..{vocab - 1})", param="stop_token_ids", code="invalid_value")
 
     def choice_states(self, response_id: str, req: _SamplingFields, prompts: list[list[int]],
                       max_tokens: list[int], logprobs: int | None,

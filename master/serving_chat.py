@@ -35,6 +35,9 @@ def _message_dict(m: ChatMessage, index: int) -> dict:
     return d
 
 
+RESERVED_TEMPLATE_NAMES = frozenset({"messages", "tools", "documents", "add_generation_prompt"})
+
+
 def render_prompt(ctx: ServingContext, req: ChatCompletionRequest,
                   plan: ToolPlan | None = None) -> tuple[str, list[int]]:
     template = ctx.bundle.chat_template
@@ -46,9 +49,14 @@ def render_prompt(ctx: ServingContext, req: ChatCompletionRequest,
     if template.mentions("tool_calls"):  # and earlier calls (DeepSeek's)
         uses.add("tool_calls")
     messages, tools = prompt_messages(messages, plan, ctx.bundle.tool_format, uses)
+    extra = req.chat_template_kwargs or {}
+    taken = sorted(RESERVED_TEMPLATE_NAMES & extra.keys())
+    if taken:
+        raise APIError(400, f"chat_template_kwargs: {taken[0]!r} is set by the request itself",
+                       param="chat_template_kwargs")
     try:
         prompt = template.render(messages, add_generation_prompt=req.add_generation_prompt,
-                                 tools=tools, **(req.chat_template_kwargs or {}))
+                                 tools=tools, **extra)
     except ChatTemplateError as e:
         raise APIError(400, str(e), param="messages") from None
     return prompt, template.encode(prompt)
@@ -81,7 +89,7 @@ async def chat_completion(ctx: ServingContext, req: ChatCompletionRequest,
                           request: Request, record: AccessRecord):
     ctx.check_model(req.model)
     plan = request_tools(ctx, req)
-    prompt, ids = render_prompt(ctx, req, plan)
+    prompt, ids = await ctx.off_loop(render_prompt, ctx, req, plan)
     record.prompt = prompt
     budget = ctx.max_tokens(len(ids), req.max_completion_tokens or req.max_tokens,
                             "max_completion_tokens" if req.max_completion_tokens else "max_tokens",

@@ -19,7 +19,7 @@ from master.tokenizer import Tokenizer
 
 def tokenize_prompts(ctx: ServingContext, prompt) -> list[list[int]]:
     """The four prompt forms OpenAI accepts -> one token list per prompt."""
-    tok = ctx.bundle.tokenizer
+    tok, vocab = ctx.bundle.tokenizer, ctx.bundle.vocab_size
     if isinstance(prompt, str):
         prompts = [tok.encode(prompt)]
     elif all(isinstance(p, str) for p in prompt):
@@ -31,10 +31,11 @@ def tokenize_prompts(ctx: ServingContext, prompt) -> list[list[int]]:
     for i, ids in enumerate(prompts):
         if not ids:
             raise APIError(400, "the prompt is empty", param="prompt")
-        bad = next((t for t in ids if not 0 <= t < tok.vocab_size), None)
-        if bad is not None:
-            raise APIError(400, f"token id {bad} of prompt {i} is outside the vocabulary "
-                           f"(0..{tok.vocab_size - 1})", param="prompt")
+        if 0 <= min(ids) and max(ids) < vocab:
+            continue
+        bad = next(t for t in ids if not 0 <= t < vocab)
+        raise APIError(400, f"token id {bad} of prompt {i} is outside the vocabulary "
+                       f"(0..{vocab - 1})", param="prompt")
     return prompts
 
 
@@ -51,7 +52,7 @@ def completion_logprobs(tok: Tokenizer, update: ChoiceUpdate, top_n: int) -> Com
 async def completion(ctx: ServingContext, req: CompletionRequest, request: Request,
                      record: AccessRecord):
     ctx.check_model(req.model)
-    prompts = tokenize_prompts(ctx, req.prompt)
+    prompts = await ctx.off_loop(tokenize_prompts, ctx, req.prompt)
     if isinstance(req.prompt, str):
         record.prompt = req.prompt
     param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"

@@ -12,8 +12,39 @@ from engine.sampling_params import SamplingParams
 from proto import pipeline_pb2 as pb
 
 
+INT32_MAX = 2**31 - 1  # top_k, logprobs and token ids travel as int32
+UINT64_LIMIT = 2**64  # seed is a uint64
+FLOAT32_MAX = 3.4028234663852886e38  # float fields travel as float32: larger becomes inf
+_FLOATS = ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
+           "repetition_penalty")
+
+
 class WireError(ValueError):
-    """A message that cannot be used as sent; the text says what is wrong."""
+    """A message that cannot be used as sent; the text says what is wrong, `field` where."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+def check_wire_ranges(params: SamplingParams) -> None:
+    """WireError naming the first field pipeline.proto cannot carry as it is (protobuf
+    itself raises a bare "Value out of range" that names nothing)."""
+    for name in _FLOATS:
+        value = getattr(params, name)
+        if not (math.isfinite(value) and abs(value) <= FLOAT32_MAX):
+            raise WireError(f"{name}: not a finite 32-bit float: {value!r}", name)
+    for name in ("top_k", "logprobs"):
+        value = getattr(params, name)
+        if value is not None and not 0 <= value <= INT32_MAX:
+            raise WireError(f"{name}: outside 0..{INT32_MAX}: {value!r}", name)
+    if params.seed is not None and not 0 <= params.seed < UINT64_LIMIT:
+        raise WireError(f"seed: outside 0..2**64-1: {params.seed!r}", "seed")
+    for name in ("stop_token_ids", "prompt_token_ids"):
+        ids = getattr(params, name)
+        if ids and not (0 <= min(ids) and max(ids) <= INT32_MAX):
+            bad = next(t for t in ids if not 0 <= t <= INT32_MAX)
+            raise WireError(f"{name}: token id outside 0..{INT32_MAX}: {bad!r}", name)
 
 
 def tensor_to_proto(tensor: torch.Tensor) -> pb.Tensor:
@@ -33,7 +64,9 @@ def tensor_from_proto(msg: pb.Tensor, device: str | torch.device = "cpu") -> tor
 
 
 def params_to_proto(params: SamplingParams) -> pb.SamplingParams:
-    """The wire form of engine params (what an API sends on a sequence's first step)."""
+    """The wire form of engine params (what an API sends on a sequence's first step);
+    WireError naming the field when one does not fit (see check_wire_ranges)."""
+    check_wire_ranges(params)
     msg = pb.SamplingParams(
         temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
         min_p=params.min_p, presence_penalty=params.presence_penalty,

@@ -11,6 +11,7 @@ from runtime.settings import load_settings, settings_from_dict
 from engine.dtypes import DTYPES
 
 EXECUTORS = ("triton", "local")
+FP8_MODES = ("native", "dequantize")
 ENV_PREFIX = "DUET_WORKER_"
 
 
@@ -46,6 +47,7 @@ class WorkerConfig:
     layer_start: int  # the worker runs layers [layer_start, L); the API runs [0, layer_start)
     dtype: str = "bfloat16"
     device: str = "cpu"  # torch device of the tail: "cpu", "cuda", "cuda:1"
+    fp8: str = "native"  # FP8 checkpoints: keep e4m3 on GPUs that can (cc >= 8.9) | "dequantize"
     kv_cache_bytes: int = 1 << 30
     kv_block_size: int = 16  # tokens per KV block
     cuda_graph_max_batch: int = 64  # decode steps of up to this many sequences as CUDA graphs
@@ -80,6 +82,7 @@ class WorkerConfig:
             "layer_start": self.layer_start >= 1,
             "dtype": self.dtype in DTYPES,
             "device": bool(self.device),
+            "fp8": self.fp8 in FP8_MODES,
             "kv_cache_bytes": self.kv_cache_bytes > 0,
             "kv_block_size": self.kv_block_size > 0,
             "cuda_graph_max_batch": self.cuda_graph_max_batch >= 0,
@@ -132,6 +135,7 @@ _HINTS = {
     "layer_start": " (must be >= 1: the API runs at least the embedding and one layer)",
     "dtype": f" (one of {', '.join(DTYPES)})",
     "executor": f" (one of {', '.join(EXECUTORS)})",
+    "fp8": f" (one of {', '.join(FP8_MODES)})",
     "listen": " (host:port)",
     "triton_url": " (host:port of Triton's gRPC endpoint)",
     "tls_key_file": " (tls_cert_file and tls_key_file go together)",

@@ -17,6 +17,10 @@ class ExecutorUnavailable(Exception):
     """The executor cannot run steps right now (Triton died and is restarting)."""
 
 
+class ExecutorFailed(Exception):
+    """The executor can never run steps again (Triton keeps failing to restart)."""
+
+
 class Executor(Protocol):
     """What the gRPC server needs from a tail executor; every method may be awaited
     concurrently by several streams, the executor serializes them."""
@@ -38,6 +42,10 @@ class Executor(Protocol):
     def serving(self) -> bool:
         """False while the executor cannot run steps (health says NOT_SERVING)."""
 
+    async def wait_failed(self) -> str:
+        """Return why, once the executor can never serve again: the worker then exits 1,
+        so that `duet serve` or systemd restarts it."""
+
     async def close(self) -> None:
         """Free everything the executor holds (processes, threads, files)."""
 
@@ -51,7 +59,8 @@ def tail_loader(config: WorkerConfig) -> Callable[[], TailRunner]:
         return TailRunner.load(
             config.model_dir, config.layer_start, dtype=config.dtype, device=config.device,
             kv_cache_bytes=config.kv_cache_bytes, block_size=config.kv_block_size,
-            idle_timeout_s=config.idle_timeout_s, stream_kv_share=config.stream_kv_share,
+            idle_timeout_s=config.idle_timeout_s, fp8=config.fp8,
+            stream_kv_share=config.stream_kv_share,
             stream_max_seqs=config.stream_max_seqs,
             cuda_graph_max_batch=graph_batch_for(config.device, config.cuda_graph_max_batch),
         )
@@ -89,6 +98,10 @@ class LocalExecutor:
 
     def serving(self) -> bool:
         return self.tail is not None
+
+    async def wait_failed(self) -> str:
+        await asyncio.Event().wait()  # the tail lives in this process: it cannot fail alone
+        return ""
 
     async def close(self) -> None:
         self.tail = None

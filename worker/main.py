@@ -17,7 +17,7 @@ import grpc
 
 from engine.errors import CheckpointError
 from worker.config import WorkerConfig
-from worker.executor import Executor, ExecutorUnavailable, LocalExecutor
+from worker.executor import Executor, ExecutorFailed, ExecutorUnavailable, LocalExecutor
 from worker.server import PipelineService, make_server, set_serving
 from worker.triton_process import TritonStartError
 from worker.triton_repo import TritonNotInstalled, write_model_repo
@@ -25,7 +25,7 @@ from worker.triton_repo import TritonNotInstalled, write_model_repo
 log = logging.getLogger("worker")
 # Failures that are the operator's to fix: reported as one line, not a traceback.
 STARTUP_ERRORS = (CheckpointError, TritonStartError, TritonNotInstalled, ExecutorUnavailable,
-                  OSError, ValueError)
+                  ExecutorFailed, OSError, ValueError)
 # Of those, the ones that mean the config or the checkpoint is wrong: exit code 2.
 BAD_INPUT_ERRORS = (CheckpointError, ValueError, FileNotFoundError)
 
@@ -108,13 +108,14 @@ class Worker:
 
 
 async def run_worker(config: WorkerConfig, ready: asyncio.Event | None = None) -> None:
-    """Serve until cancelled; `ready` is set once the tail is loaded and serving."""
+    """Serve until cancelled (or ExecutorFailed); `ready` is set once the tail is serving."""
     worker = Worker(config)
     await worker.start()
     if ready is not None:
         ready.set()
     try:
-        await asyncio.Event().wait()
+        why = await worker.executor.wait_failed()
+        raise ExecutorFailed(f"{why}; exiting so that a supervisor restarts the worker")
     finally:
         await asyncio.shield(worker.stop())
 

@@ -128,6 +128,27 @@ class PipelineService(pb_grpc.PipelineServicer):
             log.warning("stream %s: releasing its sequences failed: %s", stream, e)
 
 
+class _BadHandshakeBytes(grpc.aio.ServerInterceptor):
+    """Handshake bytes that do not parse: INVALID_ARGUMENT, like a Step stream's (grpc.aio
+    parses a unary request before the servicer runs, and would answer UNKNOWN)."""
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if details.method != f"/{SERVICE}/Handshake" or handler is None:
+            return handler
+        parse, behavior = handler.request_deserializer, handler.unary_unary
+
+        async def handshake(data: bytes, context):
+            try:
+                request = parse(data)
+            except DecodeError as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"not a HandshakeRequest: {e}")
+            return await behavior(request, context)
+
+        return handler._replace(request_deserializer=None, unary_unary=handshake)
+
+
 async def _parsed(requests, context):
     """The stream's StepRequests; bytes that do not parse end the stream INVALID_ARGUMENT."""
     try:
@@ -152,7 +173,7 @@ def make_server(service: PipelineService, listen: str, *, credentials=None) -> t
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
         ("grpc.so_reuseport", 0),
-    ])
+    ], interceptors=[_BadHandshakeBytes()])
     pb_grpc.add_PipelineServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

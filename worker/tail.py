@@ -84,10 +84,10 @@ class TailRunner:
     @classmethod
     def load(cls, model_dir: str, layer_start: int, *, dtype: str, device: str,
              kv_cache_bytes: int, block_size: int, idle_timeout_s: float,
-             cuda_graph_max_batch: int = 0, **limits) -> "TailRunner":
+             fp8: str = "native", cuda_graph_max_batch: int = 0, **limits) -> "TailRunner":
         num_layers = ModelConfig.from_dir(model_dir).num_hidden_layers
         stage = Stage.load(model_dir, layer_start, num_layers, dtype=dtype, device=device,
-                           kv_cache_bytes=kv_cache_bytes, block_size=block_size,
+                           kv_cache_bytes=kv_cache_bytes, block_size=block_size, fp8=fp8,
                            cuda_graph_max_batch=cuda_graph_max_batch)
         return cls(stage, fingerprint=checkpoint_fingerprint(model_dir),
                    model_name=Path(model_dir).name, idle_timeout_s=idle_timeout_s,

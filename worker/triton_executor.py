@@ -92,6 +92,12 @@ class TritonExecutor:
     def serving(self) -> bool:
         return self.server is None or self.server.ready.is_set()
 
+    async def wait_failed(self) -> str:
+        if self.server is None:  # an external Triton: its own supervisor restarts it
+            await asyncio.Event().wait()
+        await self.server.gave_up.wait()
+        return self.server.why
+
     async def _call(self, op: Op, stream: str, payload: bytes) -> bytes:
         if not self.serving():
             raise ExecutorUnavailable("tritonserver died and is restarting")

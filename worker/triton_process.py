@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "triton_python_backend_shm_region_"
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)  # then 5 s between tries
+MAX_FAILED_RESTARTS = 3  # in a row; then give up, and the worker exits 1 (its supervisor acts)
 
 
 class TritonStartError(RuntimeError):
@@ -41,6 +42,8 @@ class ManagedTriton:
         self.supervisor: asyncio.Task | None = None
         self.stopping = False
         self.ready = asyncio.Event()
+        self.gave_up = asyncio.Event()  # set when restarts keep failing; `why` says why
+        self.why = ""
 
     @property
     def url(self) -> str:
@@ -114,6 +117,10 @@ class ManagedTriton:
             except TritonStartError as e:
                 tries += 1
                 log.error("tritonserver restart failed: %s", e)
+                if tries >= MAX_FAILED_RESTARTS:
+                    self.why = f"tritonserver could not be restarted {tries} times in a row: {e}"
+                    self.gave_up.set()
+                    return
 
     async def stop(self) -> None:
         """SIGTERM, then SIGKILL after 10 s; remove the shared memory it leaves."""

@@ -108,7 +108,7 @@ class DeepseekV2ForCausalLM(StageModel):
 
     def checkpoint_names(self, param_name: str) -> list[str]:
         if self.moe_spec is not None:
-            names = expert_checkpoint_names(param_name, self.moe_spec.num_experts)
+            names = expert_checkpoint_names(param_name, self.moe_spec)
             if names is not None:
                 return names
         return super().checkpoint_names(param_name)

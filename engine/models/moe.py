@@ -35,6 +35,11 @@ class MoESpec:
     norm_topk_prob: bool = False
     routed_scaling_factor: float = 1.0
 
+    @property
+    def fuse_shared(self) -> bool:
+        """One shared expert is an expert of the same shape: it joins the grouped GEMMs."""
+        return self.num_shared_experts == 1
+
     def __post_init__(self):
         if self.method not in ROUTING_METHODS:
             raise ValueError(f"topk_method must be one of {ROUTING_METHODS}, got {self.method!r}")
@@ -109,31 +114,69 @@ def _best_one(grouped: torch.Tensor) -> torch.Tensor:
 
 
 class Experts(nn.Module):
-    """The routed experts, stacked so that a step multiplies each expert's rows in one call.
+    """The routed experts (and a fused shared expert), stacked so that a step is two grouped GEMMs.
 
-    gate_up_proj is [2E, I, H]: rows 2e and 2e + 1 are expert e's gate_proj and up_proj, so that
-    the checkpoint's per-expert tensors stack into it and it reads as [E, 2I, H] (one matmul).
+    gate_up_proj is [2S, I, H] for S slots: rows 2e and 2e + 1 are slot e's gate_proj and up_proj,
+    so that the checkpoint's per-expert tensors stack into it and it reads as [S, 2I, H]. Slots
+    [0, E) are the routed experts; with `fuse_shared`, slot E is the shared expert, which every
+    token visits with weight 1 (one GEMM pair for all, instead of three more launches). After
+    `use_fp8` the stacks are e4m3 with `*_scale_inv` block scales, as the checkpoint stores them.
     """
+
+    fp8_probe = "gate_up_proj"  # the parameter whose checkpoint tensors say "FP8 or not"
 
     def __init__(self, spec: MoESpec):
         super().__init__()
         e, h, i = spec.num_experts, spec.hidden_size, spec.expert_intermediate_size
         self.num_experts = e
-        self.gate_up_proj = nn.Parameter(torch.empty(2 * e, i, h))
-        self.down_proj = nn.Parameter(torch.empty(e, h, i))
+        self.num_slots = e + int(spec.fuse_shared)
+        self.gate_up_proj = nn.Parameter(torch.empty(2 * self.num_slots, i, h))
+        self.down_proj = nn.Parameter(torch.empty(self.num_slots, h, i))
+        self.fp8 = False
+
+    def use_fp8(self) -> None:
+        """Hold the stacks as e4m3 + block scales (call on the meta-built model, before loading)."""
+        from engine.fp8_native import fp8_parameter, scale_parameter
+
+        self.fp8 = True
+        with torch.device(self.down_proj.device):
+            self.gate_up_proj = fp8_parameter(*self.gate_up_proj.shape)
+            self.gate_up_proj_scale_inv = scale_parameter(*self.gate_up_proj.shape)
+            self.down_proj = fp8_parameter(*self.down_proj.shape)
+            self.down_proj_scale_inv = scale_parameter(*self.down_proj.shape)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.fp8:
+            from engine.fp8_native import keep_dtypes_
+
+            keep_dtypes_(self, {"gate_up_proj": torch.float8_e4m3fn, "down_proj": torch.float8_e4m3fn,
+                                "gate_up_proj_scale_inv": torch.float32,
+                                "down_proj_scale_inv": torch.float32})
+        return self
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """x [T, H], weights/ids [T, K] -> sum over k of weight * expert(x) [T, H]."""
+        """x [T, H], weights/ids [T, K] -> sum over k of weight * expert(x) [T, H] (+ shared)."""
+        if self.num_slots > self.num_experts:  # the shared expert as one more choice, weight 1
+            ids = torch.cat([ids, ids.new_full((ids.shape[0], 1), self.num_experts)], dim=1)
+            weights = torch.cat([weights, weights.new_ones(weights.shape[0], 1)], dim=1)
         t, k = ids.shape
         flat = ids.flatten()  # [T*K]
         order = flat.argsort()  # (token, k) pairs grouped by expert
-        # rows per expert [E]; scatter_add_, not bincount, which syncs with the host on CUDA
-        counts = flat.new_zeros(self.num_experts).scatter_add_(0, flat, torch.ones_like(flat))
+        # rows per slot [S]; scatter_add_, not bincount, which syncs with the host on CUDA
+        counts = flat.new_zeros(self.num_slots).scatter_add_(0, flat, torch.ones_like(flat))
         # index_select, not x[...]: the advanced-indexing kernels cost ~10x more on small CPU batches
         xs = x.index_select(0, order.div(k, rounding_mode="floor"))  # [T*K, H]
-        gate_up = self.gate_up_proj.view(self.num_experts, -1, x.shape[1])  # [E, 2I, H]
-        gate, up = grouped_linear(xs, gate_up, counts).chunk(2, dim=-1)
-        out = grouped_linear(F.silu(gate) * up, self.down_proj, counts)  # [T*K, H]
+        if self.fp8:
+            from engine.fp8_gemm import fp8_matmul
+
+            gate, up = fp8_matmul(xs, self.gate_up_proj, self.gate_up_proj_scale_inv, counts,
+                                  parts=2).chunk(2, dim=-1)
+            out = fp8_matmul(F.silu(gate) * up, self.down_proj, self.down_proj_scale_inv, counts)
+        else:
+            gate_up = self.gate_up_proj.view(self.num_slots, -1, x.shape[1])  # [S, 2I, H]
+            gate, up = grouped_linear(xs, gate_up, counts).chunk(2, dim=-1)
+            out = grouped_linear(F.silu(gate) * up, self.down_proj, counts)  # [T*K, H]
         per_pair = out.index_select(0, order.argsort()).view(t, k, -1)  # back in (token, k) order
         return torch.bmm(weights.to(x.dtype)[:, None, :], per_pair)[:, 0]  # weighted sum over k
 
@@ -163,17 +206,27 @@ def _has_grouped_mm(x: torch.Tensor) -> bool:
     return x.device.type == "cpu"
 
 
-def expert_checkpoint_names(param_name: str, num_experts: int) -> list[str] | None:
-    """The per-expert checkpoint tensors an `Experts` parameter stacks; None for other parameters."""
+def expert_checkpoint_names(param_name: str, spec: MoESpec) -> list[str] | None:
+    """The per-expert checkpoint tensors an `Experts` parameter stacks; None for other parameters.
+
+    `...experts.gate_up_proj` -> `...experts.{e}.gate_proj.weight`, `...up_proj.weight`, ...;
+    a `*_scale_inv` parameter -> the same tensors' `weight_scale_inv`; a fused shared expert's
+    slot reads `...shared_experts.*`.
+    """
     prefix, _, leaf = param_name.rpartition(".")
-    if not prefix.endswith(".experts") or leaf not in ("gate_up_proj", "down_proj"):
+    stack, scale = leaf.removesuffix("_scale_inv"), leaf.endswith("_scale_inv")
+    if not prefix.endswith(".experts") or stack not in ("gate_up_proj", "down_proj"):
         return None
-    projs = ("gate_proj", "up_proj") if leaf == "gate_up_proj" else ("down_proj",)
-    return [f"{prefix}.{e}.{p}.weight" for e in range(num_experts) for p in projs]
+    projs = ("gate_proj", "up_proj") if stack == "gate_up_proj" else ("down_proj",)
+    suffix = "weight_scale_inv" if scale else "weight"
+    slots = [f"{prefix}.{e}" for e in range(spec.num_experts)]
+    if spec.fuse_shared:
+        slots.append(prefix.removesuffix(".experts") + ".shared_experts")
+    return [f"{slot}.{p}.{suffix}" for slot in slots for p in projs]
 
 
 class MoE(nn.Module):
-    """Routed experts plus always-on shared experts."""
+    """Routed experts plus always-on shared experts (fused into the routed stacks when one)."""
 
     def __init__(self, spec: MoESpec):
         super().__init__()
@@ -181,7 +234,7 @@ class MoE(nn.Module):
         self.experts = Experts(spec)
         self.shared_experts = (
             LlamaMLP(spec.hidden_size, spec.expert_intermediate_size * spec.num_shared_experts)
-            if spec.num_shared_experts
+            if spec.num_shared_experts and not spec.fuse_shared
             else None
         )
 

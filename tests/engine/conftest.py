@@ -111,3 +111,21 @@ def pytest_generate_tests(metafunc):
     """A test asking for `split` runs once per split point k of the tiny model (1..L-1)."""
     if "split" in metafunc.fixturenames:
         metafunc.parametrize("split", range(1, NUM_LAYERS))
+
+
+def greedy_tokens(stage: Stage, seq: str, prompt: list[int], n: int, forced: list[int] | None = None):
+    """n greedy tokens; with `forced`, each step is fed forced[i] (same prefix for both modes)."""
+    hidden = stage.forward(StepBatch((SeqChunk(seq, 0, len(prompt)),)), torch.tensor(prompt))
+    out = []
+    for i in range(n):
+        out.append(int(stage.compute_logits(hidden[-1:]).argmax(-1)))
+        feed = forced[i] if forced else out[-1]
+        hidden = stage.forward(StepBatch((SeqChunk(seq, len(prompt) + i, 1),)), torch.tensor([feed]))
+    stage.release(seq)
+    return out
+
+
+@pytest.fixture
+def greedy():
+    """greedy(stage, seq_id, prompt, n, forced=None) -> n greedy token ids."""
+    return greedy_tokens

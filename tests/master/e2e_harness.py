@@ -5,6 +5,7 @@ between modules.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -12,8 +13,8 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import grpc
 import httpx
@@ -107,19 +108,19 @@ def start_master(tmp: Path, model_dir: Path, k: int, worker_port: int, *,
     return service, url
 
 
-@contextmanager
-def worker_and_master(tmp: Path, model_dir: Path, k: int, *, env: dict | None = None,
-                      **master_fields):
-    """A worker and a master in front of it, ready; yields (master url, worker port)."""
+@contextlib.contextmanager
+def live_pipeline(tmp: Path, model_dir: Path, k: int, **master_fields) -> Iterator[str]:
+    """A worker (local executor) and a ready master in front of it; yields the master's URL
+    and stops both afterwards."""
     worker, worker_port = start_worker(tmp, model_dir, k)
     try:
-        master, url = start_master(tmp, model_dir, k, worker_port, env=env, **master_fields)
+        master, url = start_master(tmp, model_dir, k, worker_port, **master_fields)
     except Exception:
         worker.stop()
         raise
     try:
         wait_ready(url)
-        yield url, worker_port
+        yield url
     finally:
         master.stop()
         worker.stop()

@@ -18,6 +18,7 @@ class FakeHead:
 
     kv_capacity_tokens = 100_000
     hidden_size, dtype = 1, "float32"
+    vocab_size = 1 << 20
 
     def __init__(self):
         self.forwards: list[list[str]] = []

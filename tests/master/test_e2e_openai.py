@@ -10,8 +10,8 @@ import httpx
 import openai
 import pytest
 
-from e2e_harness import (Reference, wait_kv_free, worker_and_master, worker_kv_used_tokens,
-                         master_stats)
+from e2e_harness import (Reference, start_master, start_worker, wait_kv_free, wait_ready,
+                         worker_kv_used_tokens, master_stats)
 from engine.tiny_model import write_tiny_model
 from master.bundle import ModelBundle
 
@@ -23,12 +23,22 @@ SPLIT = 2
 def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e_openai")
     model = write_tiny_model("qwen2", tmp / "tiny-qwen2", num_layers=4)
-    with worker_and_master(tmp, model, SPLIT, max_num_seqs=16, max_waiting=20,
-                           env={"DUET_API_KEYS": f"tests:{KEY}"}) as (url, worker_port):
+    worker, worker_port = start_worker(tmp, model, SPLIT)
+    try:
+        master, url = start_master(tmp, model, SPLIT, worker_port, max_num_seqs=16,
+                                   max_waiting=20, env={"DUET_API_KEYS": f"tests:{KEY}"})
+    except Exception:
+        worker.stop()
+        raise
+    try:
+        wait_ready(url)
         bundle = ModelBundle.load(model)
         yield SimpleNamespace(url=url, worker_port=worker_port, model=model, bundle=bundle,
                               tok=bundle.tokenizer, name=model.name,
                               ref=Reference(model, bundle.stop_token_ids))
+    finally:
+        master.stop()
+        worker.stop()
 
 
 def sync_client(stack, key=KEY) -> openai.OpenAI:

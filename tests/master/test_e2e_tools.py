@@ -11,7 +11,7 @@ import jsonschema
 import openai
 import pytest
 
-from e2e_harness import Reference, worker_and_master
+from e2e_harness import Reference, live_pipeline
 from engine.tiny_model import write_tiny_model
 from master.bundle import ModelBundle
 from test_http_tools import ASK, FOLLOW_UP, TOOLS
@@ -34,7 +34,7 @@ SPLIT = 1
 def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e_tools")
     model = write_tiny_model("qwen2", tmp / "tiny-qwen2", num_layers=2)
-    with worker_and_master(tmp, model, SPLIT) as (url, _):
+    with live_pipeline(tmp, model, SPLIT) as url:
         bundle = ModelBundle.load(model)
         yield SimpleNamespace(url=url, name=model.name, tok=bundle.tokenizer,
                               ref=Reference(model, bundle.stop_token_ids))

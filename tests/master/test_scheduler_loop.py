@@ -145,3 +145,22 @@ async def test_a_failed_head_forward_fails_its_batch_and_the_loop_goes_on(pipeli
     assert e.value.code == "INTERNAL"
     assert "doomed" not in worker.held  # it never reached the worker
     assert [ev.token_id for ev in await collect(gen, request("fine", [3], 2))] == [4, 5]
+
+
+@pytest.mark.parametrize("bad", [dict(top_k=2**31), dict(stop_token_ids=(2**31,)),
+                                 dict(prompt=[2**40]), dict(prompt=[-1]),
+                                 dict(repetition_penalty=1e39), dict(seed=2**64)])
+async def test_a_request_the_wire_cannot_carry_fails_alone(pipeline, bad):
+    """Issue 8, finding 1: top_k = 2**31 broke the step message, and with it every stream."""
+    import dataclasses
+
+    gen, head, worker = pipeline
+    good = asyncio.create_task(collect(gen, request("good", [1], max_tokens=5)))
+    bad = dict(bad)
+    req = request("bad", bad.pop("prompt", [1]), max_tokens=5)
+    req = dataclasses.replace(req, params=dataclasses.replace(req.params, **bad))
+    with pytest.raises(SequenceFailed) as e:
+        await collect(gen, req)
+    assert e.value.code == "INVALID_ARGUMENT"
+    assert [ev.token_id for ev in await good] == [2, 3, 4, 5, 6]
+    assert gen.readiness()[0]

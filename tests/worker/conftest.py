@@ -9,8 +9,19 @@ import grpc
 import pytest
 
 from engine.tiny_model import write_tiny_model
-from pipeline_driver import (NUM_LAYERS, SPLIT, Head, StepStream, WorkerProcess, triton_missing,
-                             worker_fields)
+from pipeline_driver import (NUM_LAYERS, SPLIT, TORCH_THREADS, Head, StepStream, WorkerProcess,
+                             triton_missing, worker_fields)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def same_threads_as_the_workers():
+    """The head and the in-process reference compute with the workers' thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(TORCH_THREADS)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,10 @@ NUM_LAYERS = 4
 IDLE_TIMEOUT_S = 3.0  # of the test workers
 KV_CACHE_BYTES = 256 * 1024  # 2 layers x 256 B per token in fp32: 512 tokens
 MAX_MESSAGE_BYTES = 1 << 20  # small, so an oversized message is cheap to send
+# Intra-op threads of the test workers and of this test process (tests/worker/conftest.py):
+# seeded sampling is compared bit for bit, and a reduction split over two threads rounds
+# differently from one (on an AMD EPYC, two threads sampled other tokens than one).
+TORCH_THREADS = 1
 Generated = dict[str, list[tuple[int, float]]]  # seq_id -> [(token id, logprob)]
 
 
@@ -168,7 +172,7 @@ def stop_worker_process(proc: subprocess.Popen, timeout_s: float = 30) -> int:
 def worker_fields(ckpt: Path, executor: str, **overrides) -> dict:
     fields = dict(model_dir=str(ckpt), layer_start=SPLIT, dtype="float32", device="cpu",
                   kv_cache_bytes=KV_CACHE_BYTES, listen=f"127.0.0.1:{free_port()}",
-                  executor=executor, idle_timeout_s=IDLE_TIMEOUT_S, torch_threads=1,
+                  executor=executor, idle_timeout_s=IDLE_TIMEOUT_S, torch_threads=TORCH_THREADS,
                   max_message_bytes=MAX_MESSAGE_BYTES,
                   stream_kv_share=1.0)  # one stream may fill the cache (limits: own tests)
     fields.update(overrides)

@@ -3,6 +3,7 @@ stopped with the worker, and its Python-backend shared memory removed; and an ex
 Triton used through triton_url."""
 import asyncio
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -110,3 +111,14 @@ async def test_existing_triton_at_triton_url(ckpt, head, tmp_path):
     finally:
         await worker.stop(grace_s=0)
         await triton.stop()
+
+
+def test_worker_exits_1_when_tritonserver_cannot_be_restarted(own_triton_worker):
+    """A worker whose Triton keeps failing must not stay up NOT_SERVING for ever: it exits
+    non-zero, so `duet serve` (or systemd) restarts it."""
+    worker = own_triton_worker
+    server = tritonserver_of(worker.proc.pid)
+    shutil.rmtree(worker.log_path.parent / "run" / "models")  # every restart fails now
+    os.kill(server, signal.SIGKILL)
+    assert worker.proc.wait(120) == 1, worker.log()
+    assert "could not be restarted 3 times in a row" in worker.log()

@@ -136,3 +136,14 @@ async def test_garbage_bytes_end_only_that_stream(channel, healthy):
     assert "not a StepRequest" in e.value.details()
     await healthy.advance()
 
+
+
+async def test_garbage_handshake_bytes_are_invalid_argument(channel, healthy):
+    raw = channel.unary_unary("/duet.pipeline.v1.Pipeline/Handshake",
+                              request_serializer=lambda b: b,
+                              response_deserializer=pb.HandshakeReply.FromString)
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await raw(b"\x0a\xff\xff\xff\xff\x0f not a protobuf")
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a HandshakeRequest" in e.value.details()
+    await healthy.advance()

@@ -26,6 +26,7 @@ def test_toml_with_table_and_env_override(tmp_path):
 
 @pytest.mark.parametrize("changes, field", [
     (dict(dtype="fp8"), "dtype"),
+    (dict(fp8="fp4"), "fp8"),
     (dict(executor="gpu"), "executor"),
     (dict(listen="50051"), "listen"),
     (dict(layer_start=0), "layer_start"),

@@ -1,0 +1,96 @@
+"""Native FP8: weights stay e4m3 + block scales; the GEMM arithmetic against dequantize mode.
+
+On the CPU, native mode is refused (and the stage says so); the kernel's arithmetic runs as its
+torch reference, which a test switches on to check the conversion, loading and MoE paths.
+The Triton kernel itself is checked by tests/engine/test_fp8_native_cuda.py on a GPU.
+"""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import engine.stage as stage_module
+from engine.fp8 import quantize_block_fp8
+from engine.fp8_gemm import block_table, fp8_matmul, max_tiles
+from engine.fp8_native import FP8Linear, fp8_mode
+from engine.stage import Stage
+
+KV = 2**22
+
+
+@pytest.fixture
+def native_on_cpu(monkeypatch):
+    """Let Stage.load take the native path on the CPU (the GEMMs run their torch reference)."""
+    monkeypatch.setattr(stage_module, "fp8_mode", lambda requested, device, block: (
+        requested, "test: torch reference of the kernel"))
+
+
+def test_cpu_refuses_native_and_says_so(tiny_checkpoint, caplog):
+    ckpt = tiny_checkpoint("deepseek_v3", fp8=True)
+    with caplog.at_level(logging.INFO, logger="duet.engine.load"):
+        stage = Stage.load(ckpt, 1, 4, kv_cache_bytes=KV, fp8="native")
+    assert "FP8 weights dequantized (cpu has no FP8 matrix units)" in caplog.text
+    assert all(p.dtype == torch.float32 for p in stage.model.parameters())
+    assert fp8_mode("native", torch.device("cpu"), (128, 128))[0] == "dequantize"
+    with pytest.raises(ValueError, match="fp8 must be one of native, dequantize"):
+        Stage.load(ckpt, 1, 4, kv_cache_bytes=KV, fp8="fp4")
+
+
+def test_native_stage_holds_checkpoint_bytes(tiny_checkpoint, native_on_cpu, caplog):
+    ckpt = tiny_checkpoint("deepseek_v3", fp8=True)
+    with caplog.at_level(logging.INFO, logger="duet.engine.load"):
+        native = Stage.load(ckpt, 1, 4, kv_cache_bytes=KV, dtype="bfloat16", fp8="native")
+    deq = Stage.load(ckpt, 1, 4, kv_cache_bytes=KV, dtype="bfloat16", fp8="dequantize")
+    assert "FP8 native (12 linears, 3 expert stacks" in caplog.text  # 4 per layer, not kv_b
+    layer = native.model.model.layers["2"]
+    assert isinstance(layer.self_attn.q_a_proj, FP8Linear)
+    assert layer.self_attn.kv_b_proj.weight.dtype == torch.bfloat16  # kept for absorption
+    assert layer.mlp.experts.gate_up_proj.dtype == torch.float8_e4m3fn
+    assert layer.mlp.experts.down_proj_scale_inv.dtype == torch.float32
+    # every FP8 byte of the checkpoint is one byte here: bf16 holds those weights in two
+    fp8_bytes = sum(p.numel() for p in native.model.parameters() if p.dtype == torch.float8_e4m3fn)
+    assert deq.weight_bytes() - native.weight_bytes() == pytest.approx(fp8_bytes, rel=0.02)
+
+
+def test_native_greedy_tokens_follow_dequantize(tiny_checkpoint, native_on_cpu, prompt, greedy):
+    """fp32 stages: FP8 weights times fp32 activations, so the two modes differ only in the order
+    of sums (grouped GEMM vs dequantized matmul). Why not 32 of 32 in general: random weights
+    leave near-tied logits (top-2 gaps ~1e-4), which a different summation order can flip; each
+    step is fed the dequantize mode's token so one flip does not derail the rest."""
+    ckpt = tiny_checkpoint("deepseek_v3", fp8=True)
+    native = Stage.load(ckpt, 0, 4, kv_cache_bytes=KV, fp8="native")
+    deq = Stage.load(ckpt, 0, 4, kv_cache_bytes=KV, fp8="dequantize")
+    for p in range(3):
+        ids = prompt(12, seed=p)
+        want = greedy(deq, "d", ids, 32)
+        got = greedy(native, "n", ids, 32, forced=want)
+        assert sum(a == b for a, b in zip(got, want)) >= 30, (p, got, want)
+
+
+def test_grouped_reference_equals_per_group_linears():
+    torch.manual_seed(0)
+    weights = [quantize_block_fp8(torch.randn(40, 200) / 14) for _ in range(6)]  # 3 groups x 2
+    w = torch.stack([q for q, _ in weights])
+    s = torch.stack([sc for _, sc in weights])
+    counts = torch.tensor([3, 0, 5])
+    x = torch.randn(8, 200)
+    got = fp8_matmul(x, w, s, counts, parts=2)
+    dense = [torch.cat([fp8_matmul(x[a:b], w[2 * g + i, None], s[2 * g + i, None])
+                        for i in (0, 1)], dim=1)
+             for g, (a, b) in enumerate([(0, 3), (3, 3), (3, 8)])]
+    torch.testing.assert_close(got, torch.cat(dense), rtol=1e-5, atol=1e-5)
+
+
+def test_block_table_tiles_every_row_once():
+    counts = torch.tensor([0, 5, 16, 1, 0, 33])
+    bound = max_tiles(int(counts.sum()), 6, 16)
+    table = block_table(counts, 16, bound)
+    rows = []
+    for group, first, end in table.T.tolist():
+        if group >= 0:
+            assert counts[: group].sum() <= first < end <= counts[: group + 1].sum()
+            rows += range(first, min(first + 16, end))
+    assert rows == list(range(int(counts.sum())))
+    assert (table[0, -1] == -1) and bound == 4 + 6  # ceil(55/16) + one per group

@@ -1,0 +1,69 @@
+"""Native FP8 on a GPU (compute capability >= 8.9, triton): the kernel and a whole stage.
+
+Skipped without one; bench/fp8/run_device.sh runs this file on the lent H200.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.fp8 import dequantize_block_fp8, quantize_block_fp8
+from engine.fp8_gemm import fp8_matmul, reference_fp8_matmul, triton_available
+from engine.fp8_native import FP8Linear
+from engine.stage import Stage
+
+pytestmark = pytest.mark.skipif(
+    not (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
+         and triton_available()),
+    reason="native FP8 needs a CUDA GPU of compute capability >= 8.9 and triton",
+)
+
+
+def rel(a, b) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def fp8_weights(groups: int, n: int, k: int):
+    pairs = [quantize_block_fp8(torch.randn(n, k, device="cuda") / k**0.5) for _ in range(groups)]
+    return torch.stack([q for q, _ in pairs]), torch.stack([s for _, s in pairs])
+
+
+@pytest.mark.parametrize("m", [1, 3, 7, 64, 65, 300])
+@pytest.mark.parametrize("n,k", [(576, 7168), (200, 300)])
+@pytest.mark.parametrize("act_fp8", [None, True])
+def test_kernel_matches_reference_and_dequantized(m, n, k, act_fp8):
+    q, s = fp8_weights(1, n, k)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    out = fp8_matmul(x, q, s, act_fp8=act_fp8)
+    assert out.isfinite().all()
+    assert rel(out, reference_fp8_matmul(x, q, s, act_fp8=act_fp8)) < 1e-2
+    deq = torch.nn.functional.linear(x.float(), dequantize_block_fp8(q[0], s[0]))
+    e4m3_activations = act_fp8 or m > 64
+    assert rel(out, deq) < (4e-2 if e4m3_activations else 1e-2)
+
+
+@pytest.mark.parametrize("rows", [1, 9, 200, 2000])
+def test_grouped_kernel_matches_reference(rows):
+    q, s = fp8_weights(2 * 9, 256, 512)
+    counts = torch.distributions.Multinomial(rows, torch.ones(9)).sample().long().cuda()
+    counts[4] = 0
+    counts[0] += rows - int(counts.sum())
+    x = torch.randn(rows, 512, device="cuda", dtype=torch.bfloat16)
+    out = fp8_matmul(x, q, s, counts, parts=2)
+    assert out.isfinite().all()
+    assert rel(out, reference_fp8_matmul(x, q, s, counts, parts=2)) < 1e-2
+
+
+def test_native_stage_on_gpu_tracks_dequantize(tiny_checkpoint, prompt, greedy):
+    ckpt = tiny_checkpoint("deepseek_v3", fp8=True, tokenizer=False)
+    native = Stage.load(ckpt, 0, 4, device="cuda", kv_cache_bytes=2**22, fp8="native")
+    deq = Stage.load(ckpt, 0, 4, device="cuda", kv_cache_bytes=2**22, fp8="dequantize")
+    assert isinstance(native.model.model.layers["1"].self_attn.o_proj, FP8Linear)
+    layer_bytes = [sum(p.numel() * p.element_size() for p in s.model.model.layers.parameters())
+                   for s in (native, deq)]
+    assert layer_bytes[0] < 0.4 * layer_bytes[1]  # e4m3 vs the fp32 this stage dequantizes to
+    for p in range(3):  # fp32 activations: see test_native_greedy_tokens_follow_dequantize
+        ids = prompt(12, seed=p)
+        want = greedy(deq, "d", ids, 32)
+        got = greedy(native, "n", ids, 32, forced=want)
+        assert sum(a == b for a, b in zip(got, want)) >= 30, (p, got, want)
