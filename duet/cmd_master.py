@@ -22,7 +22,23 @@ def run(args: argparse.Namespace) -> int:
     from master.config import load_master_config
 
     config = load_master_config(args.config)  # before torch is imported: a bad file fails fast
-    from master.main import run as run_master
-    asyncio.run(run_master(config, on_ready=lambda url: print(f"duet master: serving {url}",
-                                                              flush=True)))
+    asyncio.run(_serve(config))
     return 0
+
+
+async def _serve(config) -> None:
+    """The master, with systemd told READY once it listens and its watchdog fed meanwhile."""
+    from duet.sd_notify import supervise
+    from master.main import run as run_master
+
+    listening = asyncio.Event()
+
+    def on_ready(url: str) -> None:
+        print(f"duet master: serving {url}", flush=True)
+        listening.set()
+
+    systemd = asyncio.create_task(supervise(listening, f"{config.role} API listening"))
+    try:
+        await run_master(config, on_ready=on_ready)
+    finally:
+        systemd.cancel()

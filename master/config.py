@@ -65,6 +65,7 @@ class MasterConfig:
     max_model_len: int = 0  # 0 = the checkpoint's max_position_embeddings
     log_prompts: bool = False  # prompt text in the access log
     role: str = "master"  # "standby" answers only after POST /admin/activate
+    standby_mode: str = "hot"  # a standby's head: "hot" loaded at start, "cold" on activation
     reasoning_parser: str = "auto"  # "auto" (R1-style <think> if the template uses it) | "none"
     tool_call_parser: str = "auto"  # auto (by tokenizer) | deepseek_v3 | hermes | none
     cors_allow_origins: tuple[str, ...] = field(  # origins browsers may call from; () = no
@@ -110,6 +111,7 @@ def _checks(c: MasterConfig) -> dict[str, tuple[bool, str]]:
         "step_token_budget": (c.step_token_budget >= 1, ">= 1"),
         "max_model_len": (c.max_model_len >= 0, ">= 0 (0 = the checkpoint's)"),
         "role": (c.role in ROLES, " | ".join(ROLES)),
+        "standby_mode": (c.standby_mode in ("hot", "cold"), "hot | cold"),
         "reasoning_parser": (c.reasoning_parser in ("auto", "none"), "auto | none"),
         "tool_call_parser": (c.tool_call_parser in PARSERS, " | ".join(PARSERS)),
         "cors_allow_origins": (all(isinstance(o, str) and o for o in c.cors_allow_origins),

@@ -55,7 +55,10 @@ def to_api_error(exc: BaseException) -> APIError:
         retry = str(max(1, math.ceil(exc.retry_after_s)))
         return APIError(429, str(exc), code="rate_limit_exceeded", headers={"Retry-After": retry})
     if isinstance(exc, PipelineUnavailable):
-        return APIError(503, f"the model is unavailable: {exc}", code="pipeline_unavailable")
+        retry_after_s = getattr(exc, "retry_after_s", 0)  # a cold standby that is loading
+        headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))} if retry_after_s else None
+        return APIError(503, f"the model is unavailable: {exc}", code="pipeline_unavailable",
+                        headers=headers)
     if isinstance(exc, SequenceFailed):
         status = _SEQUENCE_STATUS.get(exc.code, 500)
         return APIError(status, f"generation failed: {exc}", code=exc.code.lower())

@@ -1,6 +1,7 @@
 """`duet master --config FILE`: load the head, connect to the worker, serve the OpenAI API.
 
-The standby API on host B is this same process with `role = "standby"`: it loads, connects,
+The standby API on host B is this same process with `role = "standby"`: it loads (a cold
+standby, `standby_mode = "cold"`, only once activated: master/cold_standby.py), connects,
 answers /health and /ready, but its /v1 API answers 503 until the VRRP agent's notify hook
 posts a MASTER event to `/admin/vrrp` (master/admin.py).
 """
@@ -20,10 +21,12 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from engine.decode_graphs import graph_batch_for
 from engine.fingerprint import checkpoint_fingerprint
+from engine.manifest import Manifest
 from master.admin import AdminAccess, RealPeer, admin_router
 from master.app import create_app
 from master.auth import ApiKeyChecker, exposure_warnings
 from master.bundle import ModelBundle
+from master.cold_standby import ColdStandby
 from master.config import MasterConfig
 from master.head import Head
 from master.metrics import Metrics
@@ -39,24 +42,40 @@ class Master:
     """The loaded pieces of one API process."""
 
     config: MasterConfig
-    head: Head
-    generator: PipelineGenerator
+    generator: PipelineGenerator | ColdStandby
     app: object  # the FastAPI app
 
 
 def build(config: MasterConfig) -> Master:
-    """Load tokenizer, template and head weights; wire them to a (not yet started) pipeline."""
+    """Load tokenizer and template, and the head now (or, for a cold standby, on
+    activation); wire them to a (not yet started) pipeline."""
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)  # a CPU host shared with the worker
     bundle = ModelBundle.load(config.model_dir, config.max_model_len, config.reasoning_parser,
                               config.tool_call_parser)
+    metrics = Metrics(config.served_model_name)
+    if config.role == "standby" and config.standby_mode == "cold":
+        generator = ColdStandby(lambda: build_pipeline(config, metrics))
+    else:
+        generator = build_pipeline(config, metrics)
+    app = create_app(config, generator, bundle, metrics=metrics)
+    warnings = exposure_warnings(config.host, config.api_keys)
+    for warning in warnings:
+        log.warning("%s", warning)
+    access = AdminAccess(ApiKeyChecker(config.admin_keys), config.admin_from_loopback, warnings)
+    app.include_router(admin_router(generator, access))
+    return Master(config, generator, app)
+
+
+def build_pipeline(config: MasterConfig, metrics: Metrics) -> PipelineGenerator:
+    """The head's weights and the pipeline to the worker (not started)."""
     head = Head.load(
         config.model_dir, config.head_layer_end, dtype=config.dtype, device=config.device,
         kv_cache_bytes=config.kv_cache_bytes, block_size=config.kv_block_size, fp8=config.fp8,
         cuda_graph_max_batch=graph_batch_for(config.device, config.cuda_graph_max_batch),
     )
     identity = HeadIdentity(checkpoint_fingerprint(config.model_dir), config.head_layer_end,
-                            config.dtype, head.hidden_size)
+                            config.dtype, head.hidden_size, Manifest.read(config.model_dir))
     client = PipelineClient(PipelineClientConfig(
         worker_address=config.worker_address,
         client_name=f"{config.role}@{socket.gethostname()}",
@@ -69,17 +88,9 @@ def build(config: MasterConfig) -> Master:
         step_token_budget=config.step_token_budget, kv_block_size=config.kv_block_size,
         max_inflight_batches=config.max_inflight_batches,
     )
-    metrics = Metrics(config.served_model_name)
-    generator = PipelineGenerator(head, client, scheduling, metrics=metrics,
-                                  step_timeout_s=config.step_timeout_s,
-                                  active=config.role == "master")
-    app = create_app(config, generator, bundle, metrics=metrics)
-    warnings = exposure_warnings(config.host, config.api_keys)
-    for warning in warnings:
-        log.warning("%s", warning)
-    access = AdminAccess(ApiKeyChecker(config.admin_keys), config.admin_from_loopback, warnings)
-    app.include_router(admin_router(generator, access))
-    return Master(config, head, generator, app)
+    return PipelineGenerator(head, client, scheduling, metrics=metrics,
+                             step_timeout_s=config.step_timeout_s,
+                             active=config.role == "master")
 
 
 class _Server(uvicorn.Server):

@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 
 from engine.fingerprint import describe_mismatch
+from engine.manifest import Manifest, first_difference
 from master.generation import PipelineUnavailable
 from proto import pipeline_pb2 as pb
 from proto import pipeline_pb2_grpc as pb_grpc
@@ -57,11 +58,23 @@ class HeadIdentity:
     split_layer: int  # k: the head runs [0, k), the worker must start at k
     dtype: str
     hidden_size: int
+    manifest: Manifest | None = None  # the checkpoint's SHA256SUMS, when it has one
 
     def handshake(self, client_name: str) -> pb.HandshakeRequest:
         return pb.HandshakeRequest(fingerprint=self.fingerprint, head_layer_end=self.split_layer,
                                    dtype=self.dtype, hidden_size=self.hidden_size,
-                                   client_name=client_name)
+                                   client_name=client_name,
+                                   manifest_digest=self.manifest.digest() if self.manifest else "")
+
+
+def manifest_mismatch(mine: Manifest | None, reply: pb.HandshakeReply) -> str | None:
+    """When both hosts have a manifest and the digests differ: the first differing file."""
+    if mine is None or not reply.manifest_digest or reply.manifest_digest == mine.digest():
+        return None
+    theirs = {entry.path: entry.sha256 for entry in reply.manifest}
+    first = first_difference(mine.as_dict(), theirs)
+    return (f"checkpoint manifest digest: expected {mine.digest()[:16]}…, got "
+            f"{reply.manifest_digest[:16]}…; first differing file: {first}")
 
 
 def _read(path: str) -> bytes | None:
@@ -151,7 +164,8 @@ class PipelineClient:
             raise PipelineUnavailable(
                 f"worker at {address} unreachable: {e.code().name}: {e.details()}"
             ) from None
-        mismatch = describe_mismatch(handshake_identity(request), handshake_identity(reply))
+        mismatch = (describe_mismatch(handshake_identity(request), handshake_identity(reply))
+                    or manifest_mismatch(self.identity.manifest, reply))
         if mismatch:
             raise PipelineUnavailable(f"worker at {address} refused by handshake: {mismatch}")
         stream = StepStream(stub.Step(), address)

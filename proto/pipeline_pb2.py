@@ -24,37 +24,39 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14proto/pipeline.proto\x12\x10\x64uet.pipeline.v1\"x\n\x10HandshakeRequest\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\t\x12\x16\n\x0ehead_layer_end\x18\x02 \x01(\x05\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x13\n\x0bhidden_size\x18\x04 \x01(\x05\x12\x13\n\x0b\x63lient_name\x18\x05 \x01(\t\"\x95\x02\n\x0eHandshakeReply\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\t\x12\x13\n\x0blayer_start\x18\x02 \x01(\x05\x12\x11\n\tlayer_end\x18\x03 \x01(\x05\x12\x12\n\nnum_layers\x18\x04 \x01(\x05\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x13\n\x0bhidden_size\x18\x06 \x01(\x05\x12\x1a\n\x12kv_capacity_tokens\x18\x07 \x01(\x03\x12\x10\n\x08\x65xecutor\x18\x08 \x01(\t\x12\x12\n\nmodel_name\x18\t \x01(\t\x12\x19\n\x11max_message_bytes\x18\n \x01(\x03\x12\x18\n\x10stream_kv_tokens\x18x \x01(\x03\x12\x17\n\x0fstream_max_seqs\x18y \x01(\x05\"4\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xb6\x02\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\r\n\x05min_p\x18\x04 \x01(\x02\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x10presence_penalty\x18\x06 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x07 \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x08 \x01(\x02\x12\x10\n\x08logprobs\x18\t \x01(\x05\x12\x16\n\x0estop_token_ids\x18\n \x03(\x05\x12\x18\n\x10prompt_token_ids\x18\x0b \x03(\x05\x12\x31\n\nconstraint\x18\x84\x02 \x01(\x0b\x32\x1c.duet.pipeline.v1.ConstraintB\x07\n\x05_seed\"(\n\nConstraint\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x82\x01\n\x07SeqStep\x12\x0e\n\x06seq_id\x18\x01 \x01(\t\x12\x11\n\tstart_pos\x18\x02 \x01(\x03\x12\x12\n\nnum_tokens\x18\x03 \x01(\x05\x12\x0e\n\x06sample\x18\x04 \x01(\x08\x12\x30\n\x06params\x18\x05 \x01(\x0b\x32 .duet.pipeline.v1.SamplingParams\"\x82\x01\n\x0bStepRequest\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12\'\n\x04seqs\x18\x02 \x03(\x0b\x32\x19.duet.pipeline.v1.SeqStep\x12(\n\x06hidden\x18\x03 \x01(\x0b\x32\x18.duet.pipeline.v1.Tensor\x12\x0f\n\x07release\x18\x04 \x03(\t\"1\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"s\n\x07Sampled\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x34\n\x0ctop_logprobs\x18\x03 \x03(\x0b\x32\x1e.duet.pipeline.v1.TokenLogprob\x12\x0f\n\x07stopped\x18\x04 \x01(\x08\")\n\x08SeqError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x81\x01\n\tSeqResult\x12\x0e\n\x06seq_id\x18\x01 \x01(\t\x12,\n\x07sampled\x18\x02 \x01(\x0b\x32\x19.duet.pipeline.v1.SampledH\x00\x12+\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1a.duet.pipeline.v1.SeqErrorH\x00\x42\t\n\x07outcome\"\x98\x01\n\tStepReply\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12,\n\x07results\x18\x02 \x03(\x0b\x32\x1b.duet.pipeline.v1.SeqResult\x12\x16\n\x0ekv_used_tokens\x18\x03 \x01(\x03\x12\x1a\n\x12kv_capacity_tokens\x18\x04 \x01(\x03\x12\x18\n\x10worker_compute_s\x18\x05 \x01(\x01\x32\xa5\x01\n\x08Pipeline\x12Q\n\tHandshake\x12\".duet.pipeline.v1.HandshakeRequest\x1a .duet.pipeline.v1.HandshakeReply\x12\x46\n\x04Step\x12\x1d.duet.pipeline.v1.StepRequest\x1a\x1b.duet.pipeline.v1.StepReply(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14proto/pipeline.proto\x12\x10\x64uet.pipeline.v1\"\x92\x01\n\x10HandshakeRequest\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\t\x12\x16\n\x0ehead_layer_end\x18\x02 \x01(\x05\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x13\n\x0bhidden_size\x18\x04 \x01(\x05\x12\x13\n\x0b\x63lient_name\x18\x05 \x01(\t\x12\x18\n\x0fmanifest_digest\x18\xb4\x01 \x01(\t\"\xe3\x02\n\x0eHandshakeReply\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\t\x12\x13\n\x0blayer_start\x18\x02 \x01(\x05\x12\x11\n\tlayer_end\x18\x03 \x01(\x05\x12\x12\n\nnum_layers\x18\x04 \x01(\x05\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x13\n\x0bhidden_size\x18\x06 \x01(\x05\x12\x1a\n\x12kv_capacity_tokens\x18\x07 \x01(\x03\x12\x10\n\x08\x65xecutor\x18\x08 \x01(\t\x12\x12\n\nmodel_name\x18\t \x01(\t\x12\x19\n\x11max_message_bytes\x18\n \x01(\x03\x12\x18\n\x10stream_kv_tokens\x18x \x01(\x03\x12\x17\n\x0fstream_max_seqs\x18y \x01(\x05\x12\x18\n\x0fmanifest_digest\x18\xb4\x01 \x01(\t\x12\x32\n\x08manifest\x18\xb5\x01 \x03(\x0b\x32\x1f.duet.pipeline.v1.ManifestEntry\"-\n\rManifestEntry\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"4\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xb6\x02\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\r\n\x05min_p\x18\x04 \x01(\x02\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x10presence_penalty\x18\x06 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x07 \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x08 \x01(\x02\x12\x10\n\x08logprobs\x18\t \x01(\x05\x12\x16\n\x0estop_token_ids\x18\n \x03(\x05\x12\x18\n\x10prompt_token_ids\x18\x0b \x03(\x05\x12\x31\n\nconstraint\x18\x84\x02 \x01(\x0b\x32\x1c.duet.pipeline.v1.ConstraintB\x07\n\x05_seed\"(\n\nConstraint\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x82\x01\n\x07SeqStep\x12\x0e\n\x06seq_id\x18\x01 \x01(\t\x12\x11\n\tstart_pos\x18\x02 \x01(\x03\x12\x12\n\nnum_tokens\x18\x03 \x01(\x05\x12\x0e\n\x06sample\x18\x04 \x01(\x08\x12\x30\n\x06params\x18\x05 \x01(\x0b\x32 .duet.pipeline.v1.SamplingParams\"\x82\x01\n\x0bStepRequest\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12\'\n\x04seqs\x18\x02 \x03(\x0b\x32\x19.duet.pipeline.v1.SeqStep\x12(\n\x06hidden\x18\x03 \x01(\x0b\x32\x18.duet.pipeline.v1.Tensor\x12\x0f\n\x07release\x18\x04 \x03(\t\"1\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"s\n\x07Sampled\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x34\n\x0ctop_logprobs\x18\x03 \x03(\x0b\x32\x1e.duet.pipeline.v1.TokenLogprob\x12\x0f\n\x07stopped\x18\x04 \x01(\x08\")\n\x08SeqError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x81\x01\n\tSeqResult\x12\x0e\n\x06seq_id\x18\x01 \x01(\t\x12,\n\x07sampled\x18\x02 \x01(\x0b\x32\x19.duet.pipeline.v1.SampledH\x00\x12+\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1a.duet.pipeline.v1.SeqErrorH\x00\x42\t\n\x07outcome\"\x98\x01\n\tStepReply\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12,\n\x07results\x18\x02 \x03(\x0b\x32\x1b.duet.pipeline.v1.SeqResult\x12\x16\n\x0ekv_used_tokens\x18\x03 \x01(\x03\x12\x1a\n\x12kv_capacity_tokens\x18\x04 \x01(\x03\x12\x18\n\x10worker_compute_s\x18\x05 \x01(\x01\x32\xa5\x01\n\x08Pipeline\x12Q\n\tHandshake\x12\".duet.pipeline.v1.HandshakeRequest\x1a .duet.pipeline.v1.HandshakeReply\x12\x46\n\x04Step\x12\x1d.duet.pipeline.v1.StepRequest\x1a\x1b.duet.pipeline.v1.StepReply(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.pipeline_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HANDSHAKEREQUEST']._serialized_start=42
-  _globals['_HANDSHAKEREQUEST']._serialized_end=162
-  _globals['_HANDSHAKEREPLY']._serialized_start=165
-  _globals['_HANDSHAKEREPLY']._serialized_end=442
-  _globals['_TENSOR']._serialized_start=444
-  _globals['_TENSOR']._serialized_end=496
-  _globals['_SAMPLINGPARAMS']._serialized_start=499
-  _globals['_SAMPLINGPARAMS']._serialized_end=809
-  _globals['_CONSTRAINT']._serialized_start=811
-  _globals['_CONSTRAINT']._serialized_end=851
-  _globals['_SEQSTEP']._serialized_start=854
-  _globals['_SEQSTEP']._serialized_end=984
-  _globals['_STEPREQUEST']._serialized_start=987
-  _globals['_STEPREQUEST']._serialized_end=1117
-  _globals['_TOKENLOGPROB']._serialized_start=1119
-  _globals['_TOKENLOGPROB']._serialized_end=1168
-  _globals['_SAMPLED']._serialized_start=1170
-  _globals['_SAMPLED']._serialized_end=1285
-  _globals['_SEQERROR']._serialized_start=1287
-  _globals['_SEQERROR']._serialized_end=1328
-  _globals['_SEQRESULT']._serialized_start=1331
-  _globals['_SEQRESULT']._serialized_end=1460
-  _globals['_STEPREPLY']._serialized_start=1463
-  _globals['_STEPREPLY']._serialized_end=1615
-  _globals['_PIPELINE']._serialized_start=1618
-  _globals['_PIPELINE']._serialized_end=1783
+  _globals['_HANDSHAKEREQUEST']._serialized_start=43
+  _globals['_HANDSHAKEREQUEST']._serialized_end=189
+  _globals['_HANDSHAKEREPLY']._serialized_start=192
+  _globals['_HANDSHAKEREPLY']._serialized_end=547
+  _globals['_MANIFESTENTRY']._serialized_start=549
+  _globals['_MANIFESTENTRY']._serialized_end=594
+  _globals['_TENSOR']._serialized_start=596
+  _globals['_TENSOR']._serialized_end=648
+  _globals['_SAMPLINGPARAMS']._serialized_start=651
+  _globals['_SAMPLINGPARAMS']._serialized_end=961
+  _globals['_CONSTRAINT']._serialized_start=963
+  _globals['_CONSTRAINT']._serialized_end=1003
+  _globals['_SEQSTEP']._serialized_start=1006
+  _globals['_SEQSTEP']._serialized_end=1136
+  _globals['_STEPREQUEST']._serialized_start=1139
+  _globals['_STEPREQUEST']._serialized_end=1269
+  _globals['_TOKENLOGPROB']._serialized_start=1271
+  _globals['_TOKENLOGPROB']._serialized_end=1320
+  _globals['_SAMPLED']._serialized_start=1322
+  _globals['_SAMPLED']._serialized_end=1437
+  _globals['_SEQERROR']._serialized_start=1439
+  _globals['_SEQERROR']._serialized_end=1480
+  _globals['_SEQRESULT']._serialized_start=1483
+  _globals['_SEQRESULT']._serialized_end=1612
+  _globals['_STEPREPLY']._serialized_start=1615
+  _globals['_STEPREPLY']._serialized_end=1767
+  _globals['_PIPELINE']._serialized_start=1770
+  _globals['_PIPELINE']._serialized_end=1935
 # @@protoc_insertion_point(module_scope)

@@ -35,3 +35,60 @@ def tls_certs(tmp_path_factory) -> Path:
                  "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext",
                  "-out", f"{name}.pem", cwd=d)
     return d
+
+
+class NotifyListener:
+    """systemd's side of sd_notify(3): a datagram socket collecting (monotonic time, line)."""
+
+    def __init__(self, path: Path):
+        import socket
+        import threading
+
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
+        self.messages: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import time
+
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except OSError:
+                continue
+            for line in data.decode().splitlines():
+                self.messages.append((time.monotonic(), line))
+
+    def env(self, watchdog_s: float) -> dict:
+        return {"NOTIFY_SOCKET": str(self.path), "WATCHDOG_USEC": str(int(watchdog_s * 1e6))}
+
+    def wait_for(self, line: str, count: int = 1, timeout_s: float = 180.0) -> list[float]:
+        """Times of the first `count` occurrences of `line`; fails after timeout_s."""
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            times = [t for t, got in list(self.messages) if got == line]
+            if len(times) >= count:
+                return times[:count]
+            time.sleep(0.05)
+        raise AssertionError(f"{count}x {line!r} not received in {timeout_s} s: "
+                             f"{self.messages[-10:]}")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+@pytest.fixture
+def notify_listener(tmp_path):
+    """A NOTIFY_SOCKET for a service under test (what systemd gives a Type=notify unit)."""
+    listener = NotifyListener(tmp_path / "notify.sock")
+    yield listener
+    listener.close()

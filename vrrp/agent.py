@@ -35,6 +35,7 @@ class Agent:
         self.machine: Machine | None = None
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
+        self.started = asyncio.Event()  # the state machine runs (systemd's READY=1)
 
     def stop(self) -> None:
         """Graceful stop (SIGTERM): priority 0 advert, VIPs removed, hooks flushed."""
@@ -43,9 +44,12 @@ class Agent:
     async def run(self) -> None:
         cfg = self.cfg
         source_ip = await self.host.open()  # removes stale VIPs before anything else
-        self.machine = Machine(cfg.priority, cfg.advert_interval_cs, source_ip, cfg.preempt,
+        priority = cfg.priority
+        if self.health and not self.health.healthy and cfg.health.weight:
+            priority = effective_priority(cfg.priority, cfg.health.weight, False)
+        self.machine = Machine(priority, cfg.advert_interval_cs, source_ip, cfg.preempt,
                                cfg.preempt_delay_s)
-        self.status.set_priority(cfg.priority)
+        self.status.set_priority(priority)
         if cfg.metrics_port:
             self.status.serve_metrics(cfg.metrics_addr, cfg.metrics_port)
         loop = asyncio.get_running_loop()
@@ -54,10 +58,13 @@ class Agent:
             self._spawn(self._watch_link(), self._write_status())
             if self.health:
                 self._spawn(self.health.run())
-            if await self.host.link_up():
+            if self.health and not self.health.healthy and not cfg.health.weight:
+                await self._apply(self.machine.fault(time.monotonic(), "health"))
+            elif await self.host.link_up():
                 await self._apply(self.machine.start(time.monotonic()))
             else:
                 await self._apply(self.machine.fault(time.monotonic(), "link"))
+            self.started.set()
             await self._loop()
             await self._apply(self.machine.shutdown(time.monotonic()))
         finally:

@@ -19,6 +19,9 @@ class HealthConfig:
     rise: int = 2
     fall: int = 2
     weight: int = -60  # <0: added while failing; >0: added while healthy; 0: failing = FAULT
+    # keepalived's init_fail: start as failing until `rise` probes pass, so an agent started
+    # before its API is ready does not preempt with the full priority.
+    init_fail: bool = False
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):

@@ -28,7 +28,8 @@ class HealthCheck:
     def __init__(self, cfg: HealthConfig, on_change: Callable[[bool], None]):
         self.cfg = cfg
         self.on_change = on_change
-        self.healthy = True  # assumed up at start, so a slow first probe moves nothing
+        # Assumed up at start (a slow first probe moves nothing), unless init_fail says not.
+        self.healthy = not cfg.init_fail
         self._streak = 0  # consecutive results that disagree with `healthy`
 
     async def probe(self, client: httpx.AsyncClient) -> bool:

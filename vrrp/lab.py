@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,26 @@ def wait_until(predicate, timeout_s: float, poll_s: float = 0.005):
         if time.monotonic() > deadline:
             raise TimeoutError(f"condition not met within {timeout_s} s")
         time.sleep(poll_s)
+
+
+def build_bridge(ns_of: Callable[[str], str], created: Callable[[str], None]) -> None:
+    """Namespace `ns_of("br")` with a bridge, and one namespace per host with `eth0` on it.
+    `created(ns)` is called before each namespace is made, so a caller can record it first
+    and remove it even if this fails half-way."""
+    br = ns_of("br")
+    for ns in (br, *(ns_of(h) for h in HOSTS)):
+        created(ns)
+        run_ip("netns", "add", ns)
+        run_ip("-n", ns, "link", "set", "lo", "up")
+    run_ip("-n", br, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
+    run_ip("-n", br, "link", "set", "br0", "up")
+    for host, (ip, mac) in HOSTS.items():
+        ns = ns_of(host)
+        run_ip("-n", br, "link", "add", "name", f"port-{host}", "type", "veth",
+               "peer", "name", "eth0", "netns", ns)
+        run_ip("-n", br, "link", "set", f"port-{host}", "master", "br0", "up")
+        run_ip("-n", ns, "link", "set", "eth0", "address", mac, "up")
+        run_ip("-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
 
 
 @dataclass
@@ -83,20 +104,7 @@ class Lab:
         return f"{self.prefix}-{host}"
 
     def _build(self) -> None:
-        br = self.ns("br")
-        for ns in (br, *(self.ns(h) for h in HOSTS)):
-            run_ip("netns", "add", ns)
-            self.namespaces.append(ns)
-            run_ip("-n", ns, "link", "set", "lo", "up")
-        run_ip("-n", br, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
-        run_ip("-n", br, "link", "set", "br0", "up")
-        for host, (ip, mac) in HOSTS.items():
-            ns = self.ns(host)
-            run_ip("-n", br, "link", "add", "name", f"port-{host}", "type", "veth",
-                   "peer", "name", "eth0", "netns", ns)
-            run_ip("-n", br, "link", "set", f"port-{host}", "master", "br0", "up")
-            run_ip("-n", ns, "link", "set", "eth0", "address", mac, "up")
-            run_ip("-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+        build_bridge(self.ns, self.namespaces.append)
 
     def start_web(self, host: str) -> Path:
         """A static web server in `host` answering /ready (while the file exists) and /whoami."""
@@ -117,9 +125,9 @@ class Lab:
                     "status_file": str(self.dir / f"status-{host}.json"),
                     "status_interval_s": 0.1, "realtime_priority": 10}
         settings.update(overrides)
-        return "[vrrp]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in settings.items()
+        return "[vrrp]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in settings.items()
                                     if not isinstance(v, dict)) + "".join(
-            f"[vrrp.{k}]\n" + "".join(f"{kk} = {_toml(vv)}\n" for kk, vv in v.items())
+            f"[vrrp.{k}]\n" + "".join(f"{kk} = {toml_value(vv)}\n" for kk, vv in v.items())
             for k, v in settings.items() if isinstance(v, dict))
 
     def start_agent(self, host: str, wait_state: str | None = "", **overrides) -> AgentProc:
@@ -188,9 +196,9 @@ class Lab:
         self.namespaces.clear()
 
 
-def _toml(value) -> str:
+def toml_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return json.dumps(value)

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 
+from duet.sd_notify import supervise
 from vrrp.config import VrrpConfig, load_config
 
 CAP_NET_ADMIN = 12
@@ -32,7 +33,11 @@ async def _serve(cfg: VrrpConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.stop)
-    await agent.run()
+    systemd = asyncio.create_task(supervise(agent.started, f"VRID {cfg.vrid} running"))
+    try:
+        await agent.run()
+    finally:
+        systemd.cancel()
 
 
 def run(config_path: str, section: str = "vrrp", log_level: str = "WARNING") -> int:

@@ -75,6 +75,7 @@ class WorkerConfig:
     # client can starve the other: a fraction of the KV cache, and a number of sequences.
     stream_kv_share: float = 0.5
     stream_max_seqs: int = 256
+    metrics_listen: str = ""  # host:port of the Prometheus metrics (worker/metrics.py); "" = off
 
     def __post_init__(self):
         checks = {
@@ -101,6 +102,7 @@ class WorkerConfig:
             "tls_client_names": not self.tls_client_names or bool(self.tls_client_ca_file),
             "stream_kv_share": 0 < self.stream_kv_share <= 1,
             "stream_max_seqs": self.stream_max_seqs >= 1,
+            "metrics_listen": not self.metrics_listen or _is_host_port(self.metrics_listen),
         }
         for name, ok in checks.items():
             if not ok:
@@ -137,6 +139,7 @@ _HINTS = {
     "executor": f" (one of {', '.join(EXECUTORS)})",
     "fp8": f" (one of {', '.join(FP8_MODES)})",
     "listen": " (host:port)",
+    "metrics_listen": " (host:port, or empty for no metrics)",
     "triton_url": " (host:port of Triton's gRPC endpoint)",
     "tls_key_file": " (tls_cert_file and tls_key_file go together)",
     "tls_client_ca_file": " (mutual TLS needs tls_cert_file and tls_key_file)",

@@ -15,9 +15,13 @@ from pathlib import Path
 
 import grpc
 
+from duet.sd_notify import supervise
 from engine.errors import CheckpointError
+from engine.manifest import Manifest
+from proto import pipeline_pb2 as pb
 from worker.config import WorkerConfig
 from worker.executor import Executor, ExecutorFailed, ExecutorUnavailable, LocalExecutor
+from worker.metrics import WorkerMetrics
 from worker.server import PipelineService, make_server, set_serving
 from worker.triton_process import TritonStartError
 from worker.triton_repo import TritonNotInstalled, write_model_repo
@@ -48,14 +52,28 @@ def server_credentials(config: WorkerConfig) -> grpc.ServerCredentials | None:
                                        require_client_auth=ca is not None)
 
 
+def attach_manifest(info: pb.HandshakeReply, model_dir: str) -> None:
+    """The checkpoint's SHA256SUMS into the handshake reply, so the API can compare."""
+    manifest = Manifest.read(model_dir)
+    if manifest is not None:
+        info.manifest_digest = manifest.digest()
+        info.manifest.extend(pb.ManifestEntry(path=path, sha256=sha)
+                             for path, sha in manifest.entries)
+
+
 class Worker:
     """One worker: executor + gRPC server + idle sweeper."""
 
     def __init__(self, config: WorkerConfig):
         self.config = config
         self.executor = make_executor(config)
+        self.metrics = WorkerMetrics() if config.metrics_listen else None
+        if self.metrics is not None:
+            self.executor = self.metrics.wrap(self.executor)
         self.service = PipelineService(self.executor, config.max_message_bytes,
                                        config.tls_client_names)
+        if self.metrics is not None:
+            self.metrics.track(self.service)
         self.server, self.health, self.port = make_server(
             self.service, config.listen, credentials=server_credentials(config))
         self.sweeper: asyncio.Task | None = None
@@ -64,6 +82,8 @@ class Worker:
         """Listen at once (health NOT_SERVING), load the tail, then serve."""
         await set_serving(self.health, False)
         await self.server.start()
+        if self.metrics is not None:
+            self.metrics.serve(self.config.metrics_listen)
         started_s = time.perf_counter()
         try:
             info = await self.executor.start()
@@ -72,6 +92,7 @@ class Worker:
             raise
         self.service.info = info
         info.max_message_bytes = self.config.max_message_bytes
+        attach_manifest(info, self.config.model_dir)
         security = ("mutual TLS" if self.config.tls_client_ca_file
                     else "TLS" if self.config.tls else "plaintext")
         log.info("worker ready: executor %s, layers [%d, %d) of %d, device %s, dtype %s, "
@@ -104,6 +125,8 @@ class Worker:
         await self.server.stop(grace_s)
         await self.service.close()
         await self.executor.close()
+        if self.metrics is not None:
+            self.metrics.close()
         log.info("worker stopped")
 
 
@@ -130,10 +153,14 @@ async def _serve_until_signal(config: WorkerConfig) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
+    ready = asyncio.Event()
+    systemd = asyncio.create_task(supervise(ready, "worker serving"))
     try:
-        await run_worker(config)
+        await run_worker(config, ready)
     except asyncio.CancelledError:
         pass
+    finally:
+        systemd.cancel()
 
 
 def run_cli(config_path: str, write_model_repo_dir: str | None = None) -> int:
