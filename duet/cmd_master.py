@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(config) -> None:
     """The master, with systemd told READY once it listens and its watchdog fed meanwhile."""
-    from duet.sd_notify import supervise
+    from runtime.sd_notify import supervise
     from master.main import run as run_master
 
     listening = asyncio.Event()

@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 
-from duet.sd_notify import supervise
+from runtime.sd_notify import supervise
 from vrrp.config import VrrpConfig, load_config
 
 CAP_NET_ADMIN = 12

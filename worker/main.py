@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 
-from duet.sd_notify import supervise
+from runtime.sd_notify import supervise
 from engine.errors import CheckpointError
 from engine.manifest import Manifest
 from proto import pipeline_pb2 as pb

@@ -4,7 +4,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import httpx
 import pytest
 
 from engine.tiny_model import write_tiny_model
+from runtime.children import free_port
 
 UNITS = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
 NAMES = ("duet-master", "duet-standby", "duet-worker", "duet-vrrp")
@@ -136,9 +136,3 @@ def test_worker_says_ready_once_serving_and_feeds_the_watchdog(tmp_path, tiny,
     assert "duet_worker_serving 1.0" in scrape and "duet_worker_kv_capacity_tokens" in scrape
     check_ready_then_watchdog(notify_listener, proc, log)
     assert "worker ready" in log.read_text()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

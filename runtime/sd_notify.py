@@ -15,7 +15,7 @@ import os
 import socket
 from collections.abc import Mapping
 
-log = logging.getLogger("duet.sd_notify")
+log = logging.getLogger("runtime.sd_notify")
 
 WATCHDOG_FRACTION = 0.5  # ping at half the period, as sd_watchdog_enabled(3) advises
 
