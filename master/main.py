@@ -51,7 +51,8 @@ def build(config: MasterConfig) -> Master:
     activation); wire them to a (not yet started) pipeline."""
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)  # a CPU host shared with the worker
-    bundle = ModelBundle.load(config.model_dir, config.max_model_len, config.reasoning_parser)
+    bundle = ModelBundle.load(config.model_dir, config.max_model_len, config.reasoning_parser,
+                              config.tool_call_parser)
     metrics = Metrics(config.served_model_name)
     if config.role == "standby" and config.standby_mode == "cold":
         generator = ColdStandby(lambda: build_pipeline(config, metrics))

@@ -28,6 +28,7 @@ from master.metrics import Metrics
 from master.protocol import Usage, _SamplingFields
 from master.reasoning import ReasoningParser, prompt_opens_think
 from master.structured import constraint_of
+from master.tools import forced_constraint
 from proto.convert import WireError, check_wire_ranges
 
 T = TypeVar("T")
@@ -118,17 +119,14 @@ class ServingContext:
 
     def choice_states(self, response_id: str, req: _SamplingFields, prompts: list[list[int]],
                       max_tokens: list[int], logprobs: int | None,
-                      think_open: bool | None = None,
-                      constraint: Constraint | None = None) -> list[ChoiceState]:
+                      think_open: bool | None = None, tools=None) -> list[ChoiceState]:
         """n choices per prompt, index = prompt * n + i, seed + i for choice i.
 
         think_open None: no reasoning split (completions); else whether the prompt opened it.
-        constraint: what the output must match when the caller decides it (a forced tool
-        call); by default the request's response_format / guided_* fields.
+        tools: the chat request's tools.ToolPlan, whose parser reads calls out of the text.
         """
-        states = []
-        if constraint is None:
-            constraint = constraint_of(req)  # checked once: a bad schema is a 400
+        # checked once: a bad schema is a 400; a forced tool call is a constraint too
+        states, constraint = [], forced_constraint(tools, constraint_of(req))
         for p, (ids, budget) in enumerate(zip(prompts, max_tokens)):
             for i in range(req.n):
                 index = p * req.n + i
@@ -137,8 +135,8 @@ class ServingContext:
                 parser = None
                 if think_open is not None and self.bundle.reasoning:
                     parser = ReasoningParser(in_reasoning=think_open)
-                states.append(ChoiceState(index, self.bundle.tokenizer, gen,
-                                          req.stop_strings(), parser))
+                states.append(ChoiceState(index, self.bundle.tokenizer, gen, req.stop_strings(),
+                                          parser, tools.parser() if tools else None))
         return states
 
     def think_open(self, prompt: str) -> bool:
