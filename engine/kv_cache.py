@@ -53,6 +53,12 @@ class KVCache:
         self._free = list(range(self.num_blocks - 1, -1, -1))  # pop() hands out low blocks first
         self._tables: dict[str, list[int]] = {}  # seq_id -> its blocks, in position order
         self._lens: dict[str, int] = {}  # seq_id -> tokens written so far
+        # Prefix caching: full blocks kept under a key, shared by reference count. A keyed
+        # block with no reference stays out of _free until evicted; a block whose key was
+        # dropped while referenced is freed by its last release.
+        self._keyed: dict[str, int] = {}  # key -> block
+        self._key_of: dict[int, str] = {}  # block -> key
+        self._refs: dict[int, int] = {}  # shared block -> sequences holding it
         self.block_table: BlockTable | None = None  # made by enable_block_table
 
     def enable_block_table(self, max_seqs: int, max_tokens_per_seq: int) -> BlockTable:
@@ -84,8 +90,15 @@ class KVCache:
 
     @property
     def used_tokens(self) -> int:
-        """Token slots held by sequences (whole blocks)."""
-        return (self.num_blocks - len(self._free)) * self.block_size
+        """Token slots held by sequences (whole blocks, a shared block once); cached blocks
+        no sequence holds count as free, as vLLM counts them."""
+        idle = sum(1 for b in self._key_of if not self._refs.get(b))
+        return (self.num_blocks - len(self._free) - idle) * self.block_size
+
+    @property
+    def cached_tokens(self) -> int:
+        """Token slots of blocks kept for prefix caching, held or not."""
+        return len(self._keyed) * self.block_size
 
     @property
     def num_seqs(self) -> int:
@@ -121,11 +134,62 @@ class KVCache:
             self._lens.setdefault(seq_id, 0)
 
     def release(self, seq_id: str) -> None:
-        """Give a sequence's blocks back; unknown ids are ignored."""
-        self._free.extend(reversed(self._tables.pop(seq_id, [])))
+        """Give a sequence's blocks back (a shared block when its last holder goes; a keyed
+        one stays cached); unknown ids are ignored."""
+        for block in reversed(self._tables.pop(seq_id, [])):
+            refs = self._refs.get(block)
+            if refs is not None:
+                self._refs[block] = refs - 1
+                if refs > 1 or block in self._key_of:
+                    continue
+                del self._refs[block]
+            self._free.append(block)
         self._lens.pop(seq_id, None)
         if self.block_table is not None:
             self.block_table.release(seq_id)
+
+    # --- prefix caching -------------------------------------------------------------------
+    def has_cached(self, key: str) -> bool:
+        return key in self._keyed
+
+    def attach(self, seq_id: str, keys: list[str]) -> None:
+        """Start a new sequence on cached blocks: positions [0, block_size * len(keys))."""
+        if seq_id in self._tables:
+            raise ValueError(f"sequence {seq_id!r} already holds KV blocks")
+        missing = [k for k in keys if k not in self._keyed]
+        if missing:
+            raise KeyError(f"prefix block {missing[0]} is not cached")
+        blocks = [self._keyed[k] for k in keys]
+        for block in blocks:
+            self._refs[block] += 1
+        self._tables[seq_id] = blocks
+        self._lens[seq_id] = len(blocks) * self.block_size
+
+    def cache_block(self, seq_id: str, index: int, key: str) -> None:
+        """Keep the sequence's full block `index` under `key` (a key or block already kept
+        is left as it is: an equal copy stays the sequence's own)."""
+        table = self._tables.get(seq_id, [])
+        if index >= len(table) or self._lens[seq_id] < (index + 1) * self.block_size:
+            raise ValueError(f"sequence {seq_id!r} has no full block {index} to cache")
+        block = table[index]
+        if key in self._keyed or block in self._key_of:
+            return
+        self._keyed[key], self._key_of[block] = block, key
+        self._refs.setdefault(block, 1)  # a block of its own has one holder
+
+    def evict(self, key: str) -> None:
+        """Drop a cached block's key; the block is free once no sequence holds it."""
+        block = self._keyed.pop(key, None)
+        if block is None:
+            return
+        del self._key_of[block]
+        if not self._refs.get(block):
+            self._refs.pop(block, None)
+            self._free.append(block)
+
+    def evict_all(self) -> None:
+        for key in list(self._keyed):
+            self.evict(key)
 
     def check_batch(self, batch: StepBatch) -> None:
         """ValueError naming a sequence whose chunk does not continue what the cache holds."""

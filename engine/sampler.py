@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.guide import Guide, apply_guides
 from engine.sampling_ops import apply_penalties, choose
 from engine.sampling_params import SamplingParams
 
@@ -29,23 +30,28 @@ class SamplerState:
     params: SamplingParams
     generator: torch.Generator | None = None  # seeded when params.seed is set
     output_token_ids: list[int] = field(default_factory=list)
+    guide: Guide | None = None  # the grammar its output must match (engine/guide.py), if any
 
     @classmethod
-    def create(cls, params: SamplingParams) -> "SamplerState":
+    def create(cls, params: SamplingParams, guide: Guide | None = None) -> "SamplerState":
         generator = None
         if params.seed is not None:
             generator = torch.Generator().manual_seed(params.seed)
-        return cls(params=params, generator=generator)
+        return cls(params=params, generator=generator, guide=guide)
 
     @classmethod
-    def resume(cls, params: SamplingParams, output_token_ids: list[int]) -> "SamplerState":
-        """The state after `output_token_ids` were sampled: penalties count them, and the
-        seeded generator is where `sample` left it (one draw per token of a non-greedy row)."""
-        state = cls.create(params)
+    def resume(cls, params: SamplingParams, output_token_ids: list[int],
+               guide: Guide | None = None) -> "SamplerState":
+        """The state after `output_token_ids` were sampled: penalties count them, the seeded
+        generator is where `sample` left it (one draw per token of a non-greedy row), and the
+        grammar has consumed them."""
+        state = cls.create(params, guide)
         state.output_token_ids = list(output_token_ids)
-        if state.generator is not None and not is_greedy(params):
-            for _ in output_token_ids:  # the same calls as `sample`: the same stream position
+        for token in output_token_ids:  # the same calls as `sample`: the same positions
+            if state.generator is not None and not is_greedy(params):
                 torch.rand((), generator=state.generator)
+            if guide is not None:
+                guide.consume(token)
         return state
 
     def has_penalties(self) -> bool:
@@ -72,7 +78,8 @@ def sample(logits: torch.Tensor, states: list[SamplerState]) -> list[SampleResul
     """logits [B, V] fp32, one state per row -> one result per row; records the tokens."""
     assert logits.dim() == 2 and logits.shape[0] == len(states), "one state per logits row"
     params = [s.params for s in states]
-    penalized = apply_penalties(logits, params, [s.output_token_ids for s in states])
+    allowed = apply_guides(logits, [s.guide for s in states])  # grammars' masks first
+    penalized = apply_penalties(allowed, params, [s.output_token_ids for s in states])
     greedy = [is_greedy(p) for p in params]
     if all(greedy):
         tokens = penalized.argmax(-1)  # [B]
@@ -97,6 +104,8 @@ def sample(logits: torch.Tensor, states: list[SamplerState]) -> list[SampleResul
         token = int(row[0])
         results.append(_result(token, state.params, row[1:], n_top))
         state.output_token_ids.append(token)
+        if state.guide is not None:
+            state.guide.consume(token)
     return results
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine.constraint import Constraint
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -19,6 +21,7 @@ class SamplingParams:
     logprobs: int | None = None  # None = none; 0 = the sampled token's; N = and top-N others
     stop_token_ids: tuple[int, ...] = ()
     prompt_token_ids: tuple[int, ...] = field(default=(), repr=False)
+    constraint: Constraint | None = None  # structured outputs: what the output must match
 
     def __post_init__(self):
         checks = {

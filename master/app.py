@@ -5,6 +5,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
 from master.access_log import AccessLogMiddleware, AccessRecord
@@ -16,9 +17,11 @@ from master.errors import install_error_handlers
 from master.generation import Generator
 from master.metrics import Metrics
 from master.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
-from master.serving import ServingContext
+from master.serving import ServingContext, json_response
 from master.serving_chat import chat_completion
 from master.serving_completion import completion
+from master.serving_tokenize import (DetokenizeRequest, TokenizeChatRequest,
+                                     TokenizeCompletionRequest, detokenize, tokenize)
 
 log = logging.getLogger("duet.master")
 
@@ -37,7 +40,12 @@ def create_app(config: MasterConfig, generator: Generator, bundle: ModelBundle,
                                             thread_name_prefix="duet-tokenize"))
     app.state.ctx = ctx
     install_error_handlers(app)
-    app.add_middleware(ApiKeyMiddleware, checker=ApiKeyChecker(config.api_keys))
+    app.add_middleware(ApiKeyMiddleware, checker=ApiKeyChecker(config.api_keys),
+                       prefix=("/v1/", "/tokenize", "/detokenize"))
+    if config.cors_allow_origins:  # off by default: browsers on other origins get no answer
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_allow_origins),
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type"])
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_request_body_bytes)
     app.add_middleware(AccessLogMiddleware, log_prompts=config.log_prompts)  # outermost
 
@@ -48,6 +56,14 @@ def create_app(config: MasterConfig, generator: Generator, bundle: ModelBundle,
     @app.post("/v1/completions")
     async def _completions(req: CompletionRequest, request: Request):
         return await completion(ctx, req, request, _record(request))
+
+    @app.post("/tokenize")
+    async def _tokenize(req: TokenizeCompletionRequest | TokenizeChatRequest):
+        return json_response(await ctx.off_loop(tokenize, ctx, req))
+
+    @app.post("/detokenize")
+    async def _detokenize(req: DetokenizeRequest):
+        return json_response(await ctx.off_loop(detokenize, ctx, req))
 
     @app.get("/v1/models")
     async def _models():

@@ -91,7 +91,7 @@ class ApiKeyChecker:
 class ApiKeyMiddleware:
     """Answers 401 in OpenAI's shape before any /v1 route runs without a valid key."""
 
-    def __init__(self, app, checker: ApiKeyChecker, prefix: str = "/v1/"):
+    def __init__(self, app, checker: ApiKeyChecker, prefix: str | tuple[str, ...] = "/v1/"):
         self.app, self.checker, self.prefix = app, checker, prefix
 
     async def __call__(self, scope, receive, send) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from engine.config import GenerationDefaults, read_json
 from master.chat_template import ChatTemplate
 from master.tokenizer import Tokenizer
+from master.tool_formats import ToolFormat, choose_format
 
 
 @dataclass(frozen=True)
@@ -21,10 +22,11 @@ class ModelBundle:
     default_max_tokens: int | None = None  # generation_config's max_new_tokens, if any
     stop_token_ids: tuple[int, ...] = ()  # EOS ids: end of a sequence, never shown as text
     reasoning: bool = False  # split <think>…</think> into reasoning_content
+    tool_format: ToolFormat | None = None  # how this model writes tool calls
 
     @classmethod
     def load(cls, model_dir: str | Path, max_model_len: int = 0,
-             reasoning_parser: str = "auto") -> "ModelBundle":
+             reasoning_parser: str = "auto", tool_call_parser: str = "auto") -> "ModelBundle":
         """max_model_len 0 = config.json's max_position_embeddings."""
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
@@ -55,4 +57,7 @@ class ModelBundle:
             default_max_tokens=gen.max_new_tokens,
             stop_token_ids=tuple(dict.fromkeys(eos)),
             reasoning=reasoning,
+            tool_format=choose_format(
+                tool_call_parser, lambda t: tokenizer.token_id(t) is not None,
+                lambda t: template is not None and template.mentions(t)),
         )

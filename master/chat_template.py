@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jinja2
 import jinja2.ext
+import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from master.tokenizer import Tokenizer
@@ -92,6 +93,9 @@ class ChatTemplate:
         env = _environment()
         try:
             self._templates = {name: env.from_string(src) for name, src in sources.items()}
+            # names the templates read from their scope ("tools" = it renders tool definitions)
+            self.variables = frozenset().union(
+                *(jinja2.meta.find_undeclared_variables(env.parse(s)) for s in sources.values()))
         except jinja2.TemplateSyntaxError as e:
             raise ValueError(f"chat template: {e.message} (line {e.lineno})") from None
         self.sources = sources

@@ -15,6 +15,7 @@ from master.generation import GenerationRequest, Generator, TokenEvent
 from master.reasoning import ReasoningParser
 from master.stop import StopChecker
 from master.tokenizer import Tokenizer
+from master.tool_parser import ToolCallDelta
 
 log = logging.getLogger("duet.master")
 
@@ -38,18 +39,21 @@ class ChoiceUpdate:
     content: str = ""
     reasoning: str = ""
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
     finish_reason: str | None = None
 
     def is_empty(self) -> bool:
-        return not (self.content or self.reasoning or self.logprobs or self.finish_reason)
+        return not (self.content or self.reasoning or self.logprobs or self.tool_calls
+                    or self.finish_reason)
 
 
 class ChoiceState:
     """Per-choice text state; feed it TokenEvents, get ChoiceUpdates."""
 
     def __init__(self, index: int, tokenizer: Tokenizer, request: GenerationRequest,
-                 stops: list[str], reasoning: ReasoningParser | None):
+                 stops: list[str], reasoning: ReasoningParser | None, tools=None):
         self.index = index
+        self._tools = tools  # tool_parser's ToolCallParser / ForcedToolParser, or None
         self.request = request
         self._detok = tokenizer.detokenizer(request.prompt_token_ids)
         self._stop = StopChecker(stops)
@@ -91,16 +95,31 @@ class ChoiceState:
         if self._reasoning is not None:
             reasoning, content = self._reasoning.flush()
             update.reasoning += reasoning
+            self._content(update, content)
+        if self._tools is not None:
+            content, calls = self._tools.finish()
             update.content += content
+            update.tool_calls += calls
+            if self._tools.called and reason == "stop":
+                reason = "tool_calls"
         update.finish_reason = reason
 
     def _emit(self, update: ChoiceUpdate, text: str) -> None:
         if self._reasoning is None:
-            update.content += text
+            self._content(update, text)
             return
         reasoning, content = self._reasoning.feed(text)
         update.reasoning += reasoning
+        self._content(update, content)
+
+    def _content(self, update: ChoiceUpdate, text: str) -> None:
+        """Content text, with any tool calls in it taken out."""
+        if self._tools is None:
+            update.content += text
+            return
+        content, calls = self._tools.feed(text)
         update.content += content
+        update.tool_calls += calls
 
 
 async def _choice_updates(generator: Generator, state: ChoiceState) -> AsyncIterator[ChoiceUpdate]:

@@ -13,6 +13,7 @@ from typing import Mapping
 from runtime.settings import load_settings
 from engine.dtypes import DTYPES
 from master.auth import parse_api_keys
+from master.tool_formats import PARSERS
 
 ENV_PREFIX = "DUET_MASTER_"
 ROLES = ("master", "standby")
@@ -22,6 +23,15 @@ FP8_MODES = ("native", "dequantize")
 def _api_keys(value) -> Mapping[str, str]:
     """A read-only id -> key map from any form parse_api_keys accepts."""
     return types.MappingProxyType(parse_api_keys(value))
+
+
+def _origins(value) -> tuple[str, ...]:
+    """A TOML list, or the environment's comma-separated text."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError("expected a list of origins")
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -57,11 +67,15 @@ class MasterConfig:
     role: str = "master"  # "standby" answers only after POST /admin/activate
     standby_mode: str = "hot"  # a standby's head: "hot" loaded at start, "cold" on activation
     reasoning_parser: str = "auto"  # "auto" (R1-style <think> if the template uses it) | "none"
+    tool_call_parser: str = "auto"  # auto (by tokenizer) | deepseek_v3 | hermes | none
+    cors_allow_origins: tuple[str, ...] = field(  # origins browsers may call from; () = no
+        default=(), metadata={"parse": _origins})  # CORS headers at all. Env: comma-separated
     max_output_tokens: int = 32768  # per request; absent max_tokens = min(what fits, this)
     max_request_body_bytes: int = 32 * 2**20  # larger request bodies get 413
     tokenizer_threads: int = 2  # tokenize and render chat templates off the event loop
     # The pipeline (master/pipeline_generator.py, master/pipeline_client.py):
     kv_block_size: int = 16  # tokens per KV block of the head's cache
+    enable_prefix_caching: bool = True  # share KV blocks of equal prompt prefixes (both stages)
     max_inflight_batches: int = 2  # micro-batches sent to the worker, not yet answered
     step_timeout_s: float = 120.0  # a step unanswered this long means the worker is gone
     max_message_bytes: int = 256 * 2**20  # gRPC limit of one step message, both ways
@@ -104,6 +118,9 @@ def _checks(c: MasterConfig) -> dict[str, tuple[bool, str]]:
         "role": (c.role in ROLES, " | ".join(ROLES)),
         "standby_mode": (c.standby_mode in ("hot", "cold"), "hot | cold"),
         "reasoning_parser": (c.reasoning_parser in ("auto", "none"), "auto | none"),
+        "tool_call_parser": (c.tool_call_parser in PARSERS, " | ".join(PARSERS)),
+        "cors_allow_origins": (all(isinstance(o, str) and o for o in c.cors_allow_origins),
+                               'a list of origins such as ["https://app.example"] or ["*"]'),
         "max_output_tokens": (1 <= c.max_output_tokens < 2**31, "1 .. 2**31 - 1 tokens"),
         "max_request_body_bytes": (c.max_request_body_bytes >= 1024, ">= 1024 bytes"),
         "tokenizer_threads": (c.tokenizer_threads >= 1, ">= 1"),

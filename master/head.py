@@ -80,3 +80,26 @@ class Head:
     def release(self, seq_ids: Iterable[str]) -> None:
         for seq_id in seq_ids:
             self.stage.release(seq_id)
+
+    # --- prefix caching: the master's instructions, applied here as on the worker ----------
+    def keep_blocks(self, blocks: Iterable[tuple[str, int, int]]) -> None:
+        """(seq_id, block index, hash): keep the sequence's written block under the hash."""
+        for seq_id, index, h in blocks:
+            self.stage.kv.cache_block(seq_id, index, f"{h:016x}")
+
+    def evict(self, hashes: Iterable[int]) -> None:
+        for h in hashes:
+            self.stage.kv.evict(f"{h:016x}")
+
+    def attach_prefixes(self, seqs: Iterable[tuple[str, list[int]]]) -> None:
+        """New sequences start on kept blocks: (seq_id, hashes of its first blocks)."""
+        for seq_id, hashes in seqs:
+            self.stage.kv.attach(seq_id, [f"{h:016x}" for h in hashes])
+
+    def drop_cached(self) -> None:
+        """Forget every kept block (the worker's stream, and its copy, is gone)."""
+        self.stage.kv.evict_all()
+
+    @property
+    def kv_cached_tokens(self) -> int:
+        return self.stage.kv.cached_tokens

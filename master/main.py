@@ -51,7 +51,8 @@ def build(config: MasterConfig) -> Master:
     activation); wire them to a (not yet started) pipeline."""
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)  # a CPU host shared with the worker
-    bundle = ModelBundle.load(config.model_dir, config.max_model_len, config.reasoning_parser)
+    bundle = ModelBundle.load(config.model_dir, config.max_model_len, config.reasoning_parser,
+                              config.tool_call_parser)
     metrics = Metrics(config.served_model_name)
     if config.role == "standby" and config.standby_mode == "cold":
         generator = ColdStandby(lambda: build_pipeline(config, metrics))
@@ -86,6 +87,7 @@ def build_pipeline(config: MasterConfig, metrics: Metrics) -> PipelineGenerator:
         max_num_seqs=config.max_num_seqs, max_waiting=config.max_waiting,
         step_token_budget=config.step_token_budget, kv_block_size=config.kv_block_size,
         max_inflight_batches=config.max_inflight_batches,
+        enable_prefix_caching=config.enable_prefix_caching,
     )
     return PipelineGenerator(head, client, scheduling, metrics=metrics,
                              step_timeout_s=config.step_timeout_s,

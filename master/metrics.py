@@ -42,6 +42,12 @@ class Metrics:
                                    labels, registry=r)
         self._success = Counter("vllm:request_success", "Finished requests.",
                                 labels + ["finished_reason"], registry=r)
+        self._prefix_queries = Counter(
+            "vllm:prefix_cache_queries", "Prefix-cache queries, in prompt tokens looked up.",
+            labels, registry=r)
+        self._prefix_hits = Counter(
+            "vllm:prefix_cache_hits", "Prefix-cache hits, in prompt tokens found cached.",
+            labels, registry=r)
         self._hop = Histogram("duet:pipeline_hop_seconds",
                               "Master-to-worker-and-back time of one step, worker compute "
                               "included.", labels, buckets=HOP_BUCKETS_S, registry=r)
@@ -53,6 +59,8 @@ class Metrics:
         self._ttft, self._tpot, self._e2e = (self._ttft.labels(m), self._tpot.labels(m),
                                              self._e2e.labels(m))
         self._prompt, self._generation = self._prompt.labels(m), self._generation.labels(m)
+        self._prefix_queries = self._prefix_queries.labels(m)
+        self._prefix_hits = self._prefix_hits.labels(m)
 
     # --- the scheduler's side ----------------------------------------------------------
     def set_queue(self, running: int, waiting: int) -> None:
@@ -62,6 +70,11 @@ class Metrics:
     def set_cache_usage(self, frac: float) -> None:
         """frac in [0, 1]: used / capacity of the KV cache."""
         self._cache.set(frac)
+
+    def observe_prefix_cache(self, query_tokens: int, hit_tokens: int) -> None:
+        """Admitted prompts: tokens looked up in the prefix cache, and those found."""
+        self._prefix_queries.inc(query_tokens)
+        self._prefix_hits.inc(hit_tokens)
 
     def observe_hop(self, s: float) -> None:
         self._hop.observe(s)

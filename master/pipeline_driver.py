@@ -8,7 +8,8 @@ computes step B while the worker computes A.
 When the stream breaks (the worker died, restarted or drained), every running sequence is
 rebuilt rather than failed: the head's KV is freed, the client reconnects with backoff, and
 the scheduler re-prefills each sequence's prompt and output so far on the new stream, with
-`resume_output_ids` so the worker restores the sampler (penalties and seeded generator). The
+`resume_output_ids` so the worker restores the sampler (penalties, seeded generator, grammar).
+Both stages' kept prefix blocks are dropped, so a rebuilt sequence starts on none of them. The
 readers see a pause. If no worker answers within `recovery_budget_s`, every sequence fails
 with PipelineUnavailable (0 = fail at once, the behaviour before recovery existed).
 """
@@ -23,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from engine.dtypes import DTYPES
 from master.generation import PipelineUnavailable, SequenceFailed
 from master.scheduler import Scheduler, Step
-from master.wire import reply_outcomes, step_request
+from master.wire import empty_hidden, reply_outcomes, step_request
 from proto import pipeline_pb2 as pb
 
 log = logging.getLogger("duet.master.generator")
@@ -58,7 +59,7 @@ class PipelineDriver:
             self.worker_kv_capacity_tokens = reply.kv_capacity_tokens
             worker_kv = reply.stream_kv_tokens or reply.kv_capacity_tokens  # this stream's share
             self.scheduler.set_limits(min(self.head.kv_capacity_tokens, worker_kv),
-                                      self._max_step_tokens())
+                                      self._max_step_tokens(), self._same_blocks(reply))
             self.connected = True
             try:
                 await self._serve(stream)
@@ -102,6 +103,15 @@ class PipelineDriver:
             log.warning("step_token_budget lowered to %d: a step message holds no more", tokens)
         return max(1, tokens)
 
+    def _same_blocks(self, reply: pb.HandshakeReply) -> bool:
+        """Prefix caching needs both stages to cut KV blocks alike."""
+        mine = self.scheduler.config.kv_block_size
+        if reply.kv_block_size != mine and self.scheduler.config.enable_prefix_caching:
+            log.warning("prefix caching off: the worker's KV blocks hold %d tokens, ours %d",
+                        reply.kv_block_size, mine)
+            return False
+        return True
+
     async def _serve(self, stream) -> None:
         tasks = [asyncio.create_task(c) for c in
                  (self._send_loop(stream), self._recv_loop(stream), self._watchdog())]
@@ -133,9 +143,11 @@ class PipelineDriver:
         self.update_metrics()
 
     async def _release_head(self, seq_ids: list[str]) -> None:
-        # After any head forward still running in the executor, like every head operation.
+        """Free these sequences' head KV and the head's kept blocks (the worker's went with
+        the stream): after any head forward still running in the executor, like every head
+        operation."""
         await asyncio.get_running_loop().run_in_executor(
-            self._executor, self.head.release, seq_ids)
+            self._executor, self._head_reset, seq_ids)
 
     async def _send_loop(self, stream) -> None:
         loop = asyncio.get_running_loop()
@@ -151,15 +163,26 @@ class PipelineDriver:
             except Exception as e:  # a bad step fails its sequences, not the server
                 log.exception("head forward of step %d failed", step.step_id)
                 self.scheduler.abandon(step, SequenceFailed("INTERNAL", f"head forward: {e}"))
-                continue
+                hidden = empty_hidden(self.head.hidden_size, self.head.dtype)
             self.inflight.append((step, time.monotonic()))
             await stream.send(step_request(step, hidden))  # cannot fail: see check_request
+            if self.metrics is not None and step.prefix_query_tokens:
+                self.metrics.observe_prefix_cache(step.prefix_query_tokens, step.prefix_hit_tokens)
             self.update_metrics()
 
     def _head_step(self, step: Step) -> pb.Tensor:
-        """In the head thread: free what finished, then run embedding + layers [0, k)."""
+        """In the head thread: keep, free and evict blocks in the worker's order, then run
+        embedding + layers [0, k)."""
+        self.head.keep_blocks(step.cache_blocks)
         self.head.release([s.seq_id for s in step.release])
+        self.head.evict(step.evict)
+        self.head.attach_prefixes((s.seq.seq_id, s.seq.cached_prefix) for s in step.seqs
+                                  if s.sends_params and s.seq.cached_prefix)
         return self.head.forward(step.chunks, step.token_ids)
+
+    def _head_reset(self, seq_ids: list[str]) -> None:
+        self.head.release(seq_ids)
+        self.head.drop_cached()
 
     async def _recv_loop(self, stream) -> None:
         while True:

@@ -14,15 +14,31 @@ from proto.convert import FLOAT32_MAX, INT32_MAX
 TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
 Count = Annotated[int, Field(ge=1, le=INT32_MAX)]
 
+from master.request_fields import refuse_unknown
+
 
 class _Request(BaseModel):
-    # Unknown fields are ignored, as OpenAI does; NaN and Infinity (which Python's JSON
-    # parser accepts) are refused for every float field.
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    # An unknown field is refused with a 400 naming it, as OpenAI does (request_fields.py):
+    # one that would change the output must never be silently ignored. NaN and Infinity
+    # (which Python's JSON parser accepts) are refused for every float field.
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _no_unknown_fields(self):
+        refuse_unknown(self.model_extra)
+        return self
 
 
 class StreamOptions(_Request):
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's: usage on every chunk
+
+
+class ResponseFormat(_Request):
+    """OpenAI's response_format; master/structured.py turns it into a grammar."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None  # {"name", "schema", "strict"}
 
 
 class _SamplingFields(_Request):
@@ -44,6 +60,12 @@ class _SamplingFields(_Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    # structured outputs (master/structured.py): at most one of these
+    response_format: ResponseFormat | None = None
+    guided_json: dict[str, Any] | bool | str | None = None  # vLLM's extensions
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = Field(None, min_length=1)
+    guided_grammar: str | None = None
 
     def stop_strings(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -67,6 +89,8 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     add_generation_prompt: bool = True  # vLLM's extension
     chat_template_kwargs: dict[str, Any] | None = None  # vLLM's extension
 
@@ -95,6 +119,7 @@ class CompletionRequest(_SamplingFields):
     prompt: Prompt
     max_tokens: Count | None = 16  # OpenAI's default for legacy completions
     logprobs: int | None = Field(None, ge=0, le=20)
+    max_completion_tokens: Count | None = None  # the chat name, accepted here too
     echo: bool = False
     suffix: str | None = None
 
@@ -142,27 +167,62 @@ def _drop_none(handler, obj, keys: tuple[str, ...]) -> dict:
     return {k: v for k, v in data.items() if v is not None or k not in keys}
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # a JSON object, as text
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class DeltaFunctionCall(BaseModel):
+    name: str | None = None
+    arguments: str = ""
+
+    @model_serializer(mode="wrap")
+    def _ser(self, handler):
+        return _drop_none(handler, self, ("name",))
+
+
+class DeltaToolCall(BaseModel):
+    """A call's first delta has id, type and name; later ones only add arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunctionCall
+
+    @model_serializer(mode="wrap")
+    def _ser(self, handler):
+        return _drop_none(handler, self, ("id", "type"))
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
     reasoning_content: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
     @model_serializer(mode="wrap")
     def _ser(self, handler):
-        return _drop_none(handler, self, ("reasoning_content",))
+        return _drop_none(handler, self, ("reasoning_content", "tool_calls"))
 
 
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
     reasoning_content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
     @model_serializer(mode="wrap")
     def _ser(self, handler):
-        return _drop_none(handler, self, ("role", "content", "reasoning_content"))
+        return _drop_none(handler, self, ("role", "content", "reasoning_content", "tool_calls"))
 
 
-FinishReason = Literal["stop", "length"] | None
+FinishReason = Literal["stop", "length", "tool_calls"] | None
 
 
 class ChatChoice(BaseModel):

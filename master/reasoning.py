@@ -9,7 +9,7 @@ def prompt_opens_think(prompt: str) -> bool:
     return prompt.rfind(THINK_START) > prompt.rfind(THINK_END)
 
 
-def _partial_tag_len(text: str, tag: str) -> int:
+def partial_tag_len(text: str, tag: str) -> int:
     """Length of the longest tail of `text` that is a proper prefix of `tag`."""
     for n in range(min(len(tag) - 1, len(text)), 0, -1):
         if text.endswith(tag[:n]):
@@ -47,7 +47,7 @@ class ReasoningParser:
                     self._buf = self._buf[end + len(THINK_END):]
                     self._state = "content"
                 else:
-                    keep = _partial_tag_len(self._buf, THINK_END)
+                    keep = partial_tag_len(self._buf, THINK_END)
                     reasoning += self._buf[:len(self._buf) - keep]
                     self._buf = self._buf[len(self._buf) - keep:]
                     break

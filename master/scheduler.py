@@ -6,7 +6,9 @@ on their way, runs the head on the result and sends it; with the worker's reply 
 takes decodes first, then prefill chunks, then newly admitted sequences, under a token
 budget; a long prompt is split over steps and only its last chunk samples. A sequence is in
 at most one in-flight step, so with two in flight the running set splits itself into halves
-that alternate between the head and the worker.
+that alternate between the head and the worker. With prefix caching (master/prefix_cache.py)
+a new prompt starts after its longest kept prefix, and kept blocks count once against the KV
+capacity of both stages.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from engine.batch import SeqChunk
 from engine.sampler import SampleResult
 from master.generation import QueueFull, SequenceFailed, TokenEvent
+from master.prefix_cache import PrefixCache
 from master.sequence import Sequence, SequenceStatus
 
 
@@ -30,6 +33,7 @@ class SchedulerConfig:
     max_inflight_batches: int = 2  # micro-batches sent and not yet answered
     kv_block_size: int = 16  # tokens per KV block: reservations round up to it
     retry_after_s: float = 1.0  # the Retry-After of a full queue or a lost worker
+    enable_prefix_caching: bool = True  # share full KV blocks of equal prefixes on both stages
 
     def __post_init__(self):
         for name in ("max_num_seqs", "step_token_budget", "max_inflight_batches", "kv_block_size"):
@@ -60,6 +64,12 @@ class Step:
     token_ids: list[int] = field(default_factory=list)  # [T] the head's input
     release: list[Sequence] = field(default_factory=list)  # free on both stages first
     worker_release: list[str] = field(default_factory=list)  # ids the worker holds of those
+    # Prefix caching, applied on both stages before the step runs: keep (seq_id, block
+    # index, hash), then the releases, then evict these hashes.
+    cache_blocks: list[tuple[str, int, int]] = field(default_factory=list)
+    evict: list[int] = field(default_factory=list)
+    prefix_query_tokens: int = 0  # prompt tokens of the sequences admitted in this step
+    prefix_hit_tokens: int = 0  # of those, tokens found in kept blocks
 
     @property
     def num_tokens(self) -> int:
@@ -84,15 +94,23 @@ class Scheduler:
         self._to_release: list[Sequence] = []
         self._next_step_id = 1
         self.kv_capacity_tokens = 0  # min over both stages; 0 until the handshake
-        self.kv_reserved_tokens = 0  # worst case of every running sequence
+        self.kv_reserved_tokens = 0  # worst case of every running sequence, kept blocks apart
+        self.prefix = self._new_prefix_cache() if config.enable_prefix_caching else None
         self.step_token_budget = config.step_token_budget  # lowered to what a message holds
 
-    def set_limits(self, kv_capacity_tokens: int, max_step_tokens: int | None = None) -> None:
-        """What the connected pipeline allows: KV slots on both stages, tokens per message."""
+    def set_limits(self, kv_capacity_tokens: int, max_step_tokens: int | None = None,
+                   prefix_caching: bool = True) -> None:
+        """What the connected pipeline allows: KV slots on both stages, tokens per message,
+        prefix caching (both stages must cut blocks alike)."""
         assert max_step_tokens is None or max_step_tokens >= 1, max_step_tokens
         self.kv_capacity_tokens = kv_capacity_tokens
         self.step_token_budget = min(self.config.step_token_budget,
                                      max_step_tokens or self.config.step_token_budget)
+        on = prefix_caching and self.config.enable_prefix_caching
+        self.prefix = self._new_prefix_cache() if on else None  # a new worker stream keeps none
+
+    def _new_prefix_cache(self) -> PrefixCache:
+        return PrefixCache(self.config.kv_block_size)
 
     def _kv_need(self, seq: Sequence) -> int:
         block = self.config.kv_block_size
@@ -117,7 +135,9 @@ class Scheduler:
             self.waiting.remove(seq)
         elif seq.status is SequenceStatus.RUNNING:
             self.running.remove(seq)
-            self.kv_reserved_tokens -= self._kv_need(seq)
+            self.kv_reserved_tokens -= seq.kv_reserved_tokens
+            if self.prefix is not None:
+                self.prefix.release(seq.held_hashes)
             self._to_release.append(seq)
         seq.finish(reason, error)
 
@@ -138,10 +158,12 @@ class Scheduler:
             if budget == 0 or len(step.seqs) >= limit:
                 break
             budget -= self._add_chunk(step, seq, budget)
-        while self.waiting and budget > 0 and len(step.seqs) < limit and self._admit_next():
+        while self.waiting and budget > 0 and len(step.seqs) < limit and self._admit_next(step):
             budget -= self._add_chunk(step, self.running[-1], budget)
-        if not step.seqs and not step.release:
+        if not step.seqs and not step.release and not (self.prefix and self.prefix.to_evict):
             return None
+        if self.prefix is not None:
+            step.cache_blocks, step.evict = self.prefix.drain()
         self._next_step_id += 1
         return step
 
@@ -150,19 +172,42 @@ class Scheduler:
         active = min(self.config.max_num_seqs, len(self.running) + len(self.waiting))
         return max(1, math.ceil(active / self.config.max_inflight_batches))
 
-    def _admit_next(self) -> bool:
-        """Move the oldest waiting sequence to running if a slot and its worst-case KV fit."""
+    def _admit_next(self, step: Step) -> bool:
+        """Move the oldest waiting sequence to running if a slot and its worst-case KV fit;
+        it starts after the longest kept prefix of its prompt (idle kept blocks are evicted,
+        least recently released first, to make room)."""
         seq = self.waiting[0]
-        need = self._kv_need(seq)
         if len(self.running) >= self.config.max_num_seqs:
             return False
-        if self.kv_reserved_tokens + need > self.kv_capacity_tokens:
+        hits = self.prefix.hold_prompt_prefix(seq) if self.prefix is not None else []
+        need = self._kv_need(seq) - len(hits) * self.config.kv_block_size
+        if not self._make_room(need):
+            if self.prefix is not None:
+                self.prefix.release(hits)
             return False
         self.waiting.popleft()
         seq.status = SequenceStatus.RUNNING
         self.running.append(seq)
         self.kv_reserved_tokens += need
+        seq.kv_reserved_tokens = need
+        seq.cached_prefix, seq.held_hashes = hits, list(hits)
+        seq.num_kept_blocks = len(hits)
+        seq.num_computed_tokens = len(hits) * self.config.kv_block_size
+        if self.prefix is not None:
+            step.prefix_query_tokens += seq.num_prompt_tokens
+            step.prefix_hit_tokens += seq.num_computed_tokens
         return True
+
+    def _make_room(self, need: int) -> bool:
+        """True when `need` more tokens fit next to what runs and what is kept (idle kept
+        blocks are evicted, least recently released first)."""
+        free = self.kv_capacity_tokens - self.kv_reserved_tokens - need
+        return free >= 0 if self.prefix is None else self.prefix.make_room(free)
+
+    def _keep_blocks(self, seq: Sequence, end_pos: int) -> None:
+        """Positions [0, end_pos) are written on both stages: keep its new full blocks."""
+        if self.prefix is not None:
+            self.kv_reserved_tokens -= self.prefix.keep_written(seq, end_pos)
 
     def _add_chunk(self, step: Step, seq: Sequence, budget: int) -> int:
         """Put the next chunk of `seq` (at most `budget` tokens) into the step."""
@@ -193,8 +238,11 @@ class Scheduler:
                 seq.params_sent = False  # the worker already dropped it
                 self.finish(seq, "failed", outcome)
             elif outcome is not None:
+                self._keep_blocks(seq, item.chunk.end_pos)
                 self._append(seq, outcome)
-            elif item.samples:
+            elif not item.samples:
+                self._keep_blocks(seq, item.chunk.end_pos)
+            else:
                 self.finish(seq, "failed", SequenceFailed(
                     "INTERNAL", f"worker returned no token for {seq.seq_id}"))
 
@@ -210,23 +258,31 @@ class Scheduler:
             self.finish(seq, reason)
 
     def abandon(self, step: Step, error: BaseException) -> None:
-        """`step` never reached the worker (its head forward failed): fail its sequences."""
+        """The head forward of `step` failed: fail its sequences and empty it; what is left
+        (releases, kept and evicted blocks, applied on the head already) still goes out."""
         for item in step.seqs:
             item.seq.in_flight = False
             if item.sends_params:
                 item.seq.params_sent = False  # the worker never saw it: nothing to release
             self.finish(item.seq, "failed", error)
-        self._to_release.extend(step.release)
+        step.seqs, step.token_ids = [], []
 
     def requeue_all(self) -> list[str]:
         """The worker lost every sequence: each running one is rebuilt from position 0 (its
         prompt and output so far re-prefilled, params resent); returns the ids whose head KV
-        must be freed first. Waiting sequences and KV reservations stay as they are."""
+        must be freed first (the head drops its kept blocks too). The kept blocks went with
+        the worker, so the rebuilt sequences start on none, hold none, and reserve their whole
+        worst case again; their re-prefill keeps its blocks anew. Waiting sequences stay."""
         held = [s.seq_id for s in self.running + self._to_release]
         for seq in self.running:
             seq.in_flight = seq.params_sent = False
             seq.num_computed_tokens = 0
+            seq.cached_prefix, seq.held_hashes, seq.num_kept_blocks = [], [], 0
+            seq.kv_reserved_tokens = self._kv_need(seq)
+        self.kv_reserved_tokens = sum(s.kv_reserved_tokens for s in self.running)
         self._to_release = []  # the worker holds none of them any more
+        if self.prefix is not None:
+            self.prefix = self._new_prefix_cache()
         return held
 
     def fail_all(self, error: BaseException) -> list[Sequence]:
@@ -239,4 +295,6 @@ class Scheduler:
         self.waiting.clear()
         self._to_release = []
         self.kv_reserved_tokens = 0
+        if self.prefix is not None:
+            self.prefix = self._new_prefix_cache()  # the worker's copy went with the stream
         return held

@@ -28,6 +28,13 @@ class Sequence:
         self.num_computed_tokens = 0
         self.in_flight = False  # in a micro-batch the worker has not answered yet
         self.params_sent = False  # the worker holds it (has its params); only the Scheduler sets it
+        self.kv_reserved_tokens = 0  # worst-case KV of its own, beyond the kept blocks it holds
+        # Prefix caching (master/prefix_cache.py): hashes of its full blocks so far, the kept
+        # blocks it started on (sent with its first step), every kept block it holds.
+        self.block_hashes: list[int] = []
+        self.cached_prefix: list[int] = []
+        self.held_hashes: list[int] = []
+        self.num_kept_blocks = 0  # its blocks [0, n) are kept or were considered for keeping
         self.finish_reason: str | None = None  # "stop", "length", "cancelled", "failed"
         self.arrival_s = time.monotonic()
         # TokenEvent, then an Exception or nothing once finished; read by generate().

@@ -16,6 +16,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from engine.constraint import Constraint
 from engine.sampling_params import SamplingParams
 from master.access_log import AccessRecord
 from master.bundle import ModelBundle
@@ -26,6 +27,8 @@ from master.generation import GenerationRequest, Generator
 from master.metrics import Metrics
 from master.protocol import Usage, _SamplingFields
 from master.reasoning import ReasoningParser, prompt_opens_think
+from master.structured import constraint_of
+from master.tools import forced_constraint
 from proto.convert import WireError, check_wire_ranges
 
 T = TypeVar("T")
@@ -74,7 +77,8 @@ class ServingContext:
         return requested
 
     def sampling_params(self, req: _SamplingFields, logprobs: int | None,
-                        prompt_ids: list[int], choice: int) -> SamplingParams:
+                        prompt_ids: list[int], choice: int,
+                        constraint: Constraint | None = None) -> SamplingParams:
         """Request fields, else generation_config.json's defaults, else OpenAI's."""
         defaults = self.bundle.sampling_defaults
 
@@ -93,6 +97,7 @@ class ServingContext:
                 repetition_penalty=repetition_penalty, logprobs=logprobs,
                 stop_token_ids=self.bundle.stop_token_ids + tuple(req.stop_token_ids or ()),
                 prompt_token_ids=tuple(prompt_ids) if repetition_penalty != 1.0 else (),
+                constraint=constraint,
             )
             check_wire_ranges(params)
         except WireError as e:
@@ -114,22 +119,24 @@ class ServingContext:
 
     def choice_states(self, response_id: str, req: _SamplingFields, prompts: list[list[int]],
                       max_tokens: list[int], logprobs: int | None,
-                      think_open: bool | None = None) -> list[ChoiceState]:
+                      think_open: bool | None = None, tools=None) -> list[ChoiceState]:
         """n choices per prompt, index = prompt * n + i, seed + i for choice i.
 
         think_open None: no reasoning split (completions); else whether the prompt opened it.
+        tools: the chat request's tools.ToolPlan, whose parser reads calls out of the text.
         """
-        states = []
+        # checked once: a bad schema is a 400; a forced tool call is a constraint too
+        states, constraint = [], forced_constraint(tools, constraint_of(req))
         for p, (ids, budget) in enumerate(zip(prompts, max_tokens)):
             for i in range(req.n):
                 index = p * req.n + i
-                params = self.sampling_params(req, logprobs, ids, i)
+                params = self.sampling_params(req, logprobs, ids, i, constraint)
                 gen = GenerationRequest(f"{response_id}-{index}", ids, params, budget)
                 parser = None
                 if think_open is not None and self.bundle.reasoning:
                     parser = ReasoningParser(in_reasoning=think_open)
-                states.append(ChoiceState(index, self.bundle.tokenizer, gen,
-                                          req.stop_strings(), parser))
+                states.append(ChoiceState(index, self.bundle.tokenizer, gen, req.stop_strings(),
+                                          parser, tools.parser() if tools else None))
         return states
 
     def think_open(self, prompt: str) -> bool:

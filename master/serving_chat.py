@@ -13,11 +13,14 @@ from master.choices import ChoiceUpdate
 from master.errors import APIError
 from master.protocol import (AssistantMessage, ChatChoice, ChatChunkChoice,
                              ChatCompletionRequest,
-                             ChatCompletionResponse, ChatLogprobs, ChatMessage, DeltaMessage,
-                             TokenLogprobEntry, TopLogprob)
+                             ChatCompletionResponse, ChatLogprobs, ChatMessage,
+                             DeltaFunctionCall, DeltaMessage, DeltaToolCall, FunctionCall,
+                             TokenLogprobEntry, ToolCall, TopLogprob)
 from master.serving import RequestRun, ServingContext, json_response, run_updates
-from master.sse import SSEWriter, include_usage, nonempty, stream_response
+from master.sse import SSEWriter, include_usage, nonempty, running_usage, stream_response
 from master.tokenizer import Tokenizer
+from master.tool_parser import ToolCallDelta
+from master.tools import ToolPlan, prompt_messages, tool_plan
 
 
 def _message_dict(m: ChatMessage, index: int) -> dict:
@@ -35,12 +38,17 @@ def _message_dict(m: ChatMessage, index: int) -> dict:
 RESERVED_TEMPLATE_NAMES = frozenset({"messages", "tools", "documents", "add_generation_prompt"})
 
 
-def render_prompt(ctx: ServingContext, req: ChatCompletionRequest) -> tuple[str, list[int]]:
+def render_prompt(ctx: ServingContext, req: ChatCompletionRequest,
+                  plan: ToolPlan | None = None) -> tuple[str, list[int]]:
     template = ctx.bundle.chat_template
     if template is None:
         raise APIError(400, "this model has no chat template; use /v1/completions",
                        param="messages")
     messages = [_message_dict(m, i) for i, m in enumerate(req.messages)]
+    uses = set(template.variables)  # "tools": the template renders definitions itself
+    if template.mentions("tool_calls"):  # and earlier calls (DeepSeek's)
+        uses.add("tool_calls")
+    messages, tools = prompt_messages(messages, plan, ctx.bundle.tool_format, uses)
     extra = req.chat_template_kwargs or {}
     taken = sorted(RESERVED_TEMPLATE_NAMES & extra.keys())
     if taken:
@@ -48,10 +56,19 @@ def render_prompt(ctx: ServingContext, req: ChatCompletionRequest) -> tuple[str,
                        param="chat_template_kwargs")
     try:
         prompt = template.render(messages, add_generation_prompt=req.add_generation_prompt,
-                                 tools=req.tools, **extra)
+                                 tools=tools, **extra)
     except ChatTemplateError as e:
         raise APIError(400, str(e), param="messages") from None
     return prompt, template.encode(prompt)
+
+
+def request_tools(ctx: ServingContext, req: ChatCompletionRequest) -> ToolPlan | None:
+    """The request's tool plan; 400 when the model cannot honour it."""
+    plan = tool_plan(req.tools, req.tool_choice, req.parallel_tool_calls, ctx.bundle.tool_format)
+    if plan is not None and plan.mode == "auto" and plan.fmt is None:
+        raise APIError(400, "this model has no tool-call format to parse (set the master's "
+                       "tool_call_parser)", param="tools")
+    return plan
 
 
 def chat_logprobs(tok: Tokenizer, update: ChoiceUpdate, top_n: int) -> ChatLogprobs | None:
@@ -71,7 +88,8 @@ def chat_logprobs(tok: Tokenizer, update: ChoiceUpdate, top_n: int) -> ChatLogpr
 async def chat_completion(ctx: ServingContext, req: ChatCompletionRequest,
                           request: Request, record: AccessRecord):
     ctx.check_model(req.model)
-    prompt, ids = await ctx.off_loop(render_prompt, ctx, req)
+    plan = request_tools(ctx, req)
+    prompt, ids = await ctx.off_loop(render_prompt, ctx, req, plan)
     record.prompt = prompt
     budget = ctx.max_tokens(len(ids), req.max_completion_tokens or req.max_tokens,
                             "max_completion_tokens" if req.max_completion_tokens else "max_tokens",
@@ -79,7 +97,7 @@ async def chat_completion(ctx: ServingContext, req: ChatCompletionRequest,
     response_id = record.request_id = f"chatcmpl-{uuid.uuid4().hex}"
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     states = ctx.choice_states(response_id, req, [ids], [budget], logprobs,
-                               think_open=ctx.think_open(prompt))
+                               think_open=ctx.think_open(prompt), tools=plan)
     run = RequestRun(ctx, record, states, req.n)
     updates, rest = await run_updates(request, run, req.stream)
     if rest is None:
@@ -91,15 +109,21 @@ def _response(ctx, req, run: RequestRun, updates: list[ChoiceUpdate], response_i
     n = len(run.states)
     content, reasoning = [[] for _ in range(n)], [[] for _ in range(n)]
     logprobs: list[list[TokenLogprobEntry]] = [[] for _ in range(n)]
+    calls: list[list[ToolCall]] = [[] for _ in range(n)]
     for u in updates:
         content[u.index].append(u.content)
         reasoning[u.index].append(u.reasoning)
+        calls[u.index] += [ToolCall(id=c.id, function=FunctionCall(name=c.name,
+                                                                    arguments=c.arguments))
+                           for c in u.tool_calls]
         if req.logprobs and (lp := chat_logprobs(ctx.bundle.tokenizer, u, req.top_logprobs or 0)):
             logprobs[u.index].extend(lp.content)
     choices = []
     for i, state in enumerate(run.states):
-        thought = "".join(reasoning[i])
-        message = AssistantMessage(content="".join(content[i]), reasoning_content=thought or None)
+        thought, text = "".join(reasoning[i]), "".join(content[i])
+        message = AssistantMessage(  # with calls, OpenAI sends null rather than blank content
+            content=None if calls[i] and not text.strip() else text,
+            reasoning_content=thought or None, tool_calls=calls[i] or None)
         choices.append(ChatChoice(
             index=i, message=message, finish_reason=run.finish_reasons.get(i),
             logprobs=ChatLogprobs(content=logprobs[i]) if req.logprobs else None))
@@ -115,9 +139,16 @@ async def _events(ctx, req, run: RequestRun, updates: list[ChoiceUpdate],
     for i in range(len(run.states)):
         yield writer.event([ChatChunkChoice(index=i, delta=role)])
     async for u in nonempty(updates, rest):
-        d = DeltaMessage(content=u.content or None, reasoning_content=u.reasoning or None)
+        d = DeltaMessage(content=u.content or None, reasoning_content=u.reasoning or None,
+                         tool_calls=[_delta_call(c) for c in u.tool_calls] or None)
         lp = chat_logprobs(ctx.bundle.tokenizer, u, req.top_logprobs or 0)
         yield writer.event([ChatChunkChoice(index=u.index, delta=d, logprobs=lp,
-                                            finish_reason=u.finish_reason)])
+                                            finish_reason=u.finish_reason)],
+                           usage=running_usage(req, run.usage))
     if include_usage(req):
         yield writer.event([], usage=run.usage())
+
+
+def _delta_call(c: ToolCallDelta) -> DeltaToolCall:
+    return DeltaToolCall(index=c.index, id=c.id, type="function" if c.id else None,
+                         function=DeltaFunctionCall(name=c.name, arguments=c.arguments))

@@ -13,7 +13,7 @@ from master.errors import APIError
 from master.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest,
                              CompletionResponse)
 from master.serving import RequestRun, ServingContext, json_response, run_updates
-from master.sse import SSEWriter, include_usage, nonempty, stream_response
+from master.sse import SSEWriter, include_usage, nonempty, running_usage, stream_response
 from master.tokenizer import Tokenizer
 
 
@@ -55,7 +55,9 @@ async def completion(ctx: ServingContext, req: CompletionRequest, request: Reque
     prompts = await ctx.off_loop(tokenize_prompts, ctx, req.prompt)
     if isinstance(req.prompt, str):
         record.prompt = req.prompt
-    budgets = [ctx.max_tokens(len(ids), req.max_tokens, "max_tokens", "prompt") for ids in prompts]
+    param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+    budgets = [ctx.max_tokens(len(ids), req.max_completion_tokens or req.max_tokens, param,
+                              "prompt") for ids in prompts]
     response_id = record.request_id = f"cmpl-{uuid.uuid4().hex}"
     states = ctx.choice_states(response_id, req, prompts, budgets, req.logprobs)
     run = RequestRun(ctx, record, states, req.n)
@@ -91,6 +93,7 @@ async def _events(ctx, req, run: RequestRun, updates: list[ChoiceUpdate],
     async for u in nonempty(updates, rest):
         lp = completion_logprobs(tok, u, req.logprobs) if req.logprobs is not None else None
         yield writer.event([CompletionChoice(index=u.index, text=u.content, logprobs=lp,
-                                             finish_reason=u.finish_reason)])
+                                             finish_reason=u.finish_reason)],
+                           usage=running_usage(req, run.usage))
     if include_usage(req):
         yield writer.event([], usage=run.usage())

@@ -89,3 +89,11 @@ async def _with_done(events: AsyncIterator[str],
 def include_usage(req) -> bool:
     """Whether the request's stream_options ask for the closing usage chunk."""
     return bool(req.stream_options and req.stream_options.include_usage)
+
+
+def running_usage(req, usage) -> Usage | None:
+    """Usage so far for every chunk when stream_options also asks continuous_usage_stats
+    (vLLM's); `usage` is called only then."""
+    if include_usage(req) and req.stream_options.continuous_usage_stats:
+        return usage()
+    return None

@@ -23,8 +23,11 @@ def empty_hidden(hidden_size: int, dtype: str) -> pb.Tensor:
 
 def step_request(step: Step, hidden: pb.Tensor) -> pb.StepRequest:
     """The StepRequest of a step whose head output is `hidden` [T, H]."""
+    keep = [pb.CacheBlock(seq_id=seq_id, block_index=index, hash=h)
+            for seq_id, index, h in step.cache_blocks]
     return pb.StepRequest(step_id=step.step_id, seqs=[_seq_step(s) for s in step.seqs],
-                          hidden=hidden, release=step.worker_release)
+                          hidden=hidden, release=step.worker_release, cache_blocks=keep,
+                          evict=step.evict)
 
 
 def _seq_step(item: ScheduledSeq) -> pb.SeqStep:
@@ -37,6 +40,7 @@ def _seq_step(item: ScheduledSeq) -> pb.SeqStep:
             params = dataclasses.replace(params,
                                          prompt_token_ids=tuple(item.seq.prompt_token_ids))
         msg.params.CopyFrom(params_to_proto(params))
+        msg.cached_prefix.extend(item.seq.cached_prefix)  # none for a rebuilt sequence
         # Rebuilt after a lost worker: the worker restores the sampler past these tokens.
         msg.resume_output_ids.extend(item.seq.token_ids[item.seq.num_prompt_tokens:])
     return msg

@@ -7,6 +7,7 @@ import math
 import torch
 
 from engine.dtypes import DTYPE_NAMES, DTYPES
+from engine.constraint import Constraint
 from engine.sampling_params import SamplingParams
 from proto import pipeline_pb2 as pb
 
@@ -76,6 +77,8 @@ def params_to_proto(params: SamplingParams) -> pb.SamplingParams:
     )
     if params.seed is not None:
         msg.seed = params.seed
+    if params.constraint is not None:
+        msg.constraint.kind, msg.constraint.text = params.constraint.kind, params.constraint.text
     return msg
 
 
@@ -98,6 +101,8 @@ def params_from_proto(msg: pb.SamplingParams) -> SamplingParams:
             logprobs=msg.logprobs if msg.logprobs >= 0 else None,
             stop_token_ids=tuple(msg.stop_token_ids),
             prompt_token_ids=tuple(msg.prompt_token_ids),
+            constraint=(Constraint(msg.constraint.kind, msg.constraint.text)
+                        if msg.HasField("constraint") else None),
         )
     except ValueError as e:
         raise WireError(f"sampling params: {e}") from None

@@ -27,9 +27,17 @@ class StreamQuota:
         self.max_seqs = max_seqs
         self._held: dict[str, dict[str, int]] = defaultdict(dict)  # stream -> key -> tokens
         self._totals: dict[str, int] = defaultdict(int)  # stream -> sum of its _held
+        self._kept: dict[str, int] = {}  # stream -> tokens of its kept prefix blocks (once)
 
     def held_tokens(self, stream: str) -> int:
-        return self._totals.get(stream, 0)
+        return self._totals.get(stream, 0) + self._kept.get(stream, 0)
+
+    def set_kept(self, stream: str, tokens: int) -> None:
+        """Blocks kept for prefix caching count once, beside the sequences holding them."""
+        if tokens:
+            self._kept[stream] = tokens
+        else:
+            self._kept.pop(stream, None)
 
     def check(self, stream: str, key: str, end_pos: int) -> None:
         """Raise StreamQuotaExceeded if `key` holding [0, end_pos) breaks a limit of `stream`."""
@@ -47,10 +55,11 @@ class StreamQuota:
                 f"{self.kv_tokens} (stream_kv_share of the worker's KV cache)")
 
     def record(self, stream: str, key: str, end_pos: int) -> None:
-        """`key` now holds [0, end_pos) (called after the cache reserved it)."""
+        """`key` now holds [0, end_pos) (called after the cache reserved it, or with less once
+        some of its blocks count as the stream's kept prefix blocks)."""
         tokens = math.ceil(end_pos / self.block_size) * self.block_size
         old = self._held[stream].get(key, 0)
-        if tokens > old:
+        if tokens != old:
             self._held[stream][key] = tokens
             self._totals[stream] += tokens - old
 
@@ -58,9 +67,11 @@ class StreamQuota:
         held = self._held.get(stream)
         if held is not None and key in held:
             self._totals[stream] -= held.pop(key)
-            if not held:
-                self.drop_stream(stream)
+            if not held:  # its kept blocks stay counted
+                self._held.pop(stream, None)
+                self._totals.pop(stream, None)
 
     def drop_stream(self, stream: str) -> None:
         self._held.pop(stream, None)
         self._totals.pop(stream, None)
+        self._kept.pop(stream, None)

@@ -14,11 +14,14 @@ import torch
 from engine.batch import SeqChunk, StepBatch
 from engine.config import ModelConfig
 from engine.errors import KVCacheFull
+from engine.constraint import ConstraintError
 from engine.fingerprint import checkpoint_fingerprint
+from engine.guide import Guide, GuideFactory
 from engine.sampler import SamplerState, sample
 from engine.stage import Stage
 from proto import pipeline_pb2 as pb
 from proto.convert import WireError, params_from_proto, tensor_from_proto
+from worker.prefix_blocks import StreamBlocks
 from worker.stream_quota import StreamQuota, StreamQuotaExceeded
 from worker.wire import check_hidden, sampled_to_proto
 
@@ -36,6 +39,7 @@ class TailSeq:
     sampler: SamplerState
     next_pos: int = 0
     touched_s: float = 0.0
+    kept_tokens: int = 0  # of [0, next_pos), in blocks kept for prefix caching (counted once)
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,9 @@ class TailRunner:
 
     def __init__(self, stage, *, fingerprint: str, model_name: str, idle_timeout_s: float,
                  clock=time.monotonic, stream_kv_share: float = 1.0,
-                 stream_max_seqs: int = 1 << 30):
+                 stream_max_seqs: int = 1 << 30, guides: GuideFactory | None = None):
         self.stage = stage
+        self.guides = guides  # compiles structured-output constraints; None: refused
         cfg = stage.config
         self.hidden_size, self.num_layers = cfg.hidden_size, cfg.num_hidden_layers
         self.dtype = stage.dtype  # "bfloat16", "float16" or "float32"
@@ -77,6 +82,7 @@ class TailRunner:
         self.ended: dict[str, OrderedDict[str, str]] = {}  # stream -> seq_id -> why it ended
         self.quota = StreamQuota(stage.kv.capacity_tokens, stage.kv.block_size,
                                  stream_kv_share, stream_max_seqs)
+        self.blocks = StreamBlocks(stage.kv)
 
     @classmethod
     def load(cls, model_dir: str, layer_start: int, *, dtype: str, device: str,
@@ -87,7 +93,8 @@ class TailRunner:
                            kv_cache_bytes=kv_cache_bytes, block_size=block_size, fp8=fp8,
                            cuda_graph_max_batch=cuda_graph_max_batch)
         return cls(stage, fingerprint=checkpoint_fingerprint(model_dir),
-                   model_name=Path(model_dir).name, idle_timeout_s=idle_timeout_s, **limits)
+                   model_name=Path(model_dir).name, idle_timeout_s=idle_timeout_s,
+                   guides=GuideFactory(model_dir, stage.config.vocab_size), **limits)
 
     def info(self) -> pb.HandshakeReply:
         """What the worker tells an API at handshake (executor and limits are the server's)."""
@@ -96,13 +103,15 @@ class TailRunner:
             layer_end=self.num_layers, num_layers=self.num_layers, dtype=self.dtype,
             hidden_size=self.hidden_size, kv_capacity_tokens=self.stage.kv.capacity_tokens,
             model_name=self.model_name, stream_kv_tokens=self.quota.kv_tokens,
-            stream_max_seqs=self.quota.max_seqs,
+            stream_max_seqs=self.quota.max_seqs, kv_block_size=self.stage.kv.block_size,
         )
 
     # --- one step ------------------------------------------------------------------------
     def step(self, stream: str, request: pb.StepRequest) -> pb.StepReply:
         start_s = time.perf_counter()
         results = [pb.SeqResult(seq_id=s.seq_id) for s in request.seqs]
+        in_step = {s.seq_id for s in request.seqs}
+        self._apply_cache_ops(stream, request, [i for i in request.release if i not in in_step])
         try:
             self._check_layout(request)
         except WireError as e:
@@ -113,9 +122,23 @@ class TailRunner:
             if request.seqs:
                 hidden = tensor_from_proto(request.hidden, self.stage.device)  # [T, H]
                 self._run(stream, request, hidden, results)
-        for seq_id in request.release:
+        for seq_id in in_step.intersection(request.release):
             self._release(stream, seq_id, "released")
         return self._reply(request.step_id, results, time.perf_counter() - start_s)
+
+    def _apply_cache_ops(self, stream: str, request: pb.StepRequest, release: list[str]) -> None:
+        """Keep, release (what the step does not run), evict: the API applied the same to
+        its head, in this order, before this step."""
+        for c in request.cache_blocks:
+            seq = self.seqs.get(f"{stream}/{c.seq_id}")
+            if seq is not None and self.blocks.keep(stream, seq.key, c.block_index, c.hash):
+                seq.kept_tokens += self.stage.kv.block_size
+                self.quota.record(stream, seq.key, seq.next_pos - seq.kept_tokens)
+        for seq_id in release:
+            self._release(stream, seq_id, "released")
+        for h in request.evict:
+            self.blocks.evict(stream, h)
+        self.quota.set_kept(stream, self.blocks.kept_tokens(stream))
 
     def _check_layout(self, request: pb.StepRequest) -> None:
         """Message-level checks: without them no row of `hidden` can be attributed."""
@@ -166,19 +189,32 @@ class TailRunner:
             raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT,
                             f"sequence {seq_step.seq_id!r} is already running; "
                             "params belong on its first step only")
-        if seq_step.start_pos != seq.next_pos:
+        expected = seq.next_pos or len(seq_step.cached_prefix) * self.stage.kv.block_size
+        if seq_step.start_pos != expected:
             raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT,
                             f"position gap in sequence {seq_step.seq_id!r}: expected start_pos "
-                            f"{seq.next_pos}, got {seq_step.start_pos}")
+                            f"{expected}, got {seq_step.start_pos}")
         end_pos = seq_step.start_pos + seq_step.num_tokens
+        if seq_step.cached_prefix and key not in self.seqs:
+            self._attach(stream, seq, list(seq_step.cached_prefix))
         try:
-            self.quota.check(stream, key, end_pos)
+            self.quota.check(stream, key, end_pos - seq.kept_tokens)
             self.stage.kv.reserve(key, end_pos)
         except (KVCacheFull, StreamQuotaExceeded) as e:
+            self.stage.release(key)  # the blocks it attached
             raise SeqFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
-        self.quota.record(stream, key, end_pos)
+        self.quota.record(stream, key, end_pos - seq.kept_tokens)
         self.seqs[key] = seq
         return seq
+
+    def _attach(self, stream: str, seq: TailSeq, hashes: list[int]) -> None:
+        """A new sequence starts on the kept blocks the API named."""
+        try:
+            self.blocks.attach(stream, seq.key, hashes)
+        except KeyError as e:
+            raise SeqFailed(grpc.StatusCode.FAILED_PRECONDITION,
+                            f"sequence {seq.seq_id!r}: {e.args[0]} on the worker") from None
+        seq.kept_tokens = seq.next_pos = len(hashes) * self.stage.kv.block_size
 
     def _new_seq(self, stream: str, key: str, seq_step: pb.SeqStep) -> TailSeq:
         why = self.ended.get(stream, {}).get(seq_step.seq_id)
@@ -198,8 +234,21 @@ class TailRunner:
         if outside:
             raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT,
                             f"prompt_token_ids outside the vocabulary [0, {vocab}): {outside[:5]}")
-        sampler = SamplerState.resume(params, list(seq_step.resume_output_ids))
+        sampler = SamplerState.resume(params, list(seq_step.resume_output_ids),
+                                      self._guide(params))
         return TailSeq(key=key, stream=stream, seq_id=seq_step.seq_id, sampler=sampler)
+
+    def _guide(self, params) -> Guide | None:
+        """The sequence's grammar matcher, compiled on its first step (None: no constraint)."""
+        if params.constraint is None:
+            return None
+        if self.guides is None:
+            raise SeqFailed(grpc.StatusCode.UNIMPLEMENTED,
+                            "this worker has no tokenizer for structured outputs")
+        try:
+            return self.guides.create(params.constraint)
+        except ConstraintError as e:
+            raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
 
     def _forward(self, hidden: torch.Tensor, planned: list[PlannedSeq],
                  results: list[pb.SeqResult]) -> None:
@@ -240,6 +289,7 @@ class TailRunner:
         keys = [key for key, seq in self.seqs.items() if seq.stream == stream]
         for key in keys:
             self.stage.release(self.seqs.pop(key).key)
+        self.blocks.drop_stream(stream)
         self.ended.pop(stream, None)
         self.quota.drop_stream(stream)
         return len(keys)

@@ -63,7 +63,7 @@ class InProcess:
 class Stack:
     """A worker process and a master process on loopback."""
 
-    def __init__(self, tmp: Path, model: Path, executor: str, threads: int):
+    def __init__(self, tmp: Path, model: Path, executor: str, threads: int, **master_fields):
         self.tmp, self.procs = tmp, []
         port = free_port()
         worker = dict(model_dir=str(model), layer_start=SPLIT, dtype=DTYPE,
@@ -71,7 +71,7 @@ class Stack:
                       kv_cache_bytes=256 * 2**20, run_dir=str(tmp / "triton"))
         master = dict(model_dir=str(model), head_layer_end=SPLIT, dtype=DTYPE, port=0,
                       worker_address=f"127.0.0.1:{port}", torch_threads=threads,
-                      kv_cache_bytes=256 * 2**20, max_num_seqs=64)
+                      kv_cache_bytes=256 * 2**20, max_num_seqs=64, **master_fields)
         self._start("worker", worker, r"worker ready")
         self.url = self._start("master", master, r"duet master: serving (http://\S+)")
 

@@ -59,6 +59,22 @@ def test_a_resumed_state_continues_the_seeded_stream_and_the_penalties():
     assert torch.rand((), generator=fresh.generator) != torch.rand((), generator=resumed.generator)
 
 
+def test_a_resumed_state_feeds_its_output_so_far_to_the_grammar():
+    """A constrained sequence rebuilt on a new worker continues its grammar where it was."""
+
+    class RecordingGuide:  # the one method resume uses of engine.guide.Guide
+        def __init__(self):
+            self.consumed = []
+
+        def consume(self, token_id):
+            self.consumed.append(token_id)
+            return True
+
+    guide = RecordingGuide()
+    state = SamplerState.resume(SamplingParams(temperature=0), [5, 7, 2], guide)
+    assert guide.consumed == [5, 7, 2] and state.guide is guide
+
+
 def test_seeded_row_is_independent_of_its_batch_neighbours():
     logits = torch.zeros(3, VOCAB)
     alone = sample(logits[:1], states(SamplingParams(seed=3)))[0].token_id

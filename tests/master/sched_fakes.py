@@ -35,6 +35,21 @@ class FakeHead:
         for seq_id in ids:
             self.held.pop(seq_id, None)
 
+    # prefix caching: the fake worker's handshake has no kv_block_size, so nothing is kept
+    def keep_blocks(self, blocks):
+        assert not list(blocks)
+
+    def evict(self, hashes):
+        assert not list(hashes)
+
+    def attach_prefixes(self, seqs):
+        assert not list(seqs)
+
+    def drop_cached(self):
+        pass
+
+    kv_cached_tokens = 0
+
     @property
     def kv_used_tokens(self):
         return sum(self.held.values())

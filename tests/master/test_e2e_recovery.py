@@ -1,6 +1,7 @@
 """A worker lost mid-generation, with real processes: the streams pause while the master
 rebuilds them on the restarted worker, and their text equals an uninterrupted run's (greedy and
 seeded); past recovery_budget_s they end with a clear error and new requests get 503."""
+import re
 import signal
 import threading
 import time
@@ -16,6 +17,9 @@ from engine.tiny_model import write_tiny_model
 SPLIT = 2
 STREAMS = 16
 MAX_TOKENS = 40
+# Several KV blocks every prompt shares: after the first run the streams start on kept prefix
+# blocks, which the restarted worker does not have (a rebuild must re-prefill them).
+PREAMBLE = "Once upon a time, in a land of rivers and hills, there lived many storytellers. " * 3
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +49,8 @@ def request_args(i: int) -> dict:
     tokens a draw still depends on the generator's position, which is what is tested."""
     sampling = (dict(temperature=0) if i % 2 == 0
                 else dict(temperature=1.0, seed=1000 + i, extra_body=dict(top_k=8)))
-    return dict(prompt=f"Stream {i} tells a story:", max_tokens=MAX_TOKENS, **sampling)
+    return dict(prompt=PREAMBLE + f"Stream {i} tells a story:", max_tokens=MAX_TOKENS,
+                **sampling)
 
 
 class Streams:
@@ -94,10 +99,16 @@ def uninterrupted(stack) -> list[str]:
     return texts
 
 
-def test_worker_sigkill_during_16_streams_loses_nothing(stack, uninterrupted):
+def prefix_hit_tokens(url: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    return float(re.search(r"^vllm:prefix_cache_hits_total\{[^}]*\} (\S+)$", text, re.M)[1])
 
+
+def test_worker_sigkill_during_16_streams_loses_nothing(stack, uninterrupted):
+    hits = prefix_hit_tokens(stack.url)
     streams = Streams(stack.url, stack.model.name)
     streams.wait_under_way(min_chunks=3)
+    assert prefix_hit_tokens(stack.url) > hits  # they started on kept blocks
     stack.worker.stop(signal.SIGKILL)
     under_way = sum(not f for f in streams.finished)
     assert under_way >= STREAMS // 2, f"only {under_way} streams were running at the kill"

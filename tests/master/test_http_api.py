@@ -71,7 +71,7 @@ async def test_request_fields_override_defaults(bundle):
     fields = {"temperature": 0, "top_p": 0.5, "top_k": 3, "min_p": 0.1, "seed": 11,
               "presence_penalty": 0.5, "frequency_penalty": -0.5, "repetition_penalty": 1.2,
               "max_tokens": 50, "max_completion_tokens": 4, "stop_token_ids": [7],
-              "user": "u", "some_future_field": {"ignored": True}}
+              "user": "u", "store": False, "metadata": {"k": "v"}, "service_tier": "auto"}
     async with serve(bundle, gen) as c:
         r = await c.post("/v1/chat/completions", json={**CHAT, **fields})
     assert r.status_code == 200, r.text

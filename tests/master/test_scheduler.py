@@ -87,7 +87,8 @@ def test_a_sequence_is_in_at_most_one_inflight_batch_and_batches_split_evenly():
 
 
 def test_admission_waits_for_kv_capacity_and_resumes_when_freed():
-    s = make_scheduler(capacity=64, kv_block_size=16, max_inflight_batches=1)
+    s = make_scheduler(capacity=64, kv_block_size=16, max_inflight_batches=1,
+                       enable_prefix_caching=False)  # equal prompts: the second would share
     first, second = make_seq("first", 30, max_tokens=10), make_seq("second", 30, max_tokens=10)
     s.add(first)
     s.add(second)

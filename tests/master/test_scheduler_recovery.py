@@ -5,9 +5,12 @@ import asyncio
 
 import pytest
 
-from master.generation import PipelineUnavailable
+from engine.sampler import SampleResult
+from engine.sampling_params import SamplingParams
+from master.generation import GenerationRequest, PipelineUnavailable
 from master.pipeline_generator import PipelineGenerator
-from master.scheduler import SchedulerConfig
+from master.scheduler import Scheduler, SchedulerConfig
+from master.sequence import Sequence
 from sched_fakes import FakeClient, FakeHead, FakeWorker, collect, request, wait_for
 
 
@@ -54,3 +57,44 @@ async def test_past_the_budget_sequences_fail_and_new_requests_get_retry_after()
         await collect(gen, request("new", [1]))
     assert e.value.retry_after_s == 1.0
     await gen.close()
+
+
+def test_a_rebuilt_sequence_claims_no_kept_block_and_its_kv_balances_to_zero():
+    """The kept prefix blocks went with the worker: the rebuild re-prefills from 0 without
+    cached_prefix, keeps its blocks anew, and every reservation and hold comes back."""
+    s = Scheduler(SchedulerConfig(kv_block_size=4, max_inflight_batches=1))
+    s.set_limits(1000)
+    prompt = list(range(1, 13))  # 3 full blocks
+    answer_all(s, seq("first", prompt))
+    again, other = seq("again", prompt, max_tokens=6), seq("other", [50, 51], max_tokens=6)
+    s.add(again), s.add(other)
+    step = s.schedule()
+    assert again.cached_prefix and again.held_hashes  # it started on kept blocks
+    s.postprocess(step, {i.seq.seq_id: SampleResult(9, None) for i in step.seqs})
+    held = s.requeue_all()
+    assert {"again", "other"} <= set(held)
+    s.finish(other, "cancelled")  # a reader left while the worker was away
+    s.set_limits(1000)  # the next handshake: an empty prefix cache
+    # 12 prompt + 6 output tokens, all its own again: 5 blocks of 4
+    assert s.kv_reserved_tokens == 20 and s.prefix.num_blocks == 0
+    step = s.schedule()
+    (item,) = step.seqs
+    assert (item.chunk.start_pos, item.chunk.num_tokens, item.sends_params) == (0, 13, True)
+    assert again.cached_prefix == [] and not step.evict
+    answer_all(s, again, step)
+    assert s.kv_reserved_tokens == 0 and s.prefix.num_blocks == s.prefix.num_idle == 4
+
+
+def seq(name, prompt, max_tokens=2):
+    return Sequence(GenerationRequest(name, prompt, SamplingParams(), max_tokens))
+
+
+def answer_all(s, target, step=None):
+    """Answer steps (token 9 for each sampling row) until `target` finished."""
+    if step is None:
+        s.add(target)
+    while not target.is_finished:
+        step = step or s.schedule()
+        s.postprocess(step, {i.seq.seq_id: SampleResult(9, None) for i in step.seqs
+                             if i.samples})
+        step = None
