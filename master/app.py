@@ -30,6 +30,18 @@ def _record(request: Request) -> AccessRecord:
     return getattr(request.state, "access", None) or AccessRecord()
 
 
+def _add_middleware(app: FastAPI, config: MasterConfig) -> None:
+    """Keys, CORS, body limit and the access log; the last added runs first (outermost)."""
+    app.add_middleware(ApiKeyMiddleware, checker=ApiKeyChecker(config.api_keys),
+                       prefix=("/v1/", "/tokenize", "/detokenize"))
+    if config.cors_allow_origins:  # off by default: browsers on other origins get no answer
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_allow_origins),
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type"])
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_request_body_bytes)
+    app.add_middleware(AccessLogMiddleware, log_prompts=config.log_prompts)
+
+
 def create_app(config: MasterConfig, generator: Generator, bundle: ModelBundle,
                metrics: Metrics | None = None, lifespan=None) -> FastAPI:
     """The API of one master (or standby). `lifespan` starts and stops the scheduler."""
@@ -40,14 +52,7 @@ def create_app(config: MasterConfig, generator: Generator, bundle: ModelBundle,
                                             thread_name_prefix="duet-tokenize"))
     app.state.ctx = ctx
     install_error_handlers(app)
-    app.add_middleware(ApiKeyMiddleware, checker=ApiKeyChecker(config.api_keys),
-                       prefix=("/v1/", "/tokenize", "/detokenize"))
-    if config.cors_allow_origins:  # off by default: browsers on other origins get no answer
-        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_allow_origins),
-                           allow_methods=["GET", "POST"],
-                           allow_headers=["authorization", "content-type"])
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_request_body_bytes)
-    app.add_middleware(AccessLogMiddleware, log_prompts=config.log_prompts)  # outermost
+    _add_middleware(app, config)
 
     @app.post("/v1/chat/completions")
     async def _chat(req: ChatCompletionRequest, request: Request):

@@ -27,7 +27,7 @@ def worker_pid(serve_pid: int) -> int | None:
             argv = (stat.parent / "cmdline").read_bytes()
         except (OSError, ValueError, IndexError):
             continue
-        if ppid == serve_pid and b"worker.main" in argv:
+        if ppid == serve_pid and argv.split(b"\0")[1:4] == [b"-m", b"duet.cli", b"worker"]:
             return int(stat.parent.name)
     return None
 
