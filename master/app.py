@@ -46,10 +46,9 @@ def create_app(config: MasterConfig, generator: Generator, bundle: ModelBundle,
                metrics: Metrics | None = None, lifespan=None) -> FastAPI:
     """The API of one master (or standby). `lifespan` starts and stops the scheduler."""
     app = FastAPI(title="duet", lifespan=lifespan, docs_url=None, redoc_url=None)
+    pool = ThreadPoolExecutor(config.tokenizer_threads, thread_name_prefix="duet-tokenize")
     ctx = ServingContext(config, generator, bundle,
-                         metrics or Metrics(config.served_model_name),
-                         ThreadPoolExecutor(config.tokenizer_threads,
-                                            thread_name_prefix="duet-tokenize"))
+                         metrics or Metrics(config.served_model_name), pool)
     app.state.ctx = ctx
     install_error_handlers(app)
     _add_middleware(app, config)
