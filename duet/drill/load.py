@@ -21,9 +21,16 @@ BACKOFF_MAX_S = 0.25  # an eager client: the figures measure the system, not the
 RETRY_AFTER_MAX_S = 1.0  # the server's Retry-After is honoured up to this
 
 
-async def attempt(client: httpx.AsyncClient, url: str, body: dict) -> dict:
-    """One streamed completion: ok only with status 200, tokens and the final [DONE]."""
-    rec: dict = {"start": time.monotonic(), "ok": False, "tokens": 0}
+async def attempt(client: httpx.AsyncClient, url: str, body: dict,
+                  keep_gaps: bool = False) -> dict:
+    """One streamed completion: ok only with status 200, tokens and the final [DONE]. Keeps
+    its text and its longest wait for a token (`max_gap_s`, ending at `gap_end`): a stream
+    rebuilt on a restarted worker pauses there. `keep_gaps`: every wait between two token
+    events too (`gaps_s`, for inter-token latency), and the server's `usage` if it sends one."""
+    rec: dict = {"start": time.monotonic(), "ok": False, "tokens": 0, "text": "",
+                 "max_gap_s": 0.0}
+    if keep_gaps:
+        rec["gaps_s"] = []
     try:
         async with client.stream("POST", f"{url}/v1/completions", json=body) as resp:
             rec["status"] = resp.status_code
@@ -38,12 +45,27 @@ async def attempt(client: httpx.AsyncClient, url: str, body: dict) -> dict:
                         if '"error"' in line:
                             rec["error"] = "sse error event"
                             break
-                        rec["tokens"] += 1
-                        rec.setdefault("first_token", time.monotonic())
+                        _token(rec, json.loads(line[6:]))
     except httpx.HTTPError as e:
         rec["error"] = type(e).__name__
     rec["end"] = time.monotonic()
     return rec
+
+
+def _token(rec: dict, event: dict) -> None:
+    now = time.monotonic()
+    if event.get("usage") and not event.get("choices"):  # stream_options.include_usage
+        rec["usage"] = event["usage"]
+        return
+    gap_s = now - rec.get("last_token", rec["start"])
+    if "gaps_s" in rec and rec["tokens"]:
+        rec["gaps_s"].append(round(gap_s, 5))
+    if gap_s > rec["max_gap_s"]:  # the wait for the first token counts too
+        rec["max_gap_s"], rec["gap_end"] = round(gap_s, 4), now
+    rec["tokens"] += 1
+    rec["text"] += "".join(c.get("text") or "" for c in event.get("choices", []))
+    rec.setdefault("first_token", now)
+    rec["last_token"] = now
 
 
 # A streaming client keeps its connection and waits up to 3 s for the next token: a stream
