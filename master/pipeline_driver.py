@@ -12,6 +12,11 @@ the scheduler re-prefills each sequence's prompt and output so far on the new st
 Both stages' kept prefix blocks are dropped, so a rebuilt sequence starts on none of them. The
 readers see a pause. If no worker answers within `recovery_budget_s`, every sequence fails
 with PipelineUnavailable (0 = fail at once, the behaviour before recovery existed).
+
+A draining worker (SIGTERM) says so on the stream (`StepReply.drain`): the sender stops, the
+steps already sent are answered, then the stream is closed and rebuilt as above. A planned
+restart is not charged its start-up: the wait is recovery_budget_s plus the start-up time the
+old worker measured for itself (`Drain.startup_s`).
 """
 from __future__ import annotations
 
@@ -45,6 +50,7 @@ class PipelineDriver:
         self.recover_until: float | None = None  # monotonic deadline while rebuilding
         self._down_reason = ""
         self.connected = False  # a handshake passed and the Step stream is open
+        self.worker_drain: pb.Drain | None = None  # the worker asked this stream to pause
         self.inflight: deque[tuple[Step, float]] = deque()  # (step, sent at monotonic s)
         self.worker_kv_used_tokens = 0  # as of the last StepReply
         self.worker_kv_capacity_tokens = 0
@@ -130,13 +136,15 @@ class PipelineDriver:
         self.client.mark_down(reason)
         stream.cancel()
         self.inflight.clear()
+        startup_s = self.worker_drain.startup_s if self.worker_drain is not None else 0.0
+        self.worker_drain = None
         if self.recovery_budget_s > 0:
             if self.recover_until is None:  # a relapse while rebuilding keeps the deadline
-                self.recover_until = time.monotonic() + self.recovery_budget_s
+                self.recover_until = time.monotonic() + self.recovery_budget_s + startup_s
                 self._down_reason = reason
             held = self.scheduler.requeue_all()
-            log.warning("rebuilding %d sequences on the next worker (within %g s)",
-                        len(self.scheduler.running), self.recovery_budget_s)
+            log.warning("rebuilding %d sequences on the next worker (within %.3g s)",
+                        len(self.scheduler.running), self.recover_until - time.monotonic())
         else:
             held = [s.seq_id for s in self.scheduler.fail_all(PipelineUnavailable(reason))]
         await self._release_head(held)
@@ -154,7 +162,8 @@ class PipelineDriver:
         limit = self.scheduler.config.max_inflight_batches
         while True:
             self.wake.clear()
-            step = self.scheduler.schedule() if len(self.inflight) < limit else None
+            room = len(self.inflight) < limit and self.worker_drain is None
+            step = self.scheduler.schedule() if room else None
             if step is None:
                 await self.wake.wait()
                 continue
@@ -187,6 +196,12 @@ class PipelineDriver:
     async def _recv_loop(self, stream) -> None:
         while True:
             reply = await stream.recv()
+            if reply.HasField("drain"):  # answers no step: the sender stops
+                log.warning("the worker asks to pause: %s; %d steps to receive first",
+                            reply.drain.reason, len(self.inflight))
+                self.worker_drain = reply.drain
+                self._closing_if_drained()
+                continue
             if not self.inflight:
                 raise PipelineUnavailable(f"worker answered step {reply.step_id}, none pending")
             step, sent_at = self.inflight.popleft()
@@ -201,6 +216,12 @@ class PipelineDriver:
             self.scheduler.postprocess(step, reply_outcomes(reply))
             self.recover_until = None  # the worker answers again: rebuilt
             self.update_metrics()
+            self._closing_if_drained()
+
+    def _closing_if_drained(self) -> None:
+        """Every step sent to a draining worker is answered: give up the stream."""
+        if self.worker_drain is not None and not self.inflight:
+            raise PipelineUnavailable(f"the worker drained: {self.worker_drain.reason}")
 
     async def _watchdog(self) -> None:
         while True:

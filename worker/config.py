@@ -64,6 +64,9 @@ class WorkerConfig:
     triton_start_timeout_s: float = 120.0  # load a big checkpoint before giving up
     run_dir: str = ""  # managed Triton's model repository and backend dir; empty = a temp dir
     idle_timeout_s: float = 300.0  # a sequence untouched this long is released
+    # SIGTERM: the APIs are told to pause and close their streams once the steps already sent
+    # are answered; the worker exits when they have, or after this long
+    drain_timeout_s: float = 10.0
     max_message_bytes: int = 256 << 20  # gRPC send/receive limit of one step message
     tls_cert_file: str = ""  # server certificate (PEM); with tls_key_file enables TLS
     tls_key_file: str = ""
@@ -96,6 +99,7 @@ class WorkerConfig:
             "triton_model_name": self.triton_model_name.isidentifier(),
             "triton_start_timeout_s": self.triton_start_timeout_s > 0,
             "idle_timeout_s": self.idle_timeout_s > 0,
+            "drain_timeout_s": self.drain_timeout_s >= 0,
             "max_message_bytes": 1024 <= self.max_message_bytes < 2**31,
             "tls_key_file": bool(self.tls_cert_file) == bool(self.tls_key_file),
             "tls_client_ca_file": not self.tls_client_ca_file or bool(self.tls_cert_file),
