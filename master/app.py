@@ -17,6 +17,7 @@ from master.errors import install_error_handlers
 from master.generation import Generator
 from master.metrics import Metrics
 from master.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from master.ready_watch import ReadyWatch
 from master.serving import ServingContext, json_response
 from master.serving_chat import chat_completion
 from master.serving_completion import completion
@@ -50,6 +51,7 @@ def create_app(config: MasterConfig, generator: Generator, bundle: ModelBundle,
     ctx = ServingContext(config, generator, bundle,
                          metrics or Metrics(config.served_model_name), pool)
     app.state.ctx = ctx
+    app.state.ready_watch = ReadyWatch()
     install_error_handlers(app)
     _add_middleware(app, config)
 
@@ -84,7 +86,10 @@ def create_app(config: MasterConfig, generator: Generator, bundle: ModelBundle,
         if ready and config.role == "master" and not getattr(generator, "active", True):
             # a deactivated master must fail its VRRP health check, so the VIP moves away
             ready, reason = False, "deactivated (POST /admin/activate to serve again)"
-        return JSONResponse({"ready": ready, "reason": reason}, status_code=200 if ready else 503)
+        draining = bool(getattr(generator, "draining", False))  # the VRRP agent resigns
+        app.state.ready_watch.probed(draining)
+        return JSONResponse({"ready": ready, "reason": reason, "draining": draining},
+                            status_code=200 if ready else 503)
 
     @app.get("/metrics")
     async def _metrics():
