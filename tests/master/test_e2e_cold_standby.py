@@ -5,7 +5,6 @@ import time
 import httpx
 
 from e2e_harness import start_master, start_worker
-from engine.tiny_model import write_tiny_model
 
 
 def completion(url: str) -> httpx.Response:
@@ -13,8 +12,8 @@ def completion(url: str) -> httpx.Response:
                       json={"model": "tiny-qwen2", "prompt": "Cold", "max_tokens": 3})
 
 
-def test_cold_standby_loads_on_activation_and_says_so(tmp_path):
-    model = write_tiny_model("qwen2", tmp_path / "tiny-qwen2", num_layers=4)
+def test_cold_standby_loads_on_activation_and_says_so(tmp_path, tiny_qwen2):
+    model = tiny_qwen2
     worker, port = start_worker(tmp_path, model, 2)
     services = [worker]
     try:

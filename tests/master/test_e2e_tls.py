@@ -1,15 +1,14 @@
 """`duet master` talks to a mutual-TLS worker with the certificates its config names."""
 import openai
-import pytest
 
 from e2e_harness import start_master, start_worker, wait_not_ready, wait_ready
-from engine.tiny_model import write_tiny_model
 
 SPLIT = 2
 
 
-def test_master_serves_over_mutual_tls_and_a_plaintext_master_is_refused(tmp_path, tls_certs):
-    model = write_tiny_model("qwen2", tmp_path / "tiny-qwen2", num_layers=4)
+def test_master_serves_over_mutual_tls_and_a_plaintext_master_is_refused(
+        tmp_path, tiny_qwen2, tls_certs):
+    model = tiny_qwen2
     worker, port = start_worker(tmp_path, model, SPLIT, tls_cert_file=str(tls_certs / "server.pem"),
                                 tls_key_file=str(tls_certs / "server.key"),
                                 tls_client_ca_file=str(tls_certs / "ca.pem"))
