@@ -4,7 +4,7 @@ import time
 
 import httpx
 
-from e2e_harness import start_master, start_worker
+from e2e_harness import E2EStack, master_url
 
 
 def completion(url: str) -> httpx.Response:
@@ -13,13 +13,11 @@ def completion(url: str) -> httpx.Response:
 
 
 def test_cold_standby_loads_on_activation_and_says_so(tmp_path, tiny_qwen2):
-    model = tiny_qwen2
-    worker, port = start_worker(tmp_path, model, 2)
-    services = [worker]
+    stack = E2EStack(tmp_path, tiny_qwen2, 2)
     try:
-        standby, url = start_master(tmp_path, model, 2, port, name="standby", role="standby",
-                                    standby_mode="cold")
-        services.append(standby)
+        standby = stack.spawn_api("standby", role="standby", standby_mode="cold")
+        stack.worker.wait_for(r"worker ready")
+        url = master_url(standby)
         ready = httpx.get(f"{url}/ready")
         assert ready.status_code == 200 and "head not loaded" in ready.json()["reason"]
         assert httpx.get(f"{url}/admin/stats").json()["head_loaded"] is False
@@ -46,5 +44,4 @@ def test_cold_standby_loads_on_activation_and_says_so(tmp_path, tiny_qwen2):
         assert httpx.post(f"{url}/admin/activate").json()["ready"] is True  # still loaded
         assert completion(url).status_code == 200
     finally:
-        for service in reversed(services):
-            service.stop()
+        stack.stop()
