@@ -44,6 +44,18 @@ def _add_middleware(app: FastAPI, config: MasterConfig) -> None:
     app.add_middleware(AccessLogMiddleware, log_prompts=config.log_prompts)
 
 
+def _readiness(config: MasterConfig, generator: Generator, watch: ReadyWatch) -> JSONResponse:
+    """/ready: 200 when this API can serve; "draining" (SIGTERM) makes the VRRP agent resign."""
+    ready, reason = generator.readiness()
+    if ready and config.role == "master" and not getattr(generator, "active", True):
+        # a deactivated master must fail its VRRP health check, so the VIP moves away
+        ready, reason = False, "deactivated (POST /admin/activate to serve again)"
+    draining = bool(getattr(generator, "draining", False))
+    watch.probed(draining)
+    return JSONResponse({"ready": ready, "reason": reason, "draining": draining},
+                        status_code=200 if ready else 503)
+
+
 def create_app(config: MasterConfig, generator: Generator, bundle: ModelBundle,
                metrics: Metrics | None = None, lifespan=None) -> FastAPI:
     """The API of one master (or standby). `lifespan` starts and stops the scheduler."""
@@ -83,14 +95,7 @@ def create_app(config: MasterConfig, generator: Generator, bundle: ModelBundle,
 
     @app.get("/ready")
     async def _ready():
-        ready, reason = generator.readiness()
-        if ready and config.role == "master" and not getattr(generator, "active", True):
-            # a deactivated master must fail its VRRP health check, so the VIP moves away
-            ready, reason = False, "deactivated (POST /admin/activate to serve again)"
-        draining = bool(getattr(generator, "draining", False))  # the VRRP agent resigns
-        app.state.ready_watch.probed(draining)
-        return JSONResponse({"ready": ready, "reason": reason, "draining": draining},
-                            status_code=200 if ready else 503)
+        return _readiness(config, generator, app.state.ready_watch)
 
     @app.get("/metrics")
     async def _metrics():

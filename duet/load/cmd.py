@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import socket
 import sys
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from duet.load.run import model_name, run_load
     from duet.load.watch import ServerWatch
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
     url = args.url.rstrip("/")
     metrics = dict(m.split("=", 1) for m in args.metrics if "=" in m)
     if len(metrics) != len(args.metrics):

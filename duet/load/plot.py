@@ -44,9 +44,14 @@ def write_plot(path: Path, requests: list[dict], samples: list[dict], title: str
     mem.set_ylabel("resident MiB")
     mem.legend(loc="upper left", fontsize="small")
     kv.plot(times, [100 * (s.get("kv_usage") or 0) for s in samples], label="KV used %")
-    kv.plot(times, [s.get("running") or 0 for s in samples], label="requests running")
+    kv.set_ylabel("KV used %")
     kv.set_xlabel("seconds since the start")
-    kv.legend(loc="upper right", fontsize="small")
+    running = kv.twinx()  # its own scale: a few % of KV next to 64 requests
+    running.plot(times, [s.get("running") or 0 for s in samples], color="tab:orange",
+                 label="requests running")
+    running.set_ylabel("requests running")
+    kv.legend(loc="upper left", fontsize="small")
+    running.legend(loc="upper right", fontsize="small")
     fig.suptitle(title, fontsize="medium")
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -90,7 +90,7 @@ def progress_line(elapsed_s: float, duration_s: float, requests: list[dict],
         line += f"  TTFT p50 {ttft['p50']:.2f} s  ITL p50 {itl['p50'] * 1e3:.0f} ms"
     if sample:
         rss = "  ".join(f"{n} {b / 2**20:.0f} MiB" for n, b in sorted(sample["rss_bytes"].items()))
-        line += f"  KV {100 * (sample.get('kv_usage') or 0):.0f}%  {rss}"
+        line += f"  KV {100 * (sample.get('kv_usage') or 0):.1f}%  {rss}"
     return line
 
 
@@ -107,8 +107,9 @@ def markdown(report: dict) -> str:
         ("workload", f"{w['clients']} streaming clients for {w['duration_s']:g} s; prompts "
                      f"{w['prompt_words'][0]}-{w['prompt_words'][1]} words, outputs "
                      f"{w['max_tokens'][0]}-{w['max_tokens'][1]} tokens; {w['url']}"),
-        ("requests", f"{s['requests']}: {s['completed']} completed, {s['failed']} failed "
-                     f"{s['failures'] or ''}, {s['server_errors_5xx']} answered 5xx"),
+        ("requests", f"{s['requests']}: {s['completed']} completed, {s['failed']} failed"
+                     + (f" {s['failures']}" if s["failures"] else "")
+                     + f", {s['server_errors_5xx']} answered 5xx"),
         ("throughput", f"{s['tokens_per_s']} output tok/s, {s['requests_per_s']} req/s"),
         ("TTFT p50 / p90 / p99", pct(s["ttft_s"])),
         ("inter-token p50 / p90 / p99", pct(s["itl_s"], 1e3, "ms")),
