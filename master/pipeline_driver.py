@@ -13,10 +13,9 @@ Both stages' kept prefix blocks are dropped, so a rebuilt sequence starts on non
 readers see a pause. If no worker answers within `recovery_budget_s`, every sequence fails
 with PipelineUnavailable (0 = fail at once, the behaviour before recovery existed).
 
-A draining worker (SIGTERM) says so on the stream (`StepReply.drain`): the sender stops, the
-steps already sent are answered, then the stream is closed and rebuilt as above. A planned
-restart is not charged its start-up: the wait is recovery_budget_s plus the start-up time the
-old worker measured for itself (`Drain.startup_s`).
+A draining worker (SIGTERM) says so (`StepReply.drain`): the sender stops, the steps sent are
+answered, the stream is rebuilt as above; the wait is recovery_budget_s plus the old worker's
+own start-up time (`Drain.startup_s`): a planned restart is not charged its start-up.
 """
 from __future__ import annotations
 
@@ -57,6 +56,8 @@ class PipelineDriver:
         self.worker_kv_capacity_tokens = 0
         self.wake = asyncio.Event()  # set when the scheduler may have something to send
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="duet-head")
+        self.head_kv: dict[str, float] = {}
+        self._snapshot_head_kv()
 
     async def run(self) -> None:
         """Connect, serve until the stream breaks, rebuild (or fail) what ran, reconnect."""
@@ -188,11 +189,20 @@ class PipelineDriver:
         self.head.evict(step.evict)
         self.head.attach_prefixes((s.seq.seq_id, s.seq.cached_prefix) for s in step.seqs
                                   if s.sends_params and s.seq.cached_prefix)
-        return self.head.forward(step.chunks, step.token_ids)
+        try:
+            return self.head.forward(step.chunks, step.token_ids)
+        finally:
+            self._snapshot_head_kv()
 
     def _head_reset(self, seq_ids: list[str]) -> None:
         self.head.release(seq_ids)
         self.head.drop_cached()
+        self._snapshot_head_kv()
+
+    def _snapshot_head_kv(self) -> None:
+        """In the head thread (read from the loop, they raced its block table: the soak)."""
+        self.head_kv = {"usage": self.head.kv_usage, "used_tokens": self.head.kv_used_tokens,
+                        "cached_tokens": self.head.kv_cached_tokens}
 
     async def _recv_loop(self, stream) -> None:
         while True:
@@ -219,8 +229,7 @@ class PipelineDriver:
             self.update_metrics()
             self._closing_if_drained()
 
-    def _closing_if_drained(self) -> None:
-        """Every step sent to a draining worker is answered: give up the stream."""
+    def _closing_if_drained(self) -> None:  # all steps sent to a draining worker answered
         if self.worker_drain is not None and not self.inflight:
             raise PipelineUnavailable(f"the worker drained: {self.worker_drain.reason}")
 
@@ -238,4 +247,4 @@ class PipelineDriver:
         s = self.scheduler
         self.metrics.set_queue(len(s.running), len(s.waiting))
         worker = self.worker_kv_used_tokens / max(1, self.worker_kv_capacity_tokens)
-        self.metrics.set_cache_usage(max(self.head.kv_usage, worker))
+        self.metrics.set_cache_usage(max(self.head_kv["usage"], worker))
