@@ -42,10 +42,11 @@ async def attempt(client: httpx.AsyncClient, url: str, body: dict,
                     if line == "data: [DONE]":
                         rec["ok"] = rec["tokens"] > 0
                     elif line.startswith("data: "):
-                        if '"error"' in line:
+                        event = json.loads(line[6:])
+                        if "error" in event:  # not the raw line: a token's text may say "error"
                             rec["error"] = "sse error event"
                             break
-                        _token(rec, json.loads(line[6:]))
+                        _token(rec, event)
     except httpx.HTTPError as e:
         rec["error"] = type(e).__name__
     rec["end"] = time.monotonic()
@@ -83,8 +84,10 @@ def _record(out, rec: dict, **ids) -> None:
     out.flush()
 
 
-async def one_client(index: int, url: str, body: dict, out, stop: asyncio.Event) -> None:
-    async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT, trust_env=False) as client:
+async def one_client(index: int, url: str, body: dict, out, stop: asyncio.Event,
+                     read_timeout_s: float = CLIENT_TIMEOUT.read) -> None:
+    timeout = CLIENT_TIMEOUT.as_dict() | {"read": read_timeout_s}
+    async with httpx.AsyncClient(timeout=httpx.Timeout(**timeout), trust_env=False) as client:
         request = 0
         while not stop.is_set():
             request += 1
@@ -124,7 +127,7 @@ async def main_async(args: argparse.Namespace) -> None:
             "temperature": 0, "stream": True}
     with open(args.out, "a") as out:
         await asyncio.gather(probe(args.url, dict(body, max_tokens=1), out, stop),
-                             *(one_client(i, args.url, body, out, stop)
+                             *(one_client(i, args.url, body, out, stop, args.read_timeout_s)
                                for i in range(args.clients)))
 
 
@@ -135,6 +138,8 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--max-tokens", type=int, default=8)
     p.add_argument("--out", required=True, help="JSON lines, one per attempt")
+    p.add_argument("--read-timeout-s", type=float, default=CLIENT_TIMEOUT.read,
+                   help="a stream waits this long for its next byte (longer than a pause)")
     asyncio.run(main_async(p.parse_args()))
 
 

@@ -55,10 +55,12 @@ class PairTarget:
         res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
         return res.stdout if res.returncode == 0 else ""
 
-    def start_load(self, out: Path, clients: int, max_tokens: int) -> subprocess.Popen:
+    def start_load(self, out: Path, clients: int, max_tokens: int,
+                   read_timeout_s: float) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "duet.drill.load", "--url", self.url,
                                  "--model", self.model, "--clients", str(clients),
-                                 "--max-tokens", str(max_tokens), "--out", str(out)],
+                                 "--max-tokens", str(max_tokens), "--out", str(out),
+                                 "--read-timeout-s", str(read_timeout_s)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def agent_state(self, host: str) -> str:

@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+from duet.drill.load import CLIENT_TIMEOUT
 from duet.drill.report import build_report
 from duet.drill.scenarios import Scenario
 
@@ -63,7 +64,10 @@ def run_drill(target, scenario: Scenario, attempts_file: Path, clients: int = 4,
     if scenario.prepare is not None:
         scenario.prepare(target)
     attempts_file.unlink(missing_ok=True)
-    load = target.start_load(attempts_file, clients, max_tokens)
+    # A paused stream must outwait the restart; otherwise a stream on a dead host ends
+    # with its read timeout, as a real client's would.
+    read_timeout_s = timeout_s if scenario.pauses else CLIENT_TIMEOUT.read
+    load = target.start_load(attempts_file, clients, max_tokens, read_timeout_s)
     watcher = None
     try:
         wait_attempt(attempts_file, lambda a: a["ok"], "completion before the fault",
