@@ -38,12 +38,13 @@ def _counts(attempts: list[dict]) -> dict:
 
 def across_fault(attempts: list[dict], fault: float) -> dict:
     """The streams in flight when the fault struck: did each complete, with the text the
-    same request gave before the fault (every client asks the same greedy completion), and
-    how long did they pause (their longest wait between two tokens)?"""
+    same request gives uninterrupted (every client asks the same greedy completion: the
+    streams that did not span the fault), and how long did they pause (their longest wait
+    for a token)?"""
     streams = [a for a in attempts if a["client"] != "probe"]
-    before = Counter(a.get("text") for a in streams if a["ok"] and a["end"] < fault)
-    reference = before.most_common(1)[0][0] if before else None
     spanning = [a for a in streams if a["start"] < fault < a["end"]]
+    others = Counter(a.get("text") for a in streams if a["ok"] and a not in spanning)
+    reference = others.most_common(1)[0][0] if others else None
     gaps = [a.get("max_gap_s", 0.0) for a in spanning if a.get("gap_end", 0) > fault]
     return {"streams": len(spanning), "completed": sum(a["ok"] for a in spanning),
             "identical": sum(a["ok"] and a.get("text") == reference for a in spanning),
