@@ -17,6 +17,8 @@ from master.errors import install_error_handlers
 from master.generation import Generator
 from master.metrics import Metrics
 from master.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from master.resume import ResumeLimits
+from master.resume_registry import RunRegistry
 from master.serving import ServingContext, json_response
 from master.serving_chat import chat_completion
 from master.serving_completion import completion
@@ -47,8 +49,10 @@ def create_app(config: MasterConfig, generator: Generator, bundle: ModelBundle,
     """The API of one master (or standby). `lifespan` starts and stops the scheduler."""
     app = FastAPI(title="duet", lifespan=lifespan, docs_url=None, redoc_url=None)
     pool = ThreadPoolExecutor(config.tokenizer_threads, thread_name_prefix="duet-tokenize")
+    limits = ResumeLimits(config.resume_detached_s, config.resume_keep_s,
+                          config.resume_keep_bytes)
     ctx = ServingContext(config, generator, bundle,
-                         metrics or Metrics(config.served_model_name), pool)
+                         metrics or Metrics(config.served_model_name), pool, RunRegistry(limits))
     app.state.ctx = ctx
     install_error_handlers(app)
     _add_middleware(app, config)
