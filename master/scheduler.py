@@ -53,6 +53,7 @@ class ScheduledSeq:
     chunk: SeqChunk  # positions [start_pos, end_pos) fed through the head this step
     samples: bool  # the chunk ends at the last known token: the worker samples the next
     sends_params: bool  # first appearance: the worker gets the sampling params with it
+    head_only: bool = False  # rebuilds the head's KV of an adopted sequence: not sent
 
 
 @dataclass
@@ -70,6 +71,12 @@ class Step:
     evict: list[int] = field(default_factory=list)
     prefix_query_tokens: int = 0  # prompt tokens of the sequences admitted in this step
     prefix_hit_tokens: int = 0  # of those, tokens found in kept blocks
+    adopts: list[Sequence] = field(default_factory=list)  # asked of the worker (no rows)
+
+    @property
+    def head_rows(self) -> int:
+        """Rows of the head's output that stay here: the head-only chunks, which come first."""
+        return sum(s.chunk.num_tokens for s in self.seqs if s.head_only)
 
     @property
     def num_tokens(self) -> int:
@@ -80,8 +87,16 @@ class Step:
         return [s.chunk for s in self.seqs]
 
 
-# What the worker said about one sequence of a step: a token, or why it failed.
-Outcome = SampleResult | SequenceFailed
+@dataclass(frozen=True)
+class Adopted:
+    """The worker handed over a kept sequence: its sampled tokens, its KV positions."""
+
+    output_ids: list[int]
+    next_pos: int
+
+
+# What the worker said about one sequence of a step: a token, an adoption, or why it failed.
+Outcome = SampleResult | Adopted | SequenceFailed
 
 
 class Scheduler:
@@ -160,8 +175,13 @@ class Scheduler:
             budget -= self._add_chunk(step, seq, budget)
         while self.waiting and budget > 0 and len(step.seqs) < limit and self._admit_next(step):
             budget -= self._add_chunk(step, self.running[-1], budget)
-        if not step.seqs and not step.release and not (self.prefix and self.prefix.to_evict):
+        if (not step.seqs and not step.adopts and not step.release
+                and not (self.prefix and self.prefix.to_evict)):
             return None
+        if step.head_rows:  # their rows are dropped before sending: put them first
+            step.seqs.sort(key=lambda s: not s.head_only)
+            step.token_ids = [t for s in step.seqs
+                              for t in s.seq.token_ids[s.chunk.start_pos:s.chunk.end_pos]]
         if self.prefix is not None:
             step.cache_blocks, step.evict = self.prefix.drain()
         self._next_step_id += 1
@@ -179,7 +199,8 @@ class Scheduler:
         seq = self.waiting[0]
         if len(self.running) >= self.config.max_num_seqs:
             return False
-        hits = self.prefix.hold_prompt_prefix(seq) if self.prefix is not None else []
+        caching = self.prefix is not None and not seq.adopting
+        hits = self.prefix.hold_prompt_prefix(seq) if caching else []
         need = self._kv_need(seq) - len(hits) * self.config.kv_block_size
         if not self._make_room(need):
             if self.prefix is not None:
@@ -206,17 +227,25 @@ class Scheduler:
 
     def _keep_blocks(self, seq: Sequence, end_pos: int) -> None:
         """Positions [0, end_pos) are written on both stages: keep its new full blocks."""
-        if self.prefix is not None:
+        if self.prefix is not None and not seq.adopted:  # an adopted one's KV is not ours
             self.kv_reserved_tokens -= self.prefix.keep_written(seq, end_pos)
 
     def _add_chunk(self, step: Step, seq: Sequence, budget: int) -> int:
-        """Put the next chunk of `seq` (at most `budget` tokens) into the step."""
+        """Put the next chunk of `seq` (at most `budget` tokens) into the step; or, for a
+        sequence to adopt, the question to the worker (no tokens)."""
+        if seq.adopting:
+            step.adopts.append(seq)
+            seq.params_sent = seq.in_flight = True
+            return 0
         start = seq.num_computed_tokens
         num = min(seq.pending_tokens(), budget)
+        head_only = start < seq.worker_pos  # the worker holds these positions already
+        if head_only:
+            num = min(num, seq.worker_pos - start)
         assert num > 0, f"{seq} has nothing to compute"
         step.seqs.append(ScheduledSeq(seq, SeqChunk(seq.seq_id, start, num),
-                                      samples=start + num == len(seq.token_ids),
-                                      sends_params=not seq.params_sent))
+                                      samples=not head_only and start + num == len(seq.token_ids),
+                                      sends_params=not seq.params_sent, head_only=head_only))
         step.token_ids.extend(seq.token_ids[start : start + num])
         seq.params_sent = True
         seq.num_computed_tokens += num
@@ -228,6 +257,10 @@ class Scheduler:
 
         `outcomes` maps seq_id to the worker's result; a sequence that sampled nothing has none.
         """
+        for seq in step.adopts:
+            seq.in_flight = False
+            if not seq.is_finished:
+                self._adopted(seq, outcomes.get(seq.seq_id))
         for item in step.seqs:
             seq = item.seq
             seq.in_flight = False
@@ -245,6 +278,20 @@ class Scheduler:
             else:
                 self.finish(seq, "failed", SequenceFailed(
                     "INTERNAL", f"worker returned no token for {seq.seq_id}"))
+
+    def _adopted(self, seq: Sequence, outcome: Outcome | None) -> None:
+        """The worker's answer to an adoption: carry on from its tokens and KV positions (the
+        head rebuilds [0, next_pos) first); refused or not kept there, start afresh."""
+        seq.adopting = False
+        if not isinstance(outcome, Adopted):
+            seq.params_sent = False  # the worker holds nothing of it
+            return
+        seq.adopted, seq.worker_pos = True, outcome.next_pos
+        for token in outcome.output_ids[seq.num_output_tokens:]:
+            stopped = token in seq.params.stop_token_ids
+            self._append(seq, SampleResult(token, 0.0, (), stopped))
+            if seq.is_finished:
+                return
 
     def _append(self, seq: Sequence, sampled: SampleResult) -> None:
         reason = None
@@ -276,7 +323,9 @@ class Scheduler:
         held = [s.seq_id for s in self.running + self._to_release]
         for seq in self.running:
             seq.in_flight = seq.params_sent = False
-            seq.num_computed_tokens = 0
+            seq.num_computed_tokens = seq.worker_pos = 0
+            # the worker may still hold it (only our stream broke): ask for it first
+            seq.adopting, seq.adopted = bool(seq.resume_key), False
             seq.cached_prefix, seq.held_hashes, seq.num_kept_blocks = [], [], 0
             seq.kv_reserved_tokens = self._kv_need(seq)
         self.kv_reserved_tokens = sum(s.kv_reserved_tokens for s in self.running)

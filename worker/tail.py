@@ -21,6 +21,7 @@ from engine.sampler import SamplerState, sample
 from engine.stage import Stage
 from proto import pipeline_pb2 as pb
 from proto.convert import WireError, params_from_proto, tensor_from_proto
+from worker.orphans import Orphanage
 from worker.prefix_blocks import StreamBlocks
 from worker.stream_quota import StreamQuota, StreamQuotaExceeded
 from worker.wire import check_hidden, sampled_to_proto
@@ -40,6 +41,7 @@ class TailSeq:
     next_pos: int = 0
     touched_s: float = 0.0
     kept_tokens: int = 0  # of [0, next_pos), in blocks kept for prefix caching (counted once)
+    resume_key: str = ""  # kept under this when its stream breaks (worker/orphans.py)
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,8 @@ class TailRunner:
 
     def __init__(self, stage, *, fingerprint: str, model_name: str, idle_timeout_s: float,
                  clock=time.monotonic, stream_kv_share: float = 1.0,
-                 stream_max_seqs: int = 1 << 30, guides: GuideFactory | None = None):
+                 stream_max_seqs: int = 1 << 30, guides: GuideFactory | None = None,
+                 orphan_grace_s: float = 0.0):
         self.stage = stage
         self.guides = guides  # compiles structured-output constraints; None: refused
         cfg = stage.config
@@ -83,6 +86,7 @@ class TailRunner:
         self.quota = StreamQuota(stage.kv.capacity_tokens, stage.kv.block_size,
                                  stream_kv_share, stream_max_seqs)
         self.blocks = StreamBlocks(stage.kv)
+        self.orphans: Orphanage[TailSeq] = Orphanage(orphan_grace_s, self.quota.kv_tokens, clock)
 
     @classmethod
     def load(cls, model_dir: str, layer_start: int, *, dtype: str, device: str,
@@ -120,7 +124,9 @@ class TailRunner:
                            SeqFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e)))
         else:
             if request.seqs:
-                hidden = tensor_from_proto(request.hidden, self.stage.device)  # [T, H]
+                hidden = (tensor_from_proto(request.hidden, self.stage.device)  # [T, H]
+                          if request.HasField("hidden")  # else only adoptions: no rows
+                          else torch.empty(0, self.hidden_size, device=self.stage.device))
                 self._run(stream, request, hidden, results)
         for seq_id in in_step.intersection(request.release):
             self._release(stream, seq_id, "released")
@@ -143,7 +149,10 @@ class TailRunner:
     def _check_layout(self, request: pb.StepRequest) -> None:
         """Message-level checks: without them no row of `hidden` can be attributed."""
         for s in request.seqs:
-            if s.num_tokens < 1:
+            if s.adopt and s.num_tokens:
+                raise WireError(f"sequence {s.seq_id!r} adopts with num_tokens {s.num_tokens}; "
+                                "an adoption carries no rows")
+            if s.num_tokens < 1 and not s.adopt:
                 raise WireError(f"sequence {s.seq_id!r} has num_tokens {s.num_tokens}, "
                                      "so the rows of hidden cannot be attributed")
         rows = sum(s.num_tokens for s in request.seqs)
@@ -156,6 +165,9 @@ class TailRunner:
         row, counts = 0, Counter(s.seq_id for s in request.seqs)
         finite = torch.isfinite(hidden).all(dim=1).tolist() if hidden.numel() else []  # [T]
         for index, seq_step in enumerate(request.seqs):
+            if seq_step.adopt and counts[seq_step.seq_id] == 1:
+                self._adopt(stream, seq_step, results[index])
+                continue
             try:
                 if counts[seq_step.seq_id] > 1:
                     raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT,
@@ -198,12 +210,12 @@ class TailRunner:
         if seq_step.cached_prefix and key not in self.seqs:
             self._attach(stream, seq, list(seq_step.cached_prefix))
         try:
-            self.quota.check(stream, key, end_pos - seq.kept_tokens)
-            self.stage.kv.reserve(key, end_pos)
+            self.quota.check(stream, seq.key, end_pos - seq.kept_tokens)
+            self.stage.kv.reserve(seq.key, end_pos)  # an adopted one keeps its first key
         except (KVCacheFull, StreamQuotaExceeded) as e:
-            self.stage.release(key)  # the blocks it attached
+            self.stage.release(seq.key)  # the blocks it attached
             raise SeqFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
-        self.quota.record(stream, key, end_pos - seq.kept_tokens)
+        self.quota.record(stream, seq.key, end_pos - seq.kept_tokens)
         self.seqs[key] = seq
         return seq
 
@@ -236,7 +248,33 @@ class TailRunner:
                             f"prompt_token_ids outside the vocabulary [0, {vocab}): {outside[:5]}")
         sampler = SamplerState.resume(params, list(seq_step.resume_output_ids),
                                       self._guide(params))
-        return TailSeq(key=key, stream=stream, seq_id=seq_step.seq_id, sampler=sampler)
+        return TailSeq(key=key, stream=stream, seq_id=seq_step.seq_id, sampler=sampler,
+                       resume_key=seq_step.resume_key)
+
+    def _adopt(self, stream: str, seq_step: pb.SeqStep, result: pb.SeqResult) -> None:
+        """Take over a kept sequence of a broken stream (worker/orphans.py); a refusal leaves
+        no tombstone, so the API can start the sequence afresh under the same id."""
+        key = f"{stream}/{seq_step.seq_id}"
+        seq = None if key in self.seqs else self.orphans.take(seq_step.resume_key, stream)
+        if seq is None:
+            code, why = grpc.StatusCode.NOT_FOUND, (
+                f"no kept sequence to adopt for {seq_step.seq_id!r} (its grace period passed, "
+                "it finished, or another client owns it)")
+        else:
+            try:
+                self.quota.check(stream, seq.key, seq.next_pos)
+            except StreamQuotaExceeded as e:
+                self.stage.release(seq.key)
+                code, why, seq = grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), None
+        if seq is None:
+            result.error.code, result.error.message = code.value[0], why
+            return
+        self.quota.record(stream, seq.key, seq.next_pos)
+        seq.stream, seq.seq_id, seq.kept_tokens, seq.touched_s = stream, seq_step.seq_id, 0, self.clock()
+        self.seqs[key] = seq
+        result.adopted.output_ids.extend(seq.sampler.output_token_ids)
+        result.adopted.next_pos = seq.next_pos
+        log.info("stream %s adopted %s at position %d", stream, seq.seq_id, seq.next_pos)
 
     def _guide(self, params) -> Guide | None:
         """The sequence's grammar matcher, compiled on its first step (None: no constraint)."""
@@ -285,22 +323,35 @@ class TailRunner:
             ended.popitem(last=False)
 
     def drop_stream(self, stream: str) -> int:
-        """Release every sequence the stream created (it ended or broke); returns how many."""
+        """The stream ended or broke: keep its sequences that have a resume key for adoption
+        (worker/orphans.py), release the rest; returns how many it held."""
         keys = [key for key, seq in self.seqs.items() if seq.stream == stream]
+        kept = len(self.orphans)
         for key in keys:
-            self.stage.release(self.seqs.pop(key).key)
+            for seq in self.orphans.keep(self.seqs.pop(key), stream):
+                self.stage.release(seq.key)
+        if len(self.orphans) > kept:
+            log.info("stream %s ended: %d sequences kept %g s for adoption (orphan_grace_s)",
+                     stream, len(self.orphans) - kept, self.orphans.grace_s)
         self.blocks.drop_stream(stream)
         self.ended.pop(stream, None)
         self.quota.drop_stream(stream)
         return len(keys)
 
     def expire_idle(self) -> list[str]:
-        """Release sequences untouched for idle_timeout_s; returns their keys."""
+        """Release sequences untouched for idle_timeout_s, and kept ones nobody adopted within
+        orphan_grace_s; returns their keys."""
         cutoff = self.clock() - self.idle_timeout_s
         idle = [seq for seq in self.seqs.values() if seq.touched_s < cutoff]
         for seq in idle:
             self._release(seq.stream, seq.seq_id, f"released after {self.idle_timeout_s:g} s idle")
-        return [seq.key for seq in idle]
+        orphans = self.orphans.expired()
+        for seq in orphans:
+            self.stage.release(seq.key)
+        if orphans:
+            log.info("released %d kept sequences nobody adopted within %g s (orphan_grace_s)",
+                     len(orphans), self.orphans.grace_s)
+        return [seq.key for seq in idle + orphans]
 
     def _reply(self, step_id: int, results, compute_s: float) -> pb.StepReply:
         kv = self.stage.kv
