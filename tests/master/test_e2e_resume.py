@@ -118,7 +118,7 @@ def test_openai_sdk_and_resume_client_read_streams_with_ids(stack):
 
 
 def test_standby_resumes_streams_of_a_killed_master_with_identical_text(stack):
-    cases = {f"kill-{name}-{uuid.uuid4().hex}": body(f"The {name} story goes", 300, **sampling)
+    cases = {f"kill-{name}-{uuid.uuid4().hex}": body(f"The {name} story goes", 80, **sampling)
              for name, sampling in (("greedy", GREEDY), ("seeded", SEEDED))}
     heads = {rid: read_events(stack.url, p, rid, stop_after=3) for rid, p in cases.items()}
     stack.master.stop(signal.SIGKILL)
