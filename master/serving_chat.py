@@ -9,11 +9,11 @@ from master.access_log import AccessRecord
 from master.chat_template import ChatTemplateError
 from master.choices import ChoiceUpdate
 from master.errors import APIError
-from master.protocol import (AssistantMessage, ChatChoice, ChatChunkChoice,
-                             ChatCompletionRequest,
-                             ChatCompletionResponse, ChatLogprobs, ChatMessage,
-                             DeltaFunctionCall, DeltaMessage, DeltaToolCall, FunctionCall,
-                             TokenLogprobEntry, ToolCall, TopLogprob)
+from master.openai_requests import ChatCompletionRequest, ChatMessage
+from master.openai_responses import (AssistantMessage, ChatChoice, ChatChunkChoice,
+                                     ChatCompletionResponse, ChatLogprobs, DeltaFunctionCall,
+                                     DeltaMessage, DeltaToolCall, FunctionCall,
+                                     TokenLogprobEntry, ToolCall, TopLogprob)
 from master.resume import ResumableRun
 from master.resume_registry import resumption
 from master.serving import RequestRun, ServingContext, response_events

@@ -8,8 +8,8 @@ from fastapi import Request
 from master.access_log import AccessRecord
 from master.choices import ChoiceUpdate
 from master.errors import APIError
-from master.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest,
-                             CompletionResponse)
+from master.openai_requests import CompletionRequest
+from master.openai_responses import CompletionChoice, CompletionLogprobs, CompletionResponse
 from master.resume import ResumableRun
 from master.resume_registry import resumption
 from master.serving import RequestRun, ServingContext, response_events

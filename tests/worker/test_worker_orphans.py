@@ -78,7 +78,7 @@ def test_adopted_sequence_goes_on_exactly_and_only_for_the_same_client(tail, hea
     intruder = Driver(tail, head, stream_name(2, "someone-else"))
     refused = intruder.adopt("x", "K")
     assert refused.error.code == grpc.StatusCode.NOT_FOUND.value[0]
-    assert len(tail.orphans) == 1  # still kept for its rightful owner
+    assert len(tail.table.orphans) == 1  # still kept for its rightful owner
 
     standby = Driver(tail, head, stream_name(3, "api-pair"))
     assert standby.adopt("x2", "wrong key").error.code == grpc.StatusCode.NOT_FOUND.value[0]
@@ -96,7 +96,7 @@ def test_adopted_sequence_goes_on_exactly_and_only_for_the_same_client(tail, hea
     head.release("x")
     tail.drop_stream(reference.stream)
     tail.drop_stream(standby.stream)  # kept again (it has a resume key) ...
-    assert len(tail.orphans) == 1
+    assert len(tail.table.orphans) == 1
 
 
 def test_a_sequence_nobody_adopts_is_freed_after_the_grace_period(tail, head, clock):
@@ -106,10 +106,10 @@ def test_a_sequence_nobody_adopts_is_freed_after_the_grace_period(tail, head, cl
     head.release("y")
     head.release("z")
     tail.drop_stream(dead.stream)
-    assert len(tail.orphans) == 1 and tail.status().kv_used_tokens > 0
+    assert len(tail.table.orphans) == 1 and tail.status().kv_used_tokens > 0
     clock.now_s += GRACE_S / 2
     tail.expire_idle()
     assert tail.status().kv_used_tokens > 0
     clock.now_s += GRACE_S
     tail.expire_idle()
-    assert len(tail.orphans) == 0 and tail.status().kv_used_tokens == 0
+    assert len(tail.table.orphans) == 0 and tail.status().kv_used_tokens == 0
