@@ -25,8 +25,10 @@ def stack(tmp_path_factory):
     model = write_tiny_model("qwen2", tmp / "tiny-qwen2", num_layers=4)
     worker, worker_port = start_worker(tmp, model, SPLIT)
     try:
+        # resume_detached_s: a client that leaves frees its sequences within 1 s (tested)
         master, url = start_master(tmp, model, SPLIT, worker_port, max_num_seqs=16,
-                                   max_waiting=20, env={"DUET_API_KEYS": f"tests:{KEY}"})
+                                   max_waiting=20, resume_detached_s=1.0,
+                                   env={"DUET_API_KEYS": f"tests:{KEY}"})
     except Exception:
         worker.stop()
         raise

@@ -10,6 +10,7 @@ from engine.sampling_params import SamplingParams
 from pipeline_driver import KV_CACHE_BYTES, SPLIT, result_of
 from proto import pipeline_pb2 as pb
 from proto.convert import params_to_proto, tensor_to_proto
+from worker.client_names import ClientNames
 from worker.orphans import stream_name
 from worker.tail import TailRunner
 
@@ -113,3 +114,23 @@ def test_a_sequence_nobody_adopts_is_freed_after_the_grace_period(tail, head, cl
     clock.now_s += GRACE_S
     tail.expire_idle()
     assert len(tail.table.orphans) == 0 and tail.status().kv_used_tokens == 0
+
+
+class PeerContext:
+    """What ClientNames reads of a gRPC call: the verified certificate's names."""
+
+    def __init__(self, *names: str):
+        self.names = names
+
+    def auth_context(self) -> dict:
+        return {"x509_common_name": [n.encode() for n in self.names]} if self.names else {}
+
+
+def test_who_may_adopt_follows_the_worker_tls_name_rules():
+    pair = ClientNames(("master.internal", "standby.internal"))
+    assert pair.identity(PeerContext("master.internal")) == pair.identity(
+        PeerContext("standby.internal"))  # the listed pair is one party: failover works
+    any_signed = ClientNames(())
+    assert any_signed.identity(PeerContext("master")) != any_signed.identity(
+        PeerContext("intruder"))  # no list: only the same certificate names
+    assert any_signed.identity(PeerContext()) == ""  # plaintext clients are one party
