@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from typing import AsyncIterator
 
 from fastapi import Request
-from fastapi.responses import Response
 
-from master.errors import APIError, ClientGone
+from master.errors import APIError
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
