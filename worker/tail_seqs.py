@@ -19,7 +19,7 @@ from engine.guide import Guide, GuideFactory
 from engine.sampler import SamplerState
 from proto import pipeline_pb2 as pb
 from proto.convert import WireError, params_from_proto
-from worker.orphans import Orphanage
+from worker.orphans import Orphanage, identity_of
 from worker.prefix_blocks import StreamBlocks
 from worker.stream_quota import StreamQuota, StreamQuotaExceeded
 
@@ -143,7 +143,7 @@ class SeqTable:
         """Take over a kept sequence of a broken stream (worker/orphans.py); a refusal leaves
         no tombstone, so the API can start the sequence afresh under the same id."""
         key = f"{stream}/{seq_step.seq_id}"
-        seq = None if key in self.seqs else self.orphans.take(seq_step.resume_key, stream)
+        seq = None if key in self.seqs else self._take(seq_step.resume_key, stream)
         code, why = grpc.StatusCode.NOT_FOUND, (
             f"no kept sequence to adopt for {seq_step.seq_id!r} (its grace period passed, it "
             "finished, or another client owns it)")
@@ -175,6 +175,22 @@ class SeqTable:
             return self.guides.create(params.constraint)
         except ConstraintError as e:
             raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+
+    def _take(self, resume_key: str, stream: str) -> TailSeq | None:
+        """The kept sequence of this key; or a live one of another stream of the same client
+        identity: a crashed host sends no FIN, so its stream may still look open here, but
+        the client resuming through `stream` says the request is not the old API's any more
+        (a step of the old stream for it then fails NOT_FOUND)."""
+        seq = self.orphans.take(resume_key, stream)
+        if seq is not None or not resume_key:
+            return seq
+        me = identity_of(stream)
+        seq = next((s for s in self.seqs.values() if s.resume_key == resume_key
+                    and s.stream != stream and identity_of(s.stream) == me), None)
+        if seq is not None:
+            del self.seqs[f"{seq.stream}/{seq.seq_id}"]
+            self.quota.release(seq.stream, seq.key)
+        return seq
 
     def release(self, stream: str, seq_id: str, why: str) -> None:
         """Free the sequence's KV and quota; its id is remembered as ended (`why`)."""

@@ -96,7 +96,16 @@ def test_adopted_sequence_goes_on_exactly_and_only_for_the_same_client(tail, hea
     assert [r1, r2, reference.decode("x", r2, len(PROMPT) + 1)] == [first, second, third]
     head.release("x")
     tail.drop_stream(reference.stream)
-    tail.drop_stream(standby.stream)  # kept again (it has a resume key) ...
+    # The standby's host crashed without a FIN: its stream still looks open, yet a client
+    # resuming through another API of the pair takes the sequence over.
+    back = Driver(tail, head, stream_name(5, "api-pair"))
+    assert list(back.adopt("x3", "K").adopted.output_ids) == [first, second, third]
+    late = standby.step([pb.SeqStep(seq_id="x2", start_pos=adopted.next_pos + 1,
+                                    num_tokens=1, sample=True)], [("late", 0, [third])])
+    assert result_of(late, "x2").error.code == grpc.StatusCode.NOT_FOUND.value[0]
+    head.release("late")
+    tail.drop_stream(standby.stream)
+    tail.drop_stream(back.stream)  # kept again (it has a resume key)
     assert len(tail.table.orphans) == 1
 
 
