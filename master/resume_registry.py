@@ -110,15 +110,6 @@ class RunRegistry:
             kept_bytes -= run.size_bytes
             del self._runs[run.request_id]
 
-    async def close(self) -> None:
-        """Cancel every run still producing (the API is stopping)."""
-        for timer in self._cancels.values():
-            timer.cancel()
-        tasks = [r.task for r in self._runs.values() if r.task is not None and not r.done]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
 
 @dataclass(frozen=True)
 class Resumption:
