@@ -22,6 +22,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-tokens", type=int, default=0,
                    help="tokens per completion (default 8; crash-a-resume: 200)")
     p.add_argument("--timeout-s", type=float, default=120.0, help="longest wait for any step")
+    p.add_argument("--settle-s", type=float, default=1.0,
+                   help="clients keep running this long after each recovery (2x after 503s)")
     p.add_argument("--json", default="", metavar="FILE",
                    help="report file (default drill-SCENARIO-TIME.json here)")
     real = p.add_argument_group("a real pair instead of the lab (faults over ssh + systemctl)")
@@ -60,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         raise PermissionError("duet drill: the lab needs root (its clients run in a namespace)")
     if args.clients < 1:
         raise ValueError(f"--clients: expected >= 1, got {args.clients}")
+    if args.settle_s < 0:
+        raise ValueError(f"--settle-s: expected >= 0, got {args.settle_s}")
     out = Path(args.json or f"drill-{args.scenario}-{time.strftime('%Y%m%dT%H%M%S')}.json")
     target, scenario = make_target(args), SCENARIOS[args.scenario]
     if scenario.resuming:  # long streams that must survive the fault with the same text
@@ -69,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
                                   args.clients, args.max_tokens or 200, args.timeout_s)
         table = format_resume_table(report)
     else:
-        report = run_drill(target, scenario, out.with_suffix(".attempts.jsonl"),
-                           args.clients, args.max_tokens or 8, args.timeout_s)
+        report = run_drill(target, scenario, out.with_suffix(".attempts.jsonl"), args.clients,
+                           args.max_tokens or 8, args.timeout_s, args.settle_s)
         table = format_table(report)
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(table)

@@ -16,8 +16,7 @@ import openai
 import pytest
 from httpx_sse import connect_sse
 
-from e2e_harness import start_master, start_worker, wait_ready
-from engine.tiny_model import write_tiny_model
+from e2e_harness import e2e_stack, wait_ready
 from master.resume_client import ResumingStream
 
 SPLIT = 2
@@ -26,26 +25,13 @@ SEEDED = dict(temperature=1.0, seed=11, top_k=8)  # top_k: see test_e2e_recovery
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("e2e_resume")
-    model = write_tiny_model("qwen2", tmp / "tiny-qwen2", num_layers=4)
-    services = []
-    try:
-        worker, port = start_worker(tmp, model, SPLIT)
-        services.append(worker)
-        master, url = start_master(tmp, model, SPLIT, port)
-        services.append(master)
-        standby, standby_url = start_master(tmp, model, SPLIT, port, name="standby",
-                                            role="standby")
-        services.append(standby)
-        wait_ready(url)
-        httpx.post(f"{standby_url}/admin/activate", timeout=10).raise_for_status()
-        wait_ready(standby_url)
-        yield SimpleNamespace(model=model.name, url=url, standby_url=standby_url,
-                              master=master, worker=worker)
-    finally:
-        for service in reversed(services):
-            service.stop()
+def stack(tmp_path_factory, tiny_qwen2):
+    with e2e_stack(tmp_path_factory.mktemp("e2e_resume"), tiny_qwen2, SPLIT,
+                   standby={}) as stack:
+        httpx.post(f"{stack.standby_url}/admin/activate", timeout=10).raise_for_status()
+        wait_ready(stack.standby_url)
+        stack.name = tiny_qwen2.name
+        yield stack
 
 
 def body(prompt: str, max_tokens: int, **sampling) -> dict:
@@ -112,7 +98,7 @@ def test_non_streaming_repost_returns_the_same_completion_and_ids_are_checked(st
 def test_openai_sdk_and_resume_client_read_streams_with_ids(stack):
     client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="none", max_retries=0)
     sdk = "".join(c.choices[0].text for c in client.completions.create(
-        model=stack.model, prompt="Both agree", max_tokens=12, temperature=0, stream=True))
+        model=stack.name, prompt="Both agree", max_tokens=12, temperature=0, stream=True))
     helper = ResumingStream(stack.url, body("Both agree", 12, **GREEDY), path="/v1/completions")
     assert "".join(c["choices"][0]["text"] for c in helper) == sdk and helper.reconnects == 0
 
