@@ -25,6 +25,7 @@ from fastapi import Request
 from master.errors import APIError
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+ERROR_EVENT = 'data: {"error":'  # how sse.sse_error starts
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class ResumableRun:
         self.request_id, self.digest, self.stream = request_id, digest, stream
         self.events: list[str] = []  # "data: …\n\n" without ids; a JSON body when not stream
         self.error: APIError | None = None  # failed before its first event
+        self.failed = False  # its stream carries an error event (sse.sse_error)
         self.done = False
         self.finished_s = 0.0  # monotonic, once done
         self.size_bytes = 0
@@ -85,6 +87,7 @@ class ResumableRun:
     async def produce(self, events: AsyncIterator[str]) -> None:
         try:
             async for event in events:
+                self.failed = self.failed or event.startswith(ERROR_EVENT)
                 self.events.append(event)
                 self.size_bytes += len(event)
                 self._notify()

@@ -35,6 +35,11 @@ class RunRegistry:
         """The run of this id, if kept; 409 when it was made by another key or body."""
         self._forget_old()
         run = self._runs.get(request_id)
+        if run is not None and run.done and run.failed:
+            # it ended with an error event (the worker was lost …): a resume runs it again,
+            # and the worker may still hold its sequences for adoption
+            del self._runs[request_id]
+            return None
         if run is not None and run.digest != digest:
             raise APIError(409, f"X-Request-Id {request_id!r} belongs to another request (a "
                            "resume must repeat the same body with the same key)",

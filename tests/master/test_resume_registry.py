@@ -50,3 +50,14 @@ async def test_a_run_nobody_reads_is_cancelled_after_detached_s():
     runs._detach(run)  # the client left
     await asyncio.sleep(0.3)
     assert run.task.cancelled() and len(run.events) < 100 and len(runs) == 0
+
+
+async def test_a_stream_that_ended_in_an_error_event_is_run_again_on_resume():
+    async def failing():
+        yield "data: {}\n\n"
+        yield 'data: {"error":{"message":"the worker was lost"}}\n\n'
+
+    runs = RunRegistry(ResumeLimits())
+    run = runs.start(ResumableRun("lost", "digest", stream=True), failing())
+    await run.task
+    assert run.failed and runs.find("lost", "digest") is None  # the re-POST starts anew
