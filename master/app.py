@@ -40,7 +40,9 @@ def _add_middleware(app: FastAPI, config: MasterConfig) -> None:
     if config.cors_allow_origins:  # off by default: browsers on other origins get no answer
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_allow_origins),
                            allow_methods=["GET", "POST"],
-                           allow_headers=["authorization", "content-type"])
+                           allow_headers=["authorization", "content-type", "x-request-id",
+                                          "last-event-id"],  # resumable streams
+                           expose_headers=["x-request-id"])
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_request_body_bytes)
     app.add_middleware(AccessLogMiddleware, log_prompts=config.log_prompts)
 
