@@ -7,17 +7,37 @@ import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable
 
 from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from master.errors import APIError
+from master.errors import APIError, ClientGone
 from master.resume import (ResumableRun, ResumeLimits, body_digest, last_event_index,
                            request_id_of)
-from master.serving import until_disconnect
 from master.sse import ClosingStreamingResponse
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_disconnect(request: Request, work: Awaitable):
+    """work's result, or ClientGone (work cancelled) if the client leaves first."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if task in done:
+        return task.result()
+    await asyncio.gather(task, return_exceptions=True)
+    raise ClientGone()
 
 
 class RunRegistry:

@@ -112,10 +112,7 @@ class Scheduler:
         prefix = self.kv.prefix
         if not (step.seqs or step.adopts or step.release or (prefix and prefix.to_evict)):
             return None
-        if step.head_rows:  # their rows are dropped before sending: put them first
-            step.seqs.sort(key=lambda s: not s.head_only)
-            step.token_ids = [t for s in step.seqs
-                              for t in s.seq.token_ids[s.chunk.start_pos:s.chunk.end_pos]]
+        step.head_only_first()
         if prefix is not None:
             step.cache_blocks, step.evict = prefix.drain()
         self._next_step_id += 1

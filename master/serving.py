@@ -11,9 +11,8 @@ import asyncio
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import TYPE_CHECKING, AsyncIterator, Callable, TypeVar
 
-from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
@@ -23,13 +22,13 @@ from master.access_log import AccessRecord
 from master.bundle import ModelBundle
 from master.choices import ChoiceState, ChoiceUpdate, run_choices
 from master.config import MasterConfig
-from master.errors import APIError, ClientGone, to_api_error
-from master.sse import with_done
+from master.errors import APIError, to_api_error
 from master.generation import GenerationRequest, Generator
 from master.metrics import Metrics
 from master.openai_requests import _SamplingFields
 from master.openai_responses import Usage
 from master.reasoning import ReasoningParser, prompt_opens_think
+from master.sse import with_done
 from master.structured import constraint_of
 from master.tools import forced_constraint
 from proto.convert import WireError, check_wire_ranges
@@ -208,27 +207,6 @@ class RequestRun:
         completion = sum(s.num_tokens for s in self.states)
         return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=completion,
                      total_tokens=self.prompt_tokens + completion)
-
-
-async def _wait_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def until_disconnect(request: Request, work: Awaitable):
-    """work's result, or ClientGone (work cancelled) if the client leaves first."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_disconnect(request))
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-    if task in done:
-        return task.result()
-    await asyncio.gather(task, return_exceptions=True)
-    raise ClientGone()
 
 
 async def response_events(run: RequestRun, stream: bool,

@@ -43,6 +43,13 @@ class Step:
         """Rows of the head's output that stay here: the head-only chunks, which come first."""
         return sum(s.chunk.num_tokens for s in self.seqs if s.head_only)
 
+    def head_only_first(self) -> None:
+        """Put the head-only chunks first: their rows are cut off before sending."""
+        if self.head_rows:
+            self.seqs.sort(key=lambda s: not s.head_only)
+            self.token_ids = [t for s in self.seqs
+                              for t in s.seq.token_ids[s.chunk.start_pos:s.chunk.end_pos]]
+
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
