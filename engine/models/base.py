@@ -32,6 +32,15 @@ class RMSNorm(nn.Module):
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x.to(dtype)
 
+    def add_forward(self, x: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h = x + r, norm(h)): a residual add and this norm; one kernel on CUDA. h is a new
+        tensor (never x or r)."""
+        if (x.dim() == 2 and x.shape[0] and fused.usable(x) and x.is_contiguous()
+                and r.is_contiguous() and r.dtype == x.dtype and r.device == x.device):
+            return fused.add_rms_norm(x, r, self.weight, self.eps)
+        h = x + r
+        return h, self(h)
+
 
 class StageModel(nn.Module):
     """A layer range of a causal LM. Subclasses build one decoder layer and name its KV shape."""
