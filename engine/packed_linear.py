@@ -19,8 +19,9 @@ Replacing a sibling's weight after packing would leave the packed tensor stale: 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from engine import gemv
 
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"),
           ("q_a_proj", "kv_a_proj_with_mqa"))
@@ -34,7 +35,7 @@ class PackedLinear:
 
     def __call__(self, x: torch.Tensor, with_bias: bool = True) -> torch.Tensor:
         """x [T, in] -> [T, sum(sizes)] (the siblings' outputs side by side)."""
-        return F.linear(x, self.weight, self.bias if with_bias else None)
+        return gemv.linear(x, self.weight, self.bias if with_bias else None)
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """x [T, in] -> each sibling's output [T, out_i] (views of one product)."""

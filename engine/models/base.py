@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engine import fused
+from engine import fused, gemv
 from engine.batch import ForwardContext
 
 # The cache tensors of one layer: each [num_slots, *token_shape] (see kv_token_shapes).
@@ -99,4 +99,4 @@ class StageModel(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, H] -> fp32 logits [N, V]; last stage only."""
         assert self.is_last, "logits are computed only on the last stage"
-        return self.lm_head(self.model.norm(hidden)).float()
+        return gemv.apply(self.lm_head, self.model.norm(hidden)).float()

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine import fused
+from engine import fused, gemv
 from engine.attention import paged_attention
 from engine.batch import ForwardContext
 from engine.errors import CheckpointError
@@ -46,7 +46,7 @@ class LlamaAttention(nn.Module):
             q, k, v = self._project(x, qkv)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             out = paged_attention(q, k, v, kv, ctx, self.scale)  # [T, Hq, D]
-        return self.o_proj(out.reshape(t, -1))
+        return gemv.apply(self.o_proj, out.reshape(t, -1))
 
     def _project(self, x: torch.Tensor, qkv: PackedLinear | None) -> tuple[torch.Tensor, ...]:
         """x [T, H] -> q [T, Hq, D], k and v [T, Hkv, D]."""
@@ -85,9 +85,9 @@ class LlamaMLP(nn.Module):
             act = F.silu(gate) * up
         down = self.down_proj
         if residual is None:
-            return down(act)
-        if type(down) is nn.Linear and down.bias is None and down.weight.dtype == act.dtype == residual.dtype:
-            return residual.addmm_(act, down.weight.t())  # the residual add in the product's epilogue
+            return gemv.apply(down, act)
+        if type(down) is nn.Linear:  # the residual add in the product's epilogue
+            return gemv.linear(act, down.weight, down.bias, residual=residual)
         return residual + down(act)
 
 

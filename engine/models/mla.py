@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
+from engine import gemv
 from engine.attention import (
     attention_layout, gather_context, pad_queries, sdpa, unpad_queries, write_cache,
 )
@@ -154,7 +155,7 @@ class MLAttention(nn.Module):
             out[ctx.prefill_rows] = self._expanded(
                 q_nope[ctx.prefill_rows], q_pe[ctx.prefill_rows], kv[0], ctx.prefill
             )
-        return self.o_proj(out.reshape(t, -1))
+        return gemv.apply(self.o_proj, out.reshape(t, -1))
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [T, H] -> queries [T, nh * (nope + r)] and kv_a [T, kvr + r]; q_a and kv_a as one
@@ -163,7 +164,7 @@ class MLAttention(nn.Module):
             return self.q_proj(x), self.kv_a_proj_with_mqa(x)
         both = packed(self, "q_a_proj")
         q_a, kv_a = both.split(x) if both is not None else (self.q_a_proj(x), self.kv_a_proj_with_mqa(x))
-        return self.q_b_proj(self.q_a_layernorm(q_a)), kv_a
+        return gemv.apply(self.q_b_proj, self.q_a_layernorm(q_a)), kv_a
 
     def _up_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """kv_b_proj as W_UK [nh, nope, kvr] and W_UV [nh, kvr, v] (views, no copies)."""

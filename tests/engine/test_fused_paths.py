@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import fused
+from engine import fused, gemv
 from engine.models.base import RMSNorm
 from engine.packed_linear import pack_linears, packed
 from engine.rope import apply_rope
@@ -116,3 +116,17 @@ def test_fused_cuda_decode_steps_match_the_cpu_eager_steps(arch, tiny_checkpoint
     assert got == want
     for a, b in zip(got_logits, want_logits):
         torch.testing.assert_close(a.cpu(), b, atol=1e-4, rtol=1e-4)
+
+
+@needs_cuda
+@pytest.mark.parametrize("n,k", [(4608, 3584), (37, 300), (5, 513)])
+def test_gemv_equals_linear_with_bias_and_residual(n, k):
+    """One-row products through the Triton GEMV (ragged tiles included), bias and residual in
+    its epilogue."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    w, x, b, r = (torch.randn(*s, device="cuda", dtype=torch.bfloat16, generator=g)
+                  for s in ((n, k), (1, k), (n,), (1, n)))
+    want = (r.float() + x.float() @ w.float().t() + b.float())
+    got = gemv.linear(x, w, b, residual=r.clone())
+    torch.testing.assert_close(got.float(), want, atol=0.1 + 1e-2 * want.abs().max().item(), rtol=2e-2)
+    torch.testing.assert_close(gemv.linear(x, w).float(), F.linear(x, w).float(), atol=0.1, rtol=2e-2)
