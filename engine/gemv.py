@@ -39,13 +39,20 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         if bias is None and residual.dtype == x.dtype == weight.dtype:
             return residual.addmm_(x, weight.t())  # the add in the product's epilogue
         return residual.add_(F.linear(x, weight, bias))
-    n, k = weight.shape
-    out = residual if residual is not None else torch.empty(1, n, dtype=x.dtype, device=x.device)
-    _gemv_kernel[(triton.cdiv(n, BLOCK_N),)](
-        weight, x, weight if bias is None else bias, out, n, k,
-        HAS_BIAS=bias is not None, ADD_OUT=residual is not None,
-        BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=WARPS)
+    out = residual if residual is not None else x.new_empty(1, weight.shape[0])
+    launch(weight, x, bias, out, add_out=residual is not None)
     return out
+
+
+def launch(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
+           add_out: bool = False, tile: tuple[int, int, int] = (BLOCK_N, BLOCK_K, WARPS)) -> None:
+    """out [N] (+)= weight [N, K] @ x [K] (+ bias): the kernel itself; `tile` = (rows, columns
+    per program, warps), varied by bench/gpu/gemv_probe.py."""
+    n, k = weight.shape
+    rows, cols, warps = tile
+    _gemv_kernel[(triton.cdiv(n, rows),)](
+        weight, x, weight if bias is None else bias, out, n, k,
+        HAS_BIAS=bias is not None, ADD_OUT=add_out, BLOCK_N=rows, BLOCK_K=cols, num_warps=warps)
 
 
 def apply(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

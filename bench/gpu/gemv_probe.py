@@ -12,33 +12,16 @@ import json
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
+
+from engine import gemv as engine_gemv
 
 SHAPES = {"qkv": (4608, 3584), "o": (3584, 3584), "gate_up": (37888, 3584),
           "down": (3584, 18944), "lm_head": (152064, 3584)}  # [out, in]
 TILES = [(4, 512, 4), (8, 256, 4), (8, 512, 8), (16, 256, 8), (16, 512, 8), (32, 128, 4)]
 
 
-@triton.jit
-def _gemv_kernel(W, X, Y, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rmask = rows < N
-    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)
-        cmask = cols < K
-        w = tl.load(W + rows[:, None].to(tl.int64) * K + cols[None, :],
-                    mask=rmask[:, None] & cmask[None, :], other=0.0)
-        x = tl.load(X + cols, mask=cmask, other=0.0)
-        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
-    tl.store(Y + rows, tl.sum(acc, 1).to(Y.dtype.element_ty), mask=rmask)
-
-
 def gemv(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, tile: tuple[int, int, int]) -> None:
-    n, k = w.shape
-    bn, bk, warps = tile
-    _gemv_kernel[(triton.cdiv(n, bn),)](w, x, y, n, k, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
+    engine_gemv.launch(w, x, None, y, tile=tile)
 
 
 def graph_us(fn, repeats: int = 20) -> float:
