@@ -115,7 +115,7 @@ def test_drill_crash_a_with_resuming_clients(lab, tmp_path):
     run_dir, _, _ = lab
     report_file = tmp_path / "report.json"
     res = duet("drill", "crash-a-resume", "--lab-dir", str(run_dir), "--clients", "2",
-               "--max-tokens", "120", "--json", str(report_file))
+               "--max-tokens", "60", "--json", str(report_file))
     assert report_file.exists(), res.stdout + res.stderr
     report = json.loads(report_file.read_text())
     failed = [name for name, ok in report["checks"].items() if not ok]
