@@ -67,7 +67,8 @@ def run_drill(target, scenario: Scenario, attempts_file: Path, clients: int = 4,
     # A paused stream must outwait the restart; otherwise a stream on a dead host ends
     # with its read timeout, as a real client's would.
     read_timeout_s = timeout_s if scenario.pauses else CLIENT_TIMEOUT.read
-    load = target.start_load(attempts_file, clients, max_tokens, read_timeout_s)
+    load = target.start_load(attempts_file, clients, max_tokens,
+                             extra=("--read-timeout-s", str(read_timeout_s)))
     watcher = None
     try:
         wait_attempt(attempts_file, lambda a: a["ok"], "completion before the fault",
