@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from master.api_keys import parse_api_keys
 from runtime.settings import load_settings
-from engine.dtypes import DTYPES
-from master.auth import parse_api_keys
 from master.tool_formats import PARSERS
 
 ENV_PREFIX = "DUET_MASTER_"
@@ -103,6 +102,8 @@ class MasterConfig:
 
 def _checks(c: MasterConfig) -> dict[str, tuple[bool, str]]:
     """Field -> (valid, what a valid value looks like)."""
+    from engine.dtypes import DTYPES  # torch: only once the file parsed (bad keys fail fast)
+
     return {
         "model_dir": (bool(c.model_dir), "a checkpoint directory"),
         "port": (0 <= c.port <= 65535, "0..65535"),
