@@ -23,8 +23,10 @@ from multiprocessing.connection import Connection
 
 import torch
 
+from engine.config import ModelConfig
 from engine.parallel import NO_MULTICAST_ENV, RankFailure, TPGroup, disable_multicast
 from engine.placement import context_on
+from engine.sharding import check_divisible
 from engine.stage import Stage
 from runtime.children import free_port
 
@@ -33,10 +35,12 @@ STOP_WAIT_S = 5.0  # a follower told to stop gets this long before it is killed
 
 
 def rank_device(device: str, rank: int) -> torch.device:
-    """Rank r's device: "cuda" -> cuda:r (one GPU per rank), "cpu" -> cpu."""
-    if device.startswith("cuda"):
-        return torch.device("cuda", rank)
-    return torch.device(device)
+    """Rank r's device: "cuda" -> cuda:r, "cuda:4" -> cuda:(4 + r) (one GPU per rank, from the
+    stage's first: two stages of TP 4 on one host take cuda:0 and cuda:4), "cpu" -> cpu."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.device("cuda", (dev.index or 0) + rank)
+    return dev
 
 
 @dataclass
@@ -94,6 +98,7 @@ class RankLauncher:
     # --- stages ----------------------------------------------------------------------------
     def load(self, model_dir, layer_start: int, layer_end: int, **kwargs) -> Stage:
         """Stage.load on every rank at once; rank 0's Stage comes back, leading the others."""
+        check_divisible(ModelConfig.from_dir(model_dir), self.size)  # before starting ranks
         if self.tp is None:
             self.start()
         stage_id = next(self._ids)
