@@ -24,6 +24,9 @@ NO_MULTICAST_ENV = {
 }
 
 
+JOIN_TIMEOUT_S = 300.0  # ranks start torch and join; a loaded host takes its time
+
+
 class RankFailure(RuntimeError):
     """Another rank of the stage died or stopped answering: the stage cannot run steps."""
 
@@ -57,11 +60,13 @@ class TPGroup:
             torch.cuda.set_device(device)
         try:
             dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=size,
-                                    timeout=datetime.timedelta(seconds=timeout_s),
+                                    timeout=datetime.timedelta(seconds=max(timeout_s, JOIN_TIMEOUT_S)),
                                     device_id=device if device.type == "cuda" else None)
+            # the steps' group: the short timeout (joining waits for every rank's imports)
+            group = dist.new_group(list(range(size)), timeout=datetime.timedelta(seconds=timeout_s))
         except Exception as e:  # the store timed out or a peer vanished while joining
             raise RankFailure(f"rank {rank} of {size} could not join the stage's group ({e})") from e
-        return cls(rank, size, dist.group.WORLD, device)
+        return cls(rank, size, group, device)
 
     @property
     def is_single(self) -> bool:
