@@ -195,6 +195,8 @@ class LocalExperts(Experts):
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """x [T, H], weights/ids [T, K] (global expert ids) -> this rank's partial sum [T, H]."""
         local = ids - self.first_expert
+        # nonzero() waits for the device: fine eagerly; a decode graph under TP would need
+        # zero-weight pairs on a scratch expert instead (CUDA graphs are off under TP for now)
         tok, k = ((local >= 0) & (local < self.num_experts)).nonzero(as_tuple=True)  # [P] pairs
         out = torch.zeros_like(x)
         if tok.numel():  # each (token, expert) pair as a token of its own, K = 1

@@ -66,6 +66,21 @@ def run_steps(stages: list[Stage], ids: list[int], decode_steps: int):
     return logits, tokens
 
 
+def run_tp(launcher: RankLauncher, stages: list[Stage], ids: list[int], decode_steps: int):
+    """run_steps on tensor-parallel stages, unloaded from the ranks afterwards."""
+    try:
+        return run_steps(stages, ids, decode_steps)
+    finally:
+        for stage in stages:
+            launcher.unload(stage)
+
+
+def assert_same(got: list[torch.Tensor], want: list[torch.Tensor]) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=ATOL, rtol=0)
+
+
 def whole(model_dir: Path, **kwargs) -> list[Stage]:
     """The model as one stage in this process: the reference."""
     kwargs.setdefault("kv_cache_bytes", KV_CACHE_BYTES)
@@ -85,12 +100,8 @@ def test_two_ranks_give_the_single_process_logits_at_every_split(
     ckpt = tiny_checkpoint(arch)
     ids = prompt(13, seed=split)
     want, want_tokens = run_steps(whole(ckpt), ids, 4)
-    stages = tp_stages(launcher, ckpt, (0, split, NUM_LAYERS))
-    got, tokens = run_steps(stages, ids, 4)
-    for stage in stages:
-        launcher.unload(stage)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, atol=ATOL, rtol=0)
+    got, tokens = run_tp(launcher, tp_stages(launcher, ckpt, (0, split, NUM_LAYERS)), ids, 4)
+    assert_same(got, want)
     assert tokens == want_tokens
 
 
@@ -128,11 +139,8 @@ def test_fp8_block_scales_are_sharded_with_their_weights(launcher, tiny_checkpoi
     ids = prompt(9, seed=7)
     want, want_tokens = run_steps(whole(ckpt, fp8="dequantize"), ids, 2)
     stages = tp_stages(launcher, ckpt, (0, 2, NUM_LAYERS), fp8="dequantize")
-    got, tokens = run_steps(stages, ids, 2)
-    for stage in stages:
-        launcher.unload(stage)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, atol=ATOL, rtol=0)
+    got, tokens = run_tp(launcher, stages, ids, 2)
+    assert_same(got, want)
     assert tokens == want_tokens
 
 
@@ -156,8 +164,5 @@ def test_a_hung_rank_fails_the_step_within_the_timeout_and_a_restart_serves_agai
         step(stages, "b", 0, ids)
     assert time.monotonic() - started < 3 * HANG_TIMEOUT_S
     stages = launcher.restart()  # the stopped rank does not answer "stop": it is killed
-    got, _ = run_steps(stages, ids, 1)
-    for stage in stages:
-        launcher.unload(stage)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, atol=ATOL, rtol=0)
+    got, _ = run_tp(launcher, stages, ids, 1)
+    assert_same(got, want)
