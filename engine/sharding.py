@@ -17,7 +17,7 @@ Each rank of a group of n keeps (Megatron / vLLM layout):
   decode better is for the multi-GPU benchmark (bench/tp/) to measure; this file does
   expert parallel.
 - embedding and LM head: 1/n of the vocabulary rows. The embedding zeroes ids outside its rows
-  and all-reduces; the LM head all-gathers its logits columns.
+  and all-reduces; the stage all-gathers the LM head's logits columns (Stage.compute_logits).
 Norms, rotary tables and the router stay whole. Parameter names stay the checkpoint's;
 `model.tp_shards` maps each split parameter to (dim, start, stop) in the checkpoint tensor,
 which the loader reads with safetensors' get_slice (engine/weights.py).
@@ -74,8 +74,7 @@ def shard_model(model: StageModel, group: TPGroup) -> None:
     if moe_spec is not None:  # checkpoint_names then lists this rank's experts only
         model.moe_spec = _local_moe_spec(moe_spec, group)
     if model.is_last:
-        _split_linear(model.lm_head, "lm_head", 0, group, shards)
-        model.lm_head.register_forward_hook(lambda _m, _i, out: group.all_gather_last(out))
+        _split_linear(model.lm_head, "lm_head", 0, group, shards)  # Stage.compute_logits gathers
     model.tp_shards = _with_scales(model, shards)
 
 

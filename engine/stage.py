@@ -171,7 +171,8 @@ class Stage:
             self.leader.logits(hidden)
         with torch.inference_mode():
             last = self.devices[self.layer_end - 1]
-            return self.model.compute_logits(hidden.to(last, DTYPES[self.dtype]))
+            logits = self.model.compute_logits(hidden.to(last, DTYPES[self.dtype]))
+            return logits if self.tp.is_single else self.tp.all_gather_last(logits)  # vocab shards
 
     def release(self, seq_id: str) -> None:
         """Free a sequence's KV blocks (unknown ids are ignored)."""
