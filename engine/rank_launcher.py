@@ -6,8 +6,8 @@ this one included, runs with NVLink multicast off (engine.parallel.NO_MULTICAST_
 so that a user's host is safe whatever its environment says.
 
 A rank that dies or stops answering fails the step on rank 0 with RankFailure (a dead process
-is seen before the step; a hang, by the collectives' timeout); `restart()` then stops every
-rank and starts them again, reloading the stages they held.
+is seen before the step; a hang, by the collectives' timeout); the owner then `stop()`s every
+rank and loads again (worker/tp_executor.py), which starts a fresh group.
 """
 from __future__ import annotations
 
@@ -62,7 +62,6 @@ class RankLauncher:
     load_timeout_s: float = 1800.0
     followers: list[_Follower] = field(default_factory=list)
     tp: TPGroup | None = None
-    _loads: dict[int, tuple] = field(default_factory=dict)  # stage id -> Stage.load arguments
     _ids: itertools.count = field(default_factory=itertools.count)
 
     def start(self) -> TPGroup:
@@ -103,14 +102,14 @@ class RankLauncher:
         if self.tp is None:
             self.start()
         stage_id = next(self._ids)
-        self._loads[stage_id] = (str(model_dir), layer_start, layer_end, kwargs)
-        return self._load(stage_id)
-
-    def _load(self, stage_id: int) -> Stage:
-        model_dir, layer_start, layer_end, kwargs = self._loads[stage_id]
-        self.send(("load", stage_id, model_dir, layer_start, layer_end, kwargs))
-        stage = Stage.load(model_dir, layer_start, layer_end, tp=self.tp, **kwargs)
-        for reply in self._replies(self.load_timeout_s):
+        self.send(("load", stage_id, str(model_dir), layer_start, layer_end, kwargs))
+        try:
+            stage = Stage.load(model_dir, layer_start, layer_end, tp=self.tp, **kwargs)
+            replies = self._replies(self.load_timeout_s)
+        except BaseException:  # the followers' answers would be out of step: start afresh
+            self.stop()
+            raise
+        for reply in replies:
             if reply[0] == "error":
                 raise RankFailure(f"loading layers [{layer_start}, {layer_end}): {reply[2]}")
         stage.leader = Leader(self, stage_id)
@@ -118,7 +117,6 @@ class RankLauncher:
 
     def unload(self, stage: Stage) -> None:
         if stage.leader is not None:
-            self._loads.pop(stage.leader.stage_id, None)
             self.send(("unload", stage.leader.stage_id))
             stage.leader = None
 
@@ -159,14 +157,6 @@ class RankLauncher:
                 raise RankFailure(f"rank {f.rank} of {self.size}: {e}") from e
         return out
 
-    def restart(self) -> list[Stage]:
-        """Stop every rank, start them again and reload the stages they held, in load order."""
-        loads = dict(self._loads)
-        self.stop()
-        self._loads = loads
-        self.start()
-        return [self._load(stage_id) for stage_id in sorted(loads)]
-
     def stop(self) -> None:
         """Stop the followers (killing those that do not stop) and leave the group."""
         for f in self.followers:
@@ -183,7 +173,6 @@ class RankLauncher:
             f.inbox.close()
             f.outbox.close()
         self.followers.clear()
-        self._loads.clear()
         if self.tp is not None:
             self.tp.close()
             self.tp = None

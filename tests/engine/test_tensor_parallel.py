@@ -152,17 +152,18 @@ def test_a_size_that_does_not_divide_the_model_is_one_readable_error(tiny_checkp
     check_divisible(config, 2)
 
 
-def test_a_hung_rank_fails_the_step_within_the_timeout_and_a_restart_serves_again(
+def test_a_hung_rank_fails_the_step_within_the_timeout_and_stop_ends_it(
         launcher, tiny_checkpoint, prompt):
+    """The module's last test: it leaves the group broken (restarts: the worker's e2e test)."""
     ckpt = tiny_checkpoint("qwen2")
     ids = prompt(7, seed=3)
     stages = tp_stages(launcher, ckpt, (0, NUM_LAYERS))
-    want, _ = run_steps(stages, ids, 1)
-    os.kill(launcher.followers[0].process.pid, signal.SIGSTOP)  # alive, but silent
+    run_steps(stages, ids, 1)
+    follower = launcher.followers[0].process
+    os.kill(follower.pid, signal.SIGSTOP)  # alive, but silent
     started = time.monotonic()
     with pytest.raises(RankFailure, match="rank 0 of 2"):
         step(stages, "b", 0, ids)
     assert time.monotonic() - started < 3 * HANG_TIMEOUT_S
-    stages = launcher.restart()  # the stopped rank does not answer "stop": it is killed
-    got, _ = run_tp(launcher, stages, ids, 1)
-    assert_same(got, want)
+    launcher.stop()  # the stopped rank cannot answer "stop": it is killed
+    assert follower.poll() is not None and launcher.followers == []
