@@ -87,7 +87,8 @@ class TailRunner:
         start_s = time.perf_counter()
         results = [pb.SeqResult(seq_id=s.seq_id) for s in request.seqs]
         in_step = {s.seq_id for s in request.seqs}
-        self.table.apply_cache_ops(stream, request, [i for i in request.release if i not in in_step])
+        released_now = [i for i in request.release if i not in in_step]
+        self.table.apply_cache_ops(stream, request, released_now)
         try:
             self._check_layout(request)
         except WireError as e:
