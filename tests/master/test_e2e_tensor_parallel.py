@@ -12,33 +12,25 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from e2e_harness import Reference, start_master, start_worker, wait_ready
+from e2e_harness import e2e_stack
+from e2e_reference import Reference
 from engine.parallel import NO_MULTICAST_ENV
 from engine.tiny_model import write_tiny_model
 from master.bundle import ModelBundle
 
 SPLIT = 2
-TP = {"tensor_parallel_size": 2, "tp_timeout_s": 30.0}
+TP = {"tensor_parallel_size": 2, "tp_timeout_s": 30.0, "torch_threads": 1}
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e_tp")
     model = write_tiny_model("deepseek_v3", tmp / "tiny-v3", num_layers=4)
-    worker, worker_port = start_worker(tmp, model, SPLIT, torch_threads=1, **TP)
-    try:
-        master, url = start_master(tmp, model, SPLIT, worker_port, torch_threads=1, **TP)
-    except Exception:
-        worker.stop()
-        raise
-    try:
-        wait_ready(url)
+    with e2e_stack(tmp, model, SPLIT, worker=TP, **TP) as running:
         bundle = ModelBundle.load(model)
-        yield SimpleNamespace(url=url, worker=worker, master=master, tok=bundle.tokenizer,
-                              name=model.name, ref=Reference(model, bundle.stop_token_ids))
-    finally:
-        master.stop()
-        worker.stop()
+        yield SimpleNamespace(url=running.url, worker=running.worker, master=running.master,
+                              tok=bundle.tokenizer, name=model.name,
+                              ref=Reference(model, bundle.stop_token_ids))
 
 
 def followers(parent_pid: int) -> list[int]:
