@@ -94,22 +94,11 @@ class Stage:
                        load_format=(load_format, LOAD_FORMATS))
         started = time.perf_counter()
         config = ModelConfig.from_dir(model_dir)
-        layers = config.num_hidden_layers
-        if not 0 <= layer_start < layer_end <= layers:
-            raise CheckpointError(
-                f"{Path(model_dir) / 'config.json'}: layer range [{layer_start}, {layer_end}) "
-                f"is outside the model's {layers} layers"
-            )
-        cls_ = model_class(config.architecture)
+        _check_range(config, model_dir, layer_start, layer_end)
         tp = tp or TPGroup.single()
-        devices = (layer_devices(layer_start, layer_end, device) if tp.is_single
-                   else dict.fromkeys(range(layer_start, layer_end), tp.device))
+        devices = _stage_devices(layer_start, layer_end, device, tp)
         with torch.device("meta"):  # no memory and no random init for weights about to be loaded
-            model = cls_(config, layer_start, layer_end)
-            if not tp.is_single:
-                from engine.sharding import shard_model
-
-                shard_model(model, tp)
+            model = _shard(model_class(config.architecture)(config, layer_start, layer_end), tp)
             fp8_note = _fp8_setup(model, model_dir, fp8, devices[layer_start], load_format)
         place(model, devices, DTYPES[dtype]).eval()
         load_weights(model, model_dir, load_format=load_format, seed=seed)
@@ -192,6 +181,31 @@ class Stage:
         low, high = torch.stack(torch.aminmax(inputs)).tolist() if t else (0, 0)
         if low < 0 or high >= self.config.vocab_size:
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size})")
+
+
+def _check_range(config: ModelConfig, model_dir, layer_start: int, layer_end: int) -> None:
+    layers = config.num_hidden_layers
+    if not 0 <= layer_start < layer_end <= layers:
+        raise CheckpointError(
+            f"{Path(model_dir) / 'config.json'}: layer range [{layer_start}, {layer_end}) "
+            f"is outside the model's {layers} layers"
+        )
+
+
+def _stage_devices(layer_start: int, layer_end: int, device: str, tp: TPGroup):
+    """Each layer's device: the tensor-parallel rank's own, or layer_devices' spread."""
+    if tp.is_single:
+        return layer_devices(layer_start, layer_end, device)
+    return dict.fromkeys(range(layer_start, layer_end), tp.device)
+
+
+def _shard(model: StageModel, tp: TPGroup) -> StageModel:
+    """This rank's share of the meta-built model (the whole model at TP 1)."""
+    if not tp.is_single:
+        from engine.sharding import shard_model  # TP=1 stages never import it
+
+        shard_model(model, tp)
+    return model
 
 
 def _kv_token_shapes(model: StageModel, tp: TPGroup) -> list[tuple[int, ...]]:
