@@ -70,7 +70,7 @@ def shard_model(model: StageModel, group: TPGroup) -> None:
     for idx, layer in model.model.layers.items():
         prefix = f"model.layers.{idx}"
         _shard_attention(layer.self_attn, f"{prefix}.self_attn", group, shards)
-        _shard_mlp(moe_spec, layer.mlp, f"{prefix}.mlp", group, shards)
+        _shard_mlp(moe_spec, layer, f"{prefix}.mlp", group, shards)
     if moe_spec is not None:  # checkpoint_names then lists this rank's experts only
         model.moe_spec = _local_moe_spec(moe_spec, group)
     if model.is_last:
@@ -105,13 +105,16 @@ def _shard_attention(attn: nn.Module, name: str, group: TPGroup, shards: dict) -
     attn.register_forward_hook(_reduce_hook(group))
 
 
-def _shard_mlp(spec: MoESpec | None, mlp: nn.Module, name: str, group: TPGroup,
+def _shard_mlp(spec: MoESpec | None, layer: nn.Module, name: str, group: TPGroup,
                shards: dict) -> None:
+    mlp = layer.mlp
     if isinstance(mlp, LlamaMLP):
-        _split_dense(mlp, name, group, shards)
+        d = mlp.down_proj
+        layer.mlp = RowParallelMLP(d.out_features, d.in_features, d.bias is not None, group)
+        _split_dense(layer.mlp, name, group, shards)
     else:
         _shard_moe(spec, mlp, name, group, shards)
-    mlp.register_forward_hook(_reduce_hook(group))
+        mlp.register_forward_hook(_reduce_hook(group))
 
 
 def _split_dense(mlp: LlamaMLP, name: str, group: TPGroup, shards: dict) -> None:
@@ -167,6 +170,19 @@ def _with_scales(model: StageModel, shards: dict[str, Shard]) -> dict[str, Shard
         if name.endswith(".weight"):
             out[name + "_scale_inv"] = (dim, start // block[dim], -(-stop // block[dim]))
     return out
+
+
+class RowParallelMLP(LlamaMLP):
+    """A dense MLP's share: its partial sum is all-reduced before the residual joins it (the
+    decoder layer hands the residual to a dense MLP to add in its down product)."""
+
+    def __init__(self, hidden: int, intermediate: int, bias: bool, group: TPGroup):
+        super().__init__(hidden, intermediate, bias)
+        self.group = group
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.group.all_reduce_(super().forward(x))
+        return out if residual is None else residual.add_(out)
 
 
 class VocabParallelEmbedding(nn.Embedding):
