@@ -91,6 +91,12 @@ class MasterConfig:
     # "cuda:4" -> cuda:4..) each, started by this process (engine/rank_launcher.py).
     tensor_parallel_size: int = 1
     tp_timeout_s: float = 60.0  # a rank silent this long inside a step fails the step
+    # Resumable responses (master/resume.py): a response whose client left keeps going this
+    # long for a reconnect with the same X-Request-Id (0 = stop at once); finished ones stay
+    # readable resume_keep_s, at most resume_keep_bytes of events in all
+    resume_detached_s: float = 10.0
+    resume_keep_s: float = 60.0
+    resume_keep_bytes: int = 64 * 2**20
 
     def __post_init__(self):
         bad = [f"{name}: expected {expected}, got {getattr(self, name)!r}"
@@ -141,6 +147,9 @@ def _checks(c: MasterConfig) -> dict[str, tuple[bool, str]]:
         "tensor_parallel_size": (c.tensor_parallel_size >= 1,
                                  ">= 1, dividing the model's heads, experts and vocabulary"),
         "tp_timeout_s": (c.tp_timeout_s > 0, "> 0 seconds"),
+        "resume_detached_s": (0 <= c.resume_detached_s <= 3600, "0 .. 3600 seconds"),
+        "resume_keep_s": (0 <= c.resume_keep_s <= 86400, "0 .. 86400 seconds"),
+        "resume_keep_bytes": (c.resume_keep_bytes >= 0, ">= 0 bytes"),
     }
 
 
