@@ -26,6 +26,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from engine.dtypes import DTYPES
+from engine.parallel import RankFailure
 from master.generation import PipelineUnavailable, SequenceFailed
 from master.scheduler import Scheduler
 from master.step import Step
@@ -173,7 +174,8 @@ class PipelineDriver:
                 hidden = await loop.run_in_executor(self._executor, self._head_step, step)
             except Exception as e:  # a bad step fails its sequences, not the server
                 log.exception("head forward of step %d failed", step.step_id)
-                self.scheduler.abandon(step, SequenceFailed("INTERNAL", f"head forward: {e}"))
+                code = "UNAVAILABLE" if isinstance(e, RankFailure) else "INTERNAL"  # 503 / 500
+                self.scheduler.abandon(step, SequenceFailed(code, f"head forward: {e}"))
                 hidden = empty_hidden(self.head.hidden_size, self.head.dtype)
             self.inflight.append((step, time.monotonic()))
             await stream.send(step_request(step, hidden))  # cannot fail: see check_request
