@@ -14,8 +14,7 @@ readers see a pause. If no worker answers within `recovery_budget_s`, every sequ
 with PipelineUnavailable (0 = fail at once, the behaviour before recovery existed).
 
 A draining worker (SIGTERM) says so (`StepReply.drain`): the sender stops, the steps sent are
-answered, the stream is rebuilt as above; the wait is recovery_budget_s plus the old worker's
-own start-up time (`Drain.startup_s`): a planned restart is not charged its start-up.
+answered, the stream is rebuilt as above, within recovery_budget_s + `Drain.startup_s`.
 """
 from __future__ import annotations
 
@@ -57,8 +56,7 @@ class PipelineDriver:
         self.worker_kv_capacity_tokens = 0
         self.wake = asyncio.Event()  # set when the scheduler may have something to send
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="duet-head")
-        self.head_kv: dict[str, float] = {}
-        self._snapshot_head_kv()
+        self._snapshot_head_kv()  # self.head_kv: the head's KV numbers, for the loop
 
     async def run(self) -> None:
         """Connect, serve until the stream breaks, rebuild (or fail) what ran, reconnect."""
