@@ -15,12 +15,14 @@ from engine.batch import SeqChunk, StepBatch
 from engine.config import ModelConfig
 from engine.errors import KVCacheFull
 from engine.constraint import ConstraintError
+from engine.dtypes import DTYPES
 from engine.fingerprint import checkpoint_fingerprint
 from engine.guide import Guide, GuideFactory
+from engine.host_staging import HostToDevice
 from engine.sampler import SamplerState, sample
 from engine.stage import Stage
 from proto import pipeline_pb2 as pb
-from proto.convert import WireError, params_from_proto, tensor_from_proto
+from proto.convert import WireError, params_from_proto
 from worker.prefix_blocks import StreamBlocks
 from worker.stream_quota import StreamQuota, StreamQuotaExceeded
 from worker.wire import check_hidden, sampled_to_proto
@@ -83,6 +85,7 @@ class TailRunner:
         self.quota = StreamQuota(stage.kv.capacity_tokens, stage.kv.block_size,
                                  stream_kv_share, stream_max_seqs)
         self.blocks = StreamBlocks(stage.kv)
+        self.to_device = HostToDevice(stage.device)  # the wire's hidden states, via pinned memory
 
     @classmethod
     def load(cls, model_dir: str, layer_start: int, *, dtype: str, device: str,
@@ -120,7 +123,8 @@ class TailRunner:
                            SeqFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e)))
         else:
             if request.seqs:
-                hidden = tensor_from_proto(request.hidden, self.stage.device)  # [T, H]
+                msg = request.hidden
+                hidden = self.to_device.put(msg.data, DTYPES[msg.dtype], list(msg.shape))  # [T, H]
                 self._run(stream, request, hidden, results)
         for seq_id in in_step.intersection(request.release):
             self._release(stream, seq_id, "released")
