@@ -105,14 +105,18 @@ class HostToDevice:
         self.device = device
         self.ring = _Ring(pinned=device.type == "cuda")
 
-    def put(self, data: bytes, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
-        """A new device tensor of `shape` holding `data` (raw little-endian values)."""
-        if not data:
+    def put(self, data, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
+        """A new device tensor of `shape` holding `data` (raw little-endian values: bytes, or a
+        1-D uint8 tensor such as one received through DLPack)."""
+        if len(data) == 0:
             return torch.empty(shape, dtype=dtype, device=self.device)
-        with warnings.catch_warnings():  # read-only bytes: only read from here, never written
-            warnings.simplefilter("ignore", UserWarning)
-            src = torch.frombuffer(data, dtype=torch.uint8)
-        slot, raw = self.ring.take(len(data))
+        if isinstance(data, torch.Tensor):
+            src = data.reshape(-1)
+        else:
+            with warnings.catch_warnings():  # read-only bytes: only read here, never written
+                warnings.simplefilter("ignore", UserWarning)
+                src = torch.frombuffer(data, dtype=torch.uint8)
+        slot, raw = self.ring.take(src.numel())
         raw.copy_(src)  # the one host copy: wire bytes -> pinned
         out = raw.view(dtype).view(shape).to(self.device, non_blocking=True)
         if not self.ring.pinned:

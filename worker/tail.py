@@ -110,13 +110,16 @@ class TailRunner:
         )
 
     # --- one step ------------------------------------------------------------------------
-    def step(self, stream: str, request: pb.StepRequest) -> pb.StepReply:
+    def step(self, stream: str, request: pb.StepRequest, hidden_data=None) -> pb.StepReply:
+        """hidden_data: the hidden states' bytes when they came beside the message (a uint8
+        buffer from Triton), else they are request.hidden.data."""
         start_s = time.perf_counter()
+        data = request.hidden.data if hidden_data is None else hidden_data
         results = [pb.SeqResult(seq_id=s.seq_id) for s in request.seqs]
         in_step = {s.seq_id for s in request.seqs}
         self._apply_cache_ops(stream, request, [i for i in request.release if i not in in_step])
         try:
-            self._check_layout(request)
+            self._check_layout(request, len(data))
         except WireError as e:
             for index, seq_step in enumerate(request.seqs):
                 self._fail(stream, seq_step.seq_id, results[index],
@@ -124,7 +127,7 @@ class TailRunner:
         else:
             if request.seqs:
                 msg = request.hidden
-                hidden = self.to_device.put(msg.data, DTYPES[msg.dtype], list(msg.shape))  # [T, H]
+                hidden = self.to_device.put(data, DTYPES[msg.dtype], list(msg.shape))  # [T, H]
                 self._run(stream, request, hidden, results)
         for seq_id in in_step.intersection(request.release):
             self._release(stream, seq_id, "released")
@@ -144,7 +147,7 @@ class TailRunner:
             self.blocks.evict(stream, h)
         self.quota.set_kept(stream, self.blocks.kept_tokens(stream))
 
-    def _check_layout(self, request: pb.StepRequest) -> None:
+    def _check_layout(self, request: pb.StepRequest, nbytes: int) -> None:
         """Message-level checks: without them no row of `hidden` can be attributed."""
         for s in request.seqs:
             if s.num_tokens < 1:
@@ -152,7 +155,7 @@ class TailRunner:
                                      "so the rows of hidden cannot be attributed")
         rows = sum(s.num_tokens for s in request.seqs)
         if rows or request.HasField("hidden"):
-            check_hidden(request.hidden, self.dtype, rows, self.hidden_size)
+            check_hidden(request.hidden, self.dtype, rows, self.hidden_size, nbytes)
 
     def _run(self, stream: str, request: pb.StepRequest, hidden: torch.Tensor,
              results: list[pb.SeqResult]) -> None:
