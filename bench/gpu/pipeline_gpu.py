@@ -12,6 +12,7 @@ checkpoint is the R1-Distill-Qwen-7B shape with seeded random weights, written a
 Needs the API's packages (fastapi, uvicorn, pydantic, openai, tritonclient, ...): carry them.
 
     python -m bench.gpu.pipeline_gpu --out pipeline.json [--runs local2,local1,triton]
+    (a run name ending in a digit fixes the micro-batches in flight: triton1, local2, ...)
 """
 from __future__ import annotations
 
@@ -166,9 +167,9 @@ def main() -> None:
         where = {k: dry[k] for k in ("device", "dtype", "split")} if dry else {}
         all_levels = dry["levels"] if dry else LEVELS
         for run in args.runs.split(","):
-            executor = "triton" if run == "triton" else "local"
-            inflight = best_inflight(results["runs"]) if run == "triton" else int(run[-1])
-            full = run in ("local2", "triton")  # the other only answers the c64 question
+            executor = "triton" if run.startswith("triton") else "local"
+            inflight = int(run[-1]) if run[-1].isdigit() else best_inflight(results["runs"])
+            full = run == "local2" or executor == "triton"  # local1 answers the c64 question
             levels = all_levels if full else (all_levels[0], all_levels[2])
             results["runs"][run] = run_one(Path(tmp), model, executor, inflight, levels, full,
                                            **where)

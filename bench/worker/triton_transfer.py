@@ -175,6 +175,9 @@ async def run(steps: int, rounds: int) -> dict:
         await server.start()
         try:
             return await measure(server.url, steps, rounds)
+        except Exception:
+            print(server.log_tail(40), flush=True)  # why the stub failed, if it did
+            raise
         finally:
             await server.stop()
 
