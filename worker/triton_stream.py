@@ -1,8 +1,8 @@
 """One ModelStreamInfer stream from the worker to its tail model in Triton.
 
 Every call goes over one open bidirectional stream instead of a unary inference each: on the
-CPU host a decode step's Triton hop took 0.77 ms this way against 1.07 ms unary at batch 1,
-4.4 against 5.5 ms at batch 64 (bench/worker/triton_transfer.py). The model is not
+CPU host a batch-1 decode step's Triton hop took 0.78 ms this way against 1.18 ms unary
+(bench/worker/triton_transfer.json; at batch 64 the two are even). The model is not
 decoupled and runs one instance, so answers come back in the order the calls went out; a
 broken stream fails every call waiting on it, and the next call opens a new one.
 """
