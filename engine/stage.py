@@ -17,6 +17,7 @@ from engine.fp8_native import FP8_MODES, SCALE_SUFFIX, convert_to_native, fp8_mo
 from engine.kv_cache import KVCache
 from engine.models import model_class
 from engine.models.base import StageModel
+from engine.packed_linear import pack_linears
 from engine.placement import forward_spread, layer_devices, place
 from engine.weights import fp8_block, load_weights
 
@@ -96,6 +97,8 @@ class Stage:
             model = cls_(config, layer_start, layer_end)
             fp8_note = _fp8_setup(model, model_dir, fp8, devices[layer_start], load_format)
         place(model, devices, DTYPES[dtype]).eval()
+        if devices[layer_start].type == "cuda":  # sibling projections as one product each
+            pack_linears(model)
         load_weights(model, model_dir, load_format=load_format, seed=seed)
         kv = KVCache(model.kv_token_shapes(), devices, kv_cache_bytes,
                      block_size=block_size, dtype=DTYPES[dtype])

@@ -87,6 +87,12 @@ class MasterConfig:
     drain_timeout_s: float = 30.0  # on SIGTERM, running requests get this long to finish
     #                                (new ones get 503 + Retry-After meanwhile)
     torch_threads: int = 0  # intra-op CPU threads of the head; 0 = torch's default
+    # Resumable responses (master/resume.py): a response whose client left keeps going this
+    # long for a reconnect with the same X-Request-Id (0 = stop at once); finished ones stay
+    # readable resume_keep_s, at most resume_keep_bytes of events in all
+    resume_detached_s: float = 10.0
+    resume_keep_s: float = 60.0
+    resume_keep_bytes: int = 64 * 2**20
 
     def __post_init__(self):
         bad = [f"{name}: expected {expected}, got {getattr(self, name)!r}"
@@ -134,6 +140,9 @@ def _checks(c: MasterConfig) -> dict[str, tuple[bool, str]]:
         "recovery_budget_s": (c.recovery_budget_s >= 0, ">= 0 seconds (0 = no recovery)"),
         "drain_timeout_s": (c.drain_timeout_s >= 0, ">= 0 seconds"),
         "torch_threads": (c.torch_threads >= 0, ">= 0 (0 = torch's default)"),
+        "resume_detached_s": (0 <= c.resume_detached_s <= 3600, "0 .. 3600 seconds"),
+        "resume_keep_s": (0 <= c.resume_keep_s <= 86400, "0 .. 86400 seconds"),
+        "resume_keep_bytes": (c.resume_keep_bytes >= 0, ">= 0 bytes"),
     }
 
 
