@@ -52,8 +52,17 @@ class Head:
         load_format: str = "safetensors",
         fp8: str = "native",
         cuda_graph_max_batch: int = 0,
+        tensor_parallel_size: int = 1,
+        tp_timeout_s: float = 60.0,
     ) -> Head:
-        stage = Stage.load(
+        """tensor_parallel_size > 1: this process is rank 0 and starts the others, which
+        exit with it (engine/rank_launcher.py)."""
+        load = Stage.load
+        if tensor_parallel_size > 1:
+            from engine.rank_launcher import RankLauncher
+
+            load = RankLauncher(tensor_parallel_size, device, timeout_s=tp_timeout_s).load
+        stage = load(
             model_dir, 0, layer_end, dtype=dtype, device=device,
             kv_cache_bytes=kv_cache_bytes, block_size=block_size, load_format=load_format,
             fp8=fp8, cuda_graph_max_batch=cuda_graph_max_batch,

@@ -22,6 +22,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from engine.dtypes import DTYPES
+from engine.parallel import RankFailure
 from master.generation import PipelineUnavailable, SequenceFailed
 from master.scheduler import Scheduler
 from master.step import Step
@@ -194,7 +195,8 @@ class PipelineDriver:
 
     def _abandon(self, step: Step, e: Exception) -> None:
         log.error("head forward of step %d failed", step.step_id, exc_info=e)
-        self.scheduler.abandon(step, SequenceFailed("INTERNAL", f"head forward: {e}"))
+        code = "UNAVAILABLE" if isinstance(e, RankFailure) else "INTERNAL"  # 503 / 500
+        self.scheduler.abandon(step, SequenceFailed(code, f"head forward: {e}"))
 
     def _head_step(self, step: Step):
         """In the head thread: keep, free and evict blocks in the worker's order, then run

@@ -18,6 +18,7 @@ from engine.dtypes import DTYPES
 from engine.fingerprint import checkpoint_fingerprint
 from engine.guide import GuideFactory
 from engine.host_staging import HostToDevice
+from engine.parallel import RankFailure
 from engine.sampler import sample
 from engine.stage import Stage
 from proto import pipeline_pb2 as pb
@@ -64,11 +65,14 @@ class TailRunner:
     @classmethod
     def load(cls, model_dir: str, layer_start: int, *, dtype: str, device: str,
              kv_cache_bytes: int, block_size: int, idle_timeout_s: float,
-             fp8: str = "native", cuda_graph_max_batch: int = 0, **limits) -> "TailRunner":
+             fp8: str = "native", cuda_graph_max_batch: int = 0, launcher=None,
+             **limits) -> "TailRunner":
+        """launcher: an engine.rank_launcher.RankLauncher for a tensor-parallel tail."""
         num_layers = ModelConfig.from_dir(model_dir).num_hidden_layers
-        stage = Stage.load(model_dir, layer_start, num_layers, dtype=dtype, device=device,
-                           kv_cache_bytes=kv_cache_bytes, block_size=block_size, fp8=fp8,
-                           cuda_graph_max_batch=cuda_graph_max_batch)
+        load = launcher.load if launcher is not None else Stage.load
+        stage = load(model_dir, layer_start, num_layers, dtype=dtype, device=device,
+                     kv_cache_bytes=kv_cache_bytes, block_size=block_size, fp8=fp8,
+                     cuda_graph_max_batch=cuda_graph_max_batch)
         return cls(stage, fingerprint=checkpoint_fingerprint(model_dir),
                    model_name=Path(model_dir).name, idle_timeout_s=idle_timeout_s,
                    guides=GuideFactory(model_dir, stage.config.vocab_size), **limits)
@@ -149,6 +153,8 @@ class TailRunner:
             return
         try:
             self._forward(hidden, planned, results)
+        except RankFailure:  # the whole stage is down: the executor restarts its ranks
+            raise
         except Exception as e:  # a bug or a device error: fail this batch, keep serving
             log.exception("tail forward failed on step %d", request.step_id)
             failure = SeqFailed(grpc.StatusCode.INTERNAL, f"tail forward failed: {e}")
