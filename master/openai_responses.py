@@ -94,7 +94,9 @@ class DeltaMessage(BaseModel):
         return _drop_none(handler, self, ("role", "content", "reasoning_content", "tool_calls"))
 
 
-FinishReason = Literal["stop", "length", "tool_calls"] | None
+# "error": a stream cut by a failure (the worker gone past recovery_budget_s); its error
+# event follows. A non-streaming request gets the error status instead.
+FinishReason = Literal["stop", "length", "tool_calls", "error"] | None
 
 
 class ChatChoice(BaseModel):

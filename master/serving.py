@@ -186,19 +186,27 @@ class RequestRun:
         self.ctx.metrics.observe_request(prompt, state.num_tokens, e2e_s, update.finish_reason)
 
     async def updates(self) -> AsyncIterator[ChoiceUpdate]:
+        """The choices' updates. A failure after the first update (the stream is under way)
+        first closes every unfinished choice with finish_reason "error", then raises: the
+        client sees which choices ended and why (the error event follows)."""
         stream = run_choices(self.ctx.generator, self.states)
+        under_way = False
         try:
             async for update in stream:
                 if update.new_tokens:
                     self._on_token(update.index)
                 if update.finish_reason is not None:
                     self._on_finish(update)
+                under_way = True
                 yield update
         except (asyncio.CancelledError, GeneratorExit):
             self.record.finish = "disconnect"
             raise
         except Exception:
             self.record.finish = "error"
+            for i in range(len(self.states) if under_way else 0):
+                if i not in self.finish_reasons:
+                    yield ChoiceUpdate(index=i, finish_reason="error")
             raise
         finally:
             await stream.aclose()

@@ -47,6 +47,7 @@ class Streams:
         self.texts = [""] * count
         self.chunks = [0] * count
         self.finished = [False] * count
+        self.finish_reasons: list[str | None] = [None] * count
         self.errors: list[Exception] = []
         self.threads = [threading.Thread(target=self._run, args=(client, model, i))
                         for i in range(count)]
@@ -59,6 +60,7 @@ class Streams:
                                                    **request_args(i)):
                 self.texts[i] += chunk.choices[0].text
                 self.chunks[i] += 1
+                self.finish_reasons[i] = chunk.choices[0].finish_reason or self.finish_reasons[i]
             self.finished[i] = True
         except Exception as e:  # the test asserts there are none
             self.errors.append(e)
@@ -142,7 +144,10 @@ def test_recovery_budget_expiry_fails_streams_and_answers_503(stack):
             t.join(60)
         assert time.monotonic() - killed < 30
         assert len(streams.errors) == sum(not f for f in streams.finished) > 0
-        assert all("did not come back within 2 s" in str(e) for e in streams.errors)
+        assert all("did not come back within 2 s" in str(e) for e in streams.errors), streams.errors
+        # the cut streams said how they ended before the error event the SDK raises
+        assert [r for r, f in zip(streams.finish_reasons, streams.finished) if not f] \
+            == ["error"] * len(streams.errors)
 
         r = httpx.post(f"{url}/v1/completions", json=dict(model=stack.model.name, prompt="hi",
                                                            max_tokens=2), timeout=10)
