@@ -13,15 +13,24 @@ from engine.batch import ForwardContext
 from engine.models.base import LayerKV, StageModel
 
 
-def layer_devices(layer_start: int, layer_end: int, device: str) -> dict[int, torch.device]:
-    """"cuda" with several GPUs: equal contiguous shares per GPU; anything else: one device."""
+def layer_devices(layer_start: int, layer_end: int, device: str,
+                  ranges: list[tuple[int, int]] | None = None) -> dict[int, torch.device]:
+    """"cuda" with several GPUs: GPU g runs layers ranges[g] (the split planner's per-GPU
+    placement, engine/split_plan.py), else equal contiguous shares; anything else: one device."""
     layers = list(range(layer_start, layer_end))
     dev = _checked_device(device)
     if device != "cuda" or torch.cuda.device_count() <= 1:
         return {i: dev for i in layers}
+    if ranges is not None:
+        return devices_for_ranges(ranges)
     gpus = torch.cuda.device_count()
     per_gpu = -(-len(layers) // gpus)
     return {i: torch.device("cuda", k // per_gpu) for k, i in enumerate(layers)}
+
+
+def devices_for_ranges(ranges: list[tuple[int, int]]) -> dict[int, torch.device]:
+    """[(start, end) per GPU, contiguous] -> layer -> cuda:g."""
+    return {i: torch.device("cuda", g) for g, (a, b) in enumerate(ranges) for i in range(a, b)}
 
 
 def _checked_device(device: str) -> torch.device:
