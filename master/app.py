@@ -16,7 +16,8 @@ from master.config import MasterConfig
 from master.errors import install_error_handlers
 from master.generation import Generator
 from master.metrics import Metrics
-from master.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from master.openai_requests import ChatCompletionRequest, CompletionRequest
+from master.openai_responses import ModelCard, ModelList
 from master.serving import ServingContext, json_response
 from master.serving_chat import chat_completion
 from master.serving_completion import completion

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from master.generation import PipelineUnavailable, QueueFull, SequenceFailed
-from master.protocol import ErrorInfo, ErrorResponse
+from master.openai_responses import ErrorInfo, ErrorResponse
 
 log = logging.getLogger("duet.master")
 

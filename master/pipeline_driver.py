@@ -23,7 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from engine.dtypes import DTYPES
 from master.generation import PipelineUnavailable, SequenceFailed
-from master.scheduler import Scheduler, Step
+from master.scheduler import Scheduler
+from master.step import Step
 from master.wire import empty_hidden, reply_outcomes, step_request
 from proto import pipeline_pb2 as pb
 

@@ -104,5 +104,5 @@ class PipelineGenerator:
             running=len(s.running), waiting=len(s.waiting), inflight=len(d.inflight),
             head_kv_used_tokens=self.head.kv_used_tokens,
             head_kv_cached_tokens=self.head.kv_cached_tokens,
-            prefix_cached_blocks=s.prefix.num_blocks if s.prefix is not None else 0,
+            prefix_cached_blocks=s.kv.prefix.num_blocks if s.kv.prefix is not None else 0,
             worker_kv_used_tokens=d.worker_kv_used_tokens)

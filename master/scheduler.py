@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from engine.batch import SeqChunk
 from engine.sampler import SampleResult
 from master.generation import QueueFull, SequenceFailed, TokenEvent
-from master.prefix_cache import PrefixCache
+from master.kv_budget import KVBudget
 from master.sequence import Sequence, SequenceStatus
+from master.step import Outcome, ScheduledSeq, Step
 
 
 @dataclass(frozen=True)
@@ -45,45 +46,6 @@ class SchedulerConfig:
             raise ValueError(f"retry_after_s must be > 0, got {self.retry_after_s!r}")
 
 
-@dataclass(frozen=True)
-class ScheduledSeq:
-    """One sequence in a step: its chunk, whether it samples, whether its params ride along."""
-
-    seq: Sequence
-    chunk: SeqChunk  # positions [start_pos, end_pos) fed through the head this step
-    samples: bool  # the chunk ends at the last known token: the worker samples the next
-    sends_params: bool  # first appearance: the worker gets the sampling params with it
-
-
-@dataclass
-class Step:
-    """One micro-batch: scheduled sequences in row order, the head's input ids, releases."""
-
-    step_id: int
-    seqs: list[ScheduledSeq] = field(default_factory=list)
-    token_ids: list[int] = field(default_factory=list)  # [T] the head's input
-    release: list[Sequence] = field(default_factory=list)  # free on both stages first
-    worker_release: list[str] = field(default_factory=list)  # ids the worker holds of those
-    # Prefix caching, applied on both stages before the step runs: keep (seq_id, block
-    # index, hash), then the releases, then evict these hashes.
-    cache_blocks: list[tuple[str, int, int]] = field(default_factory=list)
-    evict: list[int] = field(default_factory=list)
-    prefix_query_tokens: int = 0  # prompt tokens of the sequences admitted in this step
-    prefix_hit_tokens: int = 0  # of those, tokens found in kept blocks
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.token_ids)
-
-    @property
-    def chunks(self) -> list[SeqChunk]:
-        return [s.chunk for s in self.seqs]
-
-
-# What the worker said about one sequence of a step: a token, or why it failed.
-Outcome = SampleResult | SequenceFailed
-
-
 class Scheduler:
     """Waiting queue, running set and per-step selection under budget and KV capacity."""
 
@@ -93,9 +55,7 @@ class Scheduler:
         self.running: list[Sequence] = []
         self._to_release: list[Sequence] = []
         self._next_step_id = 1
-        self.kv_capacity_tokens = 0  # min over both stages; 0 until the handshake
-        self.kv_reserved_tokens = 0  # worst case of every running sequence, kept blocks apart
-        self.prefix = self._new_prefix_cache() if config.enable_prefix_caching else None
+        self.kv = KVBudget(config.kv_block_size, config.enable_prefix_caching)
         self.step_token_budget = config.step_token_budget  # lowered to what a message holds
 
     def set_limits(self, kv_capacity_tokens: int, max_step_tokens: int | None = None,
@@ -103,29 +63,20 @@ class Scheduler:
         """What the connected pipeline allows: KV slots on both stages, tokens per message,
         prefix caching (both stages must cut blocks alike)."""
         assert max_step_tokens is None or max_step_tokens >= 1, max_step_tokens
-        self.kv_capacity_tokens = kv_capacity_tokens
+        self.kv.set_capacity(kv_capacity_tokens, prefix_caching)
         self.step_token_budget = min(self.config.step_token_budget,
                                      max_step_tokens or self.config.step_token_budget)
-        on = prefix_caching and self.config.enable_prefix_caching
-        self.prefix = self._new_prefix_cache() if on else None  # a new worker stream keeps none
-
-    def _new_prefix_cache(self) -> PrefixCache:
-        return PrefixCache(self.config.kv_block_size)
-
-    def _kv_need(self, seq: Sequence) -> int:
-        block = self.config.kv_block_size
-        return math.ceil(seq.max_len / block) * block
 
     def add(self, seq: Sequence) -> None:
         """Queue a sequence; QueueFull when more than max_waiting would wait for a free slot."""
         free_slots = max(0, self.config.max_num_seqs - len(self.running))
         if len(self.waiting) - free_slots >= self.config.max_waiting:
             raise QueueFull(self.config.retry_after_s)
-        if self.kv_capacity_tokens and self._kv_need(seq) > self.kv_capacity_tokens:
+        if self.kv.capacity_tokens and self.kv.need(seq) > self.kv.capacity_tokens:
             raise SequenceFailed(
                 "RESOURCE_EXHAUSTED",
-                f"prompt + max_tokens needs {self._kv_need(seq)} KV slots; "
-                f"the pipeline holds {self.kv_capacity_tokens}",
+                f"prompt + max_tokens needs {self.kv.need(seq)} KV slots; "
+                f"the pipeline holds {self.kv.capacity_tokens}",
             )
         self.waiting.append(seq)
 
@@ -135,9 +86,7 @@ class Scheduler:
             self.waiting.remove(seq)
         elif seq.status is SequenceStatus.RUNNING:
             self.running.remove(seq)
-            self.kv_reserved_tokens -= seq.kv_reserved_tokens
-            if self.prefix is not None:
-                self.prefix.release(seq.held_hashes)
+            self.kv.release(seq)
             self._to_release.append(seq)
         seq.finish(reason, error)
 
@@ -160,10 +109,11 @@ class Scheduler:
             budget -= self._add_chunk(step, seq, budget)
         while self.waiting and budget > 0 and len(step.seqs) < limit and self._admit_next(step):
             budget -= self._add_chunk(step, self.running[-1], budget)
-        if not step.seqs and not step.release and not (self.prefix and self.prefix.to_evict):
+        prefix = self.kv.prefix
+        if not step.seqs and not step.release and not (prefix and prefix.to_evict):
             return None
-        if self.prefix is not None:
-            step.cache_blocks, step.evict = self.prefix.drain()
+        if prefix is not None:
+            step.cache_blocks, step.evict = prefix.drain()
         self._next_step_id += 1
         return step
 
@@ -173,41 +123,18 @@ class Scheduler:
         return max(1, math.ceil(active / self.config.max_inflight_batches))
 
     def _admit_next(self, step: Step) -> bool:
-        """Move the oldest waiting sequence to running if a slot and its worst-case KV fit;
-        it starts after the longest kept prefix of its prompt (idle kept blocks are evicted,
-        least recently released first, to make room)."""
+        """Move the oldest waiting sequence to running if a slot and its worst-case KV fit
+        (it starts after the longest kept prefix of its prompt)."""
         seq = self.waiting[0]
-        if len(self.running) >= self.config.max_num_seqs:
-            return False
-        hits = self.prefix.hold_prompt_prefix(seq) if self.prefix is not None else []
-        need = self._kv_need(seq) - len(hits) * self.config.kv_block_size
-        if not self._make_room(need):
-            if self.prefix is not None:
-                self.prefix.release(hits)
+        if len(self.running) >= self.config.max_num_seqs or not self.kv.reserve(seq):
             return False
         self.waiting.popleft()
         seq.status = SequenceStatus.RUNNING
         self.running.append(seq)
-        self.kv_reserved_tokens += need
-        seq.kv_reserved_tokens = need
-        seq.cached_prefix, seq.held_hashes = hits, list(hits)
-        seq.num_kept_blocks = len(hits)
-        seq.num_computed_tokens = len(hits) * self.config.kv_block_size
-        if self.prefix is not None:
+        if self.kv.prefix is not None:
             step.prefix_query_tokens += seq.num_prompt_tokens
             step.prefix_hit_tokens += seq.num_computed_tokens
         return True
-
-    def _make_room(self, need: int) -> bool:
-        """True when `need` more tokens fit next to what runs and what is kept (idle kept
-        blocks are evicted, least recently released first)."""
-        free = self.kv_capacity_tokens - self.kv_reserved_tokens - need
-        return free >= 0 if self.prefix is None else self.prefix.make_room(free)
-
-    def _keep_blocks(self, seq: Sequence, end_pos: int) -> None:
-        """Positions [0, end_pos) are written on both stages: keep its new full blocks."""
-        if self.prefix is not None:
-            self.kv_reserved_tokens -= self.prefix.keep_written(seq, end_pos)
 
     def _add_chunk(self, step: Step, seq: Sequence, budget: int) -> int:
         """Put the next chunk of `seq` (at most `budget` tokens) into the step."""
@@ -238,10 +165,10 @@ class Scheduler:
                 seq.params_sent = False  # the worker already dropped it
                 self.finish(seq, "failed", outcome)
             elif outcome is not None:
-                self._keep_blocks(seq, item.chunk.end_pos)
+                self.kv.keep_written(seq, item.chunk.end_pos)
                 self._append(seq, outcome)
             elif not item.samples:
-                self._keep_blocks(seq, item.chunk.end_pos)
+                self.kv.keep_written(seq, item.chunk.end_pos)
             else:
                 self.finish(seq, "failed", SequenceFailed(
                     "INTERNAL", f"worker returned no token for {seq.seq_id}"))
@@ -277,12 +204,8 @@ class Scheduler:
         for seq in self.running:
             seq.in_flight = seq.params_sent = False
             seq.num_computed_tokens = 0
-            seq.cached_prefix, seq.held_hashes, seq.num_kept_blocks = [], [], 0
-            seq.kv_reserved_tokens = self._kv_need(seq)
-        self.kv_reserved_tokens = sum(s.kv_reserved_tokens for s in self.running)
+        self.kv.rebuild(self.running)
         self._to_release = []  # the worker holds none of them any more
-        if self.prefix is not None:
-            self.prefix = self._new_prefix_cache()
         return held
 
     def fail_all(self, error: BaseException) -> list[Sequence]:
@@ -294,7 +217,5 @@ class Scheduler:
         self.running.clear()
         self.waiting.clear()
         self._to_release = []
-        self.kv_reserved_tokens = 0
-        if self.prefix is not None:
-            self.prefix = self._new_prefix_cache()  # the worker's copy went with the stream
+        self.kv.clear()  # the worker's kept blocks went with the stream
         return held

@@ -25,7 +25,8 @@ from master.config import MasterConfig
 from master.errors import APIError, ClientGone, to_api_error
 from master.generation import GenerationRequest, Generator
 from master.metrics import Metrics
-from master.protocol import Usage, _SamplingFields
+from master.openai_requests import _SamplingFields
+from master.openai_responses import Usage
 from master.reasoning import ReasoningParser, prompt_opens_think
 from master.structured import constraint_of
 from master.tools import forced_constraint

@@ -11,11 +11,11 @@ from master.access_log import AccessRecord
 from master.chat_template import ChatTemplateError
 from master.choices import ChoiceUpdate
 from master.errors import APIError
-from master.protocol import (AssistantMessage, ChatChoice, ChatChunkChoice,
-                             ChatCompletionRequest,
-                             ChatCompletionResponse, ChatLogprobs, ChatMessage,
-                             DeltaFunctionCall, DeltaMessage, DeltaToolCall, FunctionCall,
-                             TokenLogprobEntry, ToolCall, TopLogprob)
+from master.openai_requests import ChatCompletionRequest, ChatMessage
+from master.openai_responses import (AssistantMessage, ChatChoice, ChatChunkChoice,
+                                     ChatCompletionResponse, ChatLogprobs, DeltaFunctionCall,
+                                     DeltaMessage, DeltaToolCall, FunctionCall,
+                                     TokenLogprobEntry, ToolCall, TopLogprob)
 from master.serving import RequestRun, ServingContext, json_response, run_updates
 from master.sse import SSEWriter, include_usage, nonempty, running_usage, stream_response
 from master.tokenizer import Tokenizer

@@ -10,8 +10,8 @@ from fastapi import Request
 from master.access_log import AccessRecord
 from master.choices import ChoiceUpdate
 from master.errors import APIError
-from master.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest,
-                             CompletionResponse)
+from master.openai_requests import CompletionRequest
+from master.openai_responses import CompletionChoice, CompletionLogprobs, CompletionResponse
 from master.serving import RequestRun, ServingContext, json_response, run_updates
 from master.sse import SSEWriter, include_usage, nonempty, running_usage, stream_response
 from master.tokenizer import Tokenizer

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from master.errors import APIError
-from master.protocol import ChatCompletionRequest, ChatMessage, _Request
+from master.openai_requests import ChatCompletionRequest, ChatMessage, _Request
 from master.serving import ServingContext
 from master.serving_chat import render_prompt, request_tools
 

@@ -11,7 +11,7 @@ from starlette.types import Receive, Scope, Send
 
 from master.choices import ChoiceUpdate
 from master.errors import to_api_error
-from master.protocol import Usage
+from master.openai_responses import Usage
 
 SSE_DONE = "data: [DONE]\n\n"
 

@@ -8,7 +8,7 @@ import json
 
 from engine.constraint import Constraint, ConstraintError
 from master.errors import APIError
-from master.protocol import ResponseFormat
+from master.openai_requests import ResponseFormat
 
 GUIDED_FIELDS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar")
 

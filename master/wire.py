@@ -9,7 +9,7 @@ import grpc
 
 from engine.sampler import SampleResult
 from master.generation import SequenceFailed
-from master.scheduler import Outcome, ScheduledSeq, Step
+from master.step import Outcome, ScheduledSeq, Step
 from proto import pipeline_pb2 as pb
 from proto.convert import params_to_proto
 

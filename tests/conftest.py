@@ -92,3 +92,12 @@ def notify_listener(tmp_path):
     listener = NotifyListener(tmp_path / "notify.sock")
     yield listener
     listener.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory) -> Path:
+    """One tiny 4-layer qwen2 checkpoint (seed 0) for every test that only reads it."""
+    from engine.tiny_model import write_tiny_model
+
+    return write_tiny_model("qwen2", tmp_path_factory.mktemp("tiny") / "tiny-qwen2",
+                            num_layers=4)

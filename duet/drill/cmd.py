@@ -21,6 +21,8 @@ def register(subparsers) -> None:
     p.add_argument("--clients", type=int, default=4, help="concurrent streaming clients")
     p.add_argument("--max-tokens", type=int, default=8, help="tokens per completion")
     p.add_argument("--timeout-s", type=float, default=120.0, help="longest wait for any step")
+    p.add_argument("--settle-s", type=float, default=1.0,
+                   help="clients keep running this long after each recovery (2x after 503s)")
     p.add_argument("--json", default="", metavar="FILE",
                    help="report file (default drill-SCENARIO-TIME.json here)")
     real = p.add_argument_group("a real pair instead of the lab (faults over ssh + systemctl)")
@@ -59,10 +61,12 @@ def run(args: argparse.Namespace) -> int:
         raise PermissionError("duet drill: the lab needs root (its clients run in a namespace)")
     if args.clients < 1:
         raise ValueError(f"--clients: expected >= 1, got {args.clients}")
+    if args.settle_s < 0:
+        raise ValueError(f"--settle-s: expected >= 0, got {args.settle_s}")
     out = Path(args.json or f"drill-{args.scenario}-{time.strftime('%Y%m%dT%H%M%S')}.json")
     target = make_target(args)
     report = run_drill(target, SCENARIOS[args.scenario], out.with_suffix(".attempts.jsonl"),
-                       args.clients, args.max_tokens, args.timeout_s)
+                       args.clients, args.max_tokens, args.timeout_s, args.settle_s)
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(format_table(report))
     print(f"report: {out}")

@@ -95,7 +95,7 @@ def test_drill(lab, scenario, tmp_path):
     before = served_by_standby(run_dir)
     report_file = tmp_path / "report.json"
     res = duet("drill", scenario, "--lab-dir", str(run_dir), "--clients", "2",
-               "--json", str(report_file))
+               "--settle-s", "0.3", "--json", str(report_file))
     assert report_file.exists(), res.stdout + res.stderr
     report = json.loads(report_file.read_text())
     failed = [name for name, ok in report["checks"].items() if not ok]

@@ -1,7 +1,8 @@
-"""Real processes for the master's acceptance tests: tiny checkpoint, worker, master, probes.
+"""Real processes for the master's acceptance tests: worker, master, standby, probes.
 
-Each test module starts what it needs through these helpers and stops it; nothing is shared
-between modules.
+Each test module starts what it needs through these helpers (one stack a module: e2e_stack)
+and stops it; nothing is shared between modules but the read-only tiny checkpoint
+(conftest.py). The greedy reference is in e2e_reference.py, namespace requests in e2e_netns.py.
 """
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,10 +18,7 @@ from typing import Iterator
 
 import grpc
 import httpx
-import torch
 
-from engine.batch import SeqChunk, StepBatch
-from engine.stage import Stage
 from proto import pipeline_pb2 as pb
 from proto import pipeline_pb2_grpc as pb_grpc
 from runtime.children import free_port
@@ -78,9 +75,10 @@ class Service:
         return self.proc.returncode
 
 
-def start_worker(tmp: Path, model_dir: Path, k: int, *, port: int | None = None,
+def spawn_worker(tmp: Path, model_dir: Path, k: int, *, port: int | None = None,
                  executor: str = "local", name: str = "worker", netns: str | None = None,
                  **fields) -> tuple[Service, int]:
+    """A `duet worker` process, not yet waited for (its log says "worker ready")."""
     port = port or free_port()
     config = dict(model_dir=str(model_dir), layer_start=k, dtype="float32",
                   listen=f"127.0.0.1:{port}", executor=executor, kv_cache_bytes=64 * 2**20)
@@ -88,42 +86,101 @@ def start_worker(tmp: Path, model_dir: Path, k: int, *, port: int | None = None,
     toml = tmp / f"{name}.toml"
     toml.write_text(toml_text(config))
     argv = [sys.executable, "-m", "duet.cli", "worker", "--config", str(toml)]
-    service = Service(name, in_netns(netns, argv) if netns else argv, tmp / f"{name}.log")
+    return Service(name, in_netns(netns, argv) if netns else argv, tmp / f"{name}.log"), port
+
+
+def start_worker(tmp: Path, model_dir: Path, k: int, **kwargs) -> tuple[Service, int]:
+    service, port = spawn_worker(tmp, model_dir, k, **kwargs)
     service.wait_for(r"worker ready")
     return service, port
 
 
-def start_master(tmp: Path, model_dir: Path, k: int, worker_port: int, *,
+def spawn_master(tmp: Path, model_dir: Path, k: int, worker_port: int, *,
                  name: str = "master", env: dict | None = None, netns: str | None = None,
-                 **fields) -> tuple[Service, str]:
+                 **fields) -> Service:
+    """A `duet master` process, not yet waited for (see master_url)."""
     config = dict(model_dir=str(model_dir), head_layer_end=k, port=0, dtype="float32",
                   worker_address=f"127.0.0.1:{worker_port}", kv_cache_bytes=64 * 2**20,
                   **fields)
     toml = tmp / f"{name}.toml"
     toml.write_text(toml_text(config))
     argv = [sys.executable, "-m", "duet.cli", "master", "--config", str(toml)]
-    service = Service(name, in_netns(netns, argv) if netns else argv, tmp / f"{name}.log",
-                      env=env)
-    url = service.wait_for(r"duet master: serving (http://\S+)").group(1)
-    return service, url
+    return Service(name, in_netns(netns, argv) if netns else argv, tmp / f"{name}.log",
+                   env=env)
+
+
+def master_url(service: Service) -> str:
+    """The URL a master serves on, once its log says so."""
+    return service.wait_for(r"duet master: serving (http://\S+)").group(1)
+
+
+def start_master(tmp: Path, model_dir: Path, k: int, worker_port: int,
+                 **kwargs) -> tuple[Service, str]:
+    service = spawn_master(tmp, model_dir, k, worker_port, **kwargs)
+    return service, master_url(service)
+
+
+class E2EStack:
+    """A worker (local executor) and the APIs in front of it, for one test module. A test
+    that restarts the worker or starts another API does it here, so the teardown stops
+    whatever runs by then."""
+
+    def __init__(self, tmp: Path, model: Path, split: int, **worker_fields):
+        self.tmp, self.model, self.split = tmp, model, split
+        self.services: list[Service] = []  # the APIs, stopped before the worker
+        self.worker, self.port = spawn_worker(tmp, model, split, **worker_fields)
+        self.url = self.standby_url = ""
+
+    def restart_worker(self, name: str, **fields) -> None:
+        """A new worker on the same port (after the test stopped or killed the old one)."""
+        self.worker, _ = start_worker(self.tmp, self.model, self.split, port=self.port,
+                                      name=name, **fields)
+
+    def spawn_api(self, name: str, split: int | None = None, **fields) -> Service:
+        # An API started with its worker waits for it by itself: retry quickly.
+        fields.setdefault("reconnect_max_s", 0.5)
+        service = spawn_master(self.tmp, self.model, split or self.split, self.port,
+                               name=name, **fields)
+        self.services.append(service)
+        return service
+
+    def start_api(self, name: str, split: int | None = None, **fields) -> tuple[Service, str]:
+        """Another API on the same worker, serving (the test may stop it earlier)."""
+        service = self.spawn_api(name, split, **fields)
+        return service, master_url(service)
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            service.stop()
+        self.worker.stop()
+
+
+@contextlib.contextmanager
+def e2e_stack(tmp: Path, model: Path, split: int, *, worker: dict | None = None,
+              standby: dict | None = None, **master_fields) -> Iterator[E2EStack]:
+    """A worker, a ready master (`.master`, `.url`) and, given `standby` (its fields), a
+    standby API on the same worker (`.standby_url`); all start at once (each is a torch
+    import and a model load) and are stopped afterwards."""
+    stack = E2EStack(tmp, model, split, **(worker or {}))
+    try:
+        stack.master = stack.spawn_api("master", **master_fields)
+        other = None if standby is None else stack.spawn_api("standby", role="standby",
+                                                             **standby)
+        stack.worker.wait_for(r"worker ready")
+        stack.url = master_url(stack.master)
+        stack.standby_url = master_url(other) if other is not None else ""
+        wait_ready(stack.url)
+        yield stack
+    finally:
+        stack.stop()
 
 
 @contextlib.contextmanager
 def live_pipeline(tmp: Path, model_dir: Path, k: int, **master_fields) -> Iterator[str]:
     """A worker (local executor) and a ready master in front of it; yields the master's URL
     and stops both afterwards."""
-    worker, worker_port = start_worker(tmp, model_dir, k)
-    try:
-        master, url = start_master(tmp, model_dir, k, worker_port, **master_fields)
-    except Exception:
-        worker.stop()
-        raise
-    try:
-        wait_ready(url)
-        yield url
-    finally:
-        master.stop()
-        worker.stop()
+    with e2e_stack(tmp, model_dir, k, **master_fields) as stack:
+        yield stack.url
 
 
 def wait_ready(url: str, timeout_s: float = 60.0) -> None:
@@ -166,69 +223,6 @@ def wait_kv_free(url: str, worker_port: int, timeout_s: float = 30.0) -> None:
             return
         assert time.monotonic() < deadline, f"KV still held: {stats}, worker {worker}"
         time.sleep(0.1)
-
-
-class Reference:
-    """The engine in-process over all layers: the greedy tokens the API must reproduce."""
-
-    def __init__(self, model_dir: Path, stop_ids: tuple[int, ...]):
-        layers = json_layers(model_dir)
-        self.stage = Stage.load(str(model_dir), 0, layers, dtype="float32",
-                                kv_cache_bytes=16 * 2**20)
-        self.stop_ids = set(stop_ids)
-        self._count = 0
-
-    def greedy(self, prompt: list[int], max_tokens: int) -> list[int]:
-        """Up to max_tokens greedy ids; ends after a stop id (which is included)."""
-        self._count += 1
-        seq, out, pos, inputs = f"ref{self._count}", [], 0, list(prompt)
-        try:
-            while len(out) < max_tokens:
-                batch = StepBatch((SeqChunk(seq, pos, len(inputs)),))
-                hidden = self.stage.forward(batch, torch.tensor(inputs))  # [T, H]
-                token = int(self.stage.compute_logits(hidden[-1:]).argmax(-1))
-                out.append(token)
-                pos, inputs = pos + len(inputs), [token]
-                if token in self.stop_ids:
-                    break
-        finally:
-            self.stage.release(seq)
-        return out
-
-
-def json_layers(model_dir: Path) -> int:
-    import json
-
-    return json.loads((model_dir / "config.json").read_text())["num_hidden_layers"]
-
-
-def netns_request(netns: str, method: str, url: str, body: dict | None = None,
-                  headers: dict | None = None, timeout_s: float = 30.0) -> tuple[int, dict]:
-    """One HTTP request made from inside a network namespace: (status, JSON body or {})."""
-    import http.client
-    import json
-    from urllib.parse import urlsplit
-
-    from vrrp.netns import socket_in_netns
-
-    parts = urlsplit(url)
-    sock = socket_in_netns(netns, socket.AF_INET, socket.SOCK_STREAM)
-    sock.settimeout(timeout_s)
-    sock.connect((parts.hostname, parts.port))
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
-    conn.sock = sock
-    try:
-        payload = json.dumps(body).encode() if body is not None else None
-        conn.request(method, parts.path, body=payload,
-                     headers={"content-type": "application/json", **(headers or {})})
-        resp = conn.getresponse()
-        text = resp.read()
-    finally:
-        conn.close()
-    try:
-        return resp.status, json.loads(text)
-    except ValueError:
-        return resp.status, {}
 
 
 def in_netns(netns: str, argv: list[str]) -> list[str]:

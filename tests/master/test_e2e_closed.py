@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import grpc
@@ -17,8 +16,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from e2e_harness import free_port, start_master, start_worker, toml_text, wait_ready
-from engine.tiny_model import write_tiny_model
+from e2e_harness import e2e_stack, toml_text, wait_ready
 from proto import pipeline_pb2 as pb
 from proto import pipeline_pb2_grpc as pb_grpc
 
@@ -28,21 +26,11 @@ WORKER_KV_BYTES = 2 << 20  # 4,096 token slots at 512 B per token (2 fp32 layers
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("e2e_closed")
-    model = write_tiny_model("qwen2", tmp / "tiny-qwen2", num_layers=4)
-    services = []
-    try:
-        worker, port = start_worker(tmp, model, SPLIT, kv_cache_bytes=WORKER_KV_BYTES)
-        services.append(worker)
-        master, url = start_master(tmp, model, SPLIT, port, api_keys={"alice": USER},
-                                   admin_keys={"ops": ADMIN}, admin_from_loopback=False)
-        services.append(master)
-        wait_ready(url)
-        yield SimpleNamespace(model=model, port=port, url=url, master=master)
-    finally:
-        for service in reversed(services):
-            service.stop()
+def stack(tmp_path_factory, tiny_qwen2):
+    with e2e_stack(tmp_path_factory.mktemp("e2e_closed"), tiny_qwen2, SPLIT,
+                   worker=dict(kv_cache_bytes=WORKER_KV_BYTES), api_keys={"alice": USER},
+                   admin_keys={"ops": ADMIN}, admin_from_loopback=False) as stack:
+        yield stack
 
 
 def complete(stack, prompt: str, max_tokens: int = 8):

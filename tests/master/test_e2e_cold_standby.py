@@ -4,8 +4,7 @@ import time
 
 import httpx
 
-from e2e_harness import start_master, start_worker
-from engine.tiny_model import write_tiny_model
+from e2e_harness import E2EStack, master_url
 
 
 def completion(url: str) -> httpx.Response:
@@ -13,14 +12,12 @@ def completion(url: str) -> httpx.Response:
                       json={"model": "tiny-qwen2", "prompt": "Cold", "max_tokens": 3})
 
 
-def test_cold_standby_loads_on_activation_and_says_so(tmp_path):
-    model = write_tiny_model("qwen2", tmp_path / "tiny-qwen2", num_layers=4)
-    worker, port = start_worker(tmp_path, model, 2)
-    services = [worker]
+def test_cold_standby_loads_on_activation_and_says_so(tmp_path, tiny_qwen2):
+    stack = E2EStack(tmp_path, tiny_qwen2, 2)
     try:
-        standby, url = start_master(tmp_path, model, 2, port, name="standby", role="standby",
-                                    standby_mode="cold")
-        services.append(standby)
+        standby = stack.spawn_api("standby", role="standby", standby_mode="cold")
+        stack.worker.wait_for(r"worker ready")
+        url = master_url(standby)
         ready = httpx.get(f"{url}/ready")
         assert ready.status_code == 200 and "head not loaded" in ready.json()["reason"]
         assert httpx.get(f"{url}/admin/stats").json()["head_loaded"] is False
@@ -47,5 +44,4 @@ def test_cold_standby_loads_on_activation_and_says_so(tmp_path):
         assert httpx.post(f"{url}/admin/activate").json()["ready"] is True  # still loaded
         assert completion(url).status_code == 200
     finally:
-        for service in reversed(services):
-            service.stop()
+        stack.stop()

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from e2e_harness import netns_request, start_master
-from engine.tiny_model import write_tiny_model
+from e2e_harness import start_master
+from e2e_netns import netns_request
 
 ADDRESS = "10.98.0.1"
 
@@ -33,8 +33,9 @@ def netns():
         subprocess.run(["ip", "netns", "del", name], stderr=subprocess.DEVNULL)
 
 
-def test_no_keys_beyond_loopback_warns_and_forged_forwarded_for_is_refused(tmp_path, netns):
-    model = write_tiny_model("qwen2", tmp_path / "tiny-qwen2", num_layers=4)
+def test_no_keys_beyond_loopback_warns_and_forged_forwarded_for_is_refused(
+        tmp_path, tiny_qwen2, netns):
+    model = tiny_qwen2
     # no worker: the admin switch and stats work without one
     master, url = start_master(tmp_path, model, 2, 1, host="0.0.0.0", netns=netns,
                                env={"FORWARDED_ALLOW_IPS": "*"})

@@ -2,43 +2,26 @@
 import signal
 import threading
 import time
-from types import SimpleNamespace
 
 import httpx
 import openai
 import pytest
 
-from e2e_harness import Reference, start_master, start_worker, wait_not_ready, wait_ready
-from engine.tiny_model import write_tiny_model
+from e2e_harness import e2e_stack, wait_not_ready, wait_ready
+from e2e_reference import Reference
 from master.bundle import ModelBundle
 
 SPLIT = 2
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("e2e_failover")
-    model = write_tiny_model("qwen2", tmp / "tiny-qwen2", num_layers=4)
-    services = []
-    try:
-        worker, port = start_worker(tmp, model, SPLIT)
-        services.append(worker)
-        master, url = start_master(tmp, model, SPLIT, port, reconnect_max_s=0.5,
-                                   recovery_budget_s=0)  # fail at once: what is tested here
-        services.append(master)
-        standby, standby_url = start_master(tmp, model, SPLIT, port, name="standby",
-                                            role="standby")
-        services.append(standby)
-        wait_ready(url)
-        bundle = ModelBundle.load(model)
-        state = SimpleNamespace(tmp=tmp, model=model, port=port, url=url, worker=worker,
-                                standby_url=standby_url, tok=bundle.tokenizer,
-                                ref=Reference(model, bundle.stop_token_ids))
-        yield state
-        services[0] = state.worker  # the test may have restarted it
-    finally:
-        for service in reversed(services):
-            service.stop()
+def stack(tmp_path_factory, tiny_qwen2):
+    with e2e_stack(tmp_path_factory.mktemp("e2e_failover"), tiny_qwen2, SPLIT, standby={},
+                   reconnect_max_s=0.5,
+                   recovery_budget_s=0) as stack:  # fail at once: what is tested here
+        bundle = ModelBundle.load(tiny_qwen2)
+        stack.tok, stack.ref = bundle.tokenizer, Reference(tiny_qwen2, bundle.stop_token_ids)
+        yield stack
 
 
 def client(url: str) -> openai.OpenAI:
@@ -80,8 +63,7 @@ def test_worker_gone_fails_fast_with_503_then_the_master_reconnects(stack):
     ready = httpx.get(f"{stack.url}/ready")
     assert ready.status_code == 503 and "worker" in ready.json()["reason"]
 
-    stack.worker, _ = start_worker(stack.tmp, stack.model, SPLIT, port=stack.port,
-                                   name="worker-again")
+    stack.restart_worker("worker-again")
     wait_ready(stack.url)
     r = client(stack.url).completions.create(model=stack.model.name, prompt="Hello again",
                                              max_tokens=6, temperature=0)
@@ -89,7 +71,7 @@ def test_worker_gone_fails_fast_with_503_then_the_master_reconnects(stack):
 
 
 def test_mismatched_split_is_refused_with_the_reason(stack):
-    master, url = start_master(stack.tmp, stack.model, SPLIT + 1, stack.port, name="wrong")
+    master, url = stack.start_api("wrong", split=SPLIT + 1)
     try:
         assert "split_layer: expected 3, got 2" in wait_not_ready(url, "split_layer")
         with pytest.raises(openai.APIStatusError) as e:

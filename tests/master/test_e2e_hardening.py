@@ -13,7 +13,6 @@ import httpx
 import pytest
 
 from e2e_harness import live_pipeline
-from engine.tiny_model import write_tiny_model
 
 SPLIT = 2
 MAX_OUTPUT_TOKENS = 48
@@ -21,10 +20,9 @@ BODY_LIMIT_BYTES = 12 * 2**20
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(tmp_path_factory, tiny_qwen2):
     tmp = tmp_path_factory.mktemp("e2e_hardening")
-    model = write_tiny_model("qwen2", tmp / "tiny-qwen2", num_layers=4)
-    with live_pipeline(tmp, model, SPLIT, max_output_tokens=MAX_OUTPUT_TOKENS,
+    with live_pipeline(tmp, tiny_qwen2, SPLIT, max_output_tokens=MAX_OUTPUT_TOKENS,
                        max_request_body_bytes=BODY_LIMIT_BYTES) as url:
         yield SimpleNamespace(url=url)
 

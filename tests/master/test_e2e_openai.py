@@ -4,15 +4,13 @@ One tiny qwen2 checkpoint, one worker process, one master process for the module
 reference is the engine in-process over all layers.
 """
 import asyncio
-from types import SimpleNamespace
 
 import httpx
 import openai
 import pytest
 
-from e2e_harness import (Reference, start_master, start_worker, wait_kv_free, wait_ready,
-                         worker_kv_used_tokens, master_stats)
-from engine.tiny_model import write_tiny_model
+from e2e_harness import e2e_stack, master_stats, wait_kv_free, worker_kv_used_tokens
+from e2e_reference import Reference
 from master.bundle import ModelBundle
 
 KEY = "sk-e2e-test"
@@ -20,25 +18,13 @@ SPLIT = 2
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("e2e_openai")
-    model = write_tiny_model("qwen2", tmp / "tiny-qwen2", num_layers=4)
-    worker, worker_port = start_worker(tmp, model, SPLIT)
-    try:
-        master, url = start_master(tmp, model, SPLIT, worker_port, max_num_seqs=16,
-                                   max_waiting=20, env={"DUET_API_KEYS": f"tests:{KEY}"})
-    except Exception:
-        worker.stop()
-        raise
-    try:
-        wait_ready(url)
-        bundle = ModelBundle.load(model)
-        yield SimpleNamespace(url=url, worker_port=worker_port, model=model, bundle=bundle,
-                              tok=bundle.tokenizer, name=model.name,
-                              ref=Reference(model, bundle.stop_token_ids))
-    finally:
-        master.stop()
-        worker.stop()
+def stack(tmp_path_factory, tiny_qwen2):
+    with e2e_stack(tmp_path_factory.mktemp("e2e_openai"), tiny_qwen2, SPLIT, max_num_seqs=16,
+                   max_waiting=20, env={"DUET_API_KEYS": f"tests:{KEY}"}) as stack:
+        stack.bundle = ModelBundle.load(tiny_qwen2)
+        stack.tok, stack.name = stack.bundle.tokenizer, tiny_qwen2.name
+        stack.ref = Reference(tiny_qwen2, stack.bundle.stop_token_ids)
+        yield stack
 
 
 def sync_client(stack, key=KEY) -> openai.OpenAI:
@@ -147,7 +133,7 @@ async def test_32_concurrent_streams_complete_correctly_then_kv_is_free(stack):
 
     outputs = await asyncio.gather(*(one(i) for i in range(32)))
     assert outputs == [refs[i % 4] for i in range(32)]
-    await asyncio.to_thread(wait_kv_free, stack.url, stack.worker_port)
+    await asyncio.to_thread(wait_kv_free, stack.url, stack.port)
 
 
 async def test_client_disconnect_frees_kv_on_both_stages(stack):
@@ -163,9 +149,9 @@ async def test_client_disconnect_frees_kv_on_both_stages(stack):
                 pass
             stats = await asyncio.to_thread(master_stats, stack.url)
             assert stats["head_kv_used_tokens"] > 0
-            assert await asyncio.to_thread(worker_kv_used_tokens, stack.worker_port) > 0
+            assert await asyncio.to_thread(worker_kv_used_tokens, stack.port) > 0
         # leaving the block closes the connection mid-stream
-    await asyncio.to_thread(wait_kv_free, stack.url, stack.worker_port, 10.0)
+    await asyncio.to_thread(wait_kv_free, stack.url, stack.port, 10.0)
 
 
 def test_errors_have_openai_shape(stack):
@@ -193,4 +179,4 @@ async def test_full_queue_answers_429_with_retry_after(stack):
     rejected = next(r for r in replies if r.status_code == 429)
     assert int(rejected.headers["retry-after"]) >= 1
     assert rejected.json()["error"]["type"] == "rate_limit_error"
-    await asyncio.to_thread(wait_kv_free, stack.url, stack.worker_port)
+    await asyncio.to_thread(wait_kv_free, stack.url, stack.port)

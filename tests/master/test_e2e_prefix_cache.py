@@ -1,15 +1,13 @@
 """Automatic prefix caching through live processes: a master and a worker (local executor),
 real gRPC, the openai SDK. The greedy reference is the engine in-process, without caching."""
 import re
-from types import SimpleNamespace
 
 import httpx
 import openai
 import pytest
 
-from e2e_harness import (Reference, master_stats, start_master, start_worker, wait_kv_free,
-                         wait_ready)
-from engine.tiny_model import write_tiny_model
+from e2e_harness import e2e_stack, master_stats, wait_kv_free, wait_ready
+from e2e_reference import Reference
 from master.bundle import ModelBundle
 
 SPLIT = 2
@@ -18,24 +16,12 @@ SYSTEM = ("You are a careful assistant. Answer in one short sentence, cite no so
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("e2e_prefix")
-    model = write_tiny_model("qwen2", tmp / "tiny-qwen2", num_layers=4)
-    worker, port = start_worker(tmp, model, SPLIT)
-    try:
-        master, url = start_master(tmp, model, SPLIT, port, reconnect_max_s=0.2)
-    except Exception:
-        worker.stop()
-        raise
-    bundle = ModelBundle.load(model)
-    state = SimpleNamespace(url=url, worker_port=port, worker=worker, tmp=tmp, model=model,
-                            tok=bundle.tokenizer, ref=Reference(model, bundle.stop_token_ids))
-    try:
-        wait_ready(url)
-        yield state
-    finally:
-        master.stop()
-        state.worker.stop()
+def stack(tmp_path_factory, tiny_qwen2):
+    with e2e_stack(tmp_path_factory.mktemp("e2e_prefix"), tiny_qwen2, SPLIT,
+                   reconnect_max_s=0.2) as stack:
+        bundle = ModelBundle.load(tiny_qwen2)
+        stack.tok, stack.ref = bundle.tokenizer, Reference(tiny_qwen2, bundle.stop_token_ids)
+        yield stack
 
 
 def complete(stack, prompt: list[int]) -> list[int]:
@@ -68,7 +54,7 @@ def test_shared_prefixes_give_the_uncached_greedy_tokens_and_free_their_blocks(s
     assert queries - queries0 == sum(len(p) for p in prompts)
     shared = len(stack.tok.encode(SYSTEM)) // 16 * 16
     assert hits - hits0 >= 2 * shared - 32  # the later two reuse the system prompt's blocks
-    wait_kv_free(stack.url, stack.worker_port)  # kept blocks are idle, not held
+    wait_kv_free(stack.url, stack.port)  # kept blocks are idle, not held
     assert master_stats(stack.url)["head_kv_cached_tokens"] >= shared
 
 
@@ -76,8 +62,7 @@ def test_a_restarted_worker_starts_from_an_empty_cache(stack):
     prompt = stack.tok.encode(SYSTEM + "Where is Paris?")
     assert complete(stack, prompt) == expected(stack, prompt)
     stack.worker.stop()
-    stack.worker, _ = start_worker(stack.tmp, stack.model, SPLIT, port=stack.worker_port,
-                                   name="worker2")
+    stack.restart_worker("worker2")
     wait_ready(stack.url)
     assert master_stats(stack.url)["prefix_cached_blocks"] == 0
     _, hits0 = counters(stack)
@@ -86,4 +71,4 @@ def test_a_restarted_worker_starts_from_an_empty_cache(stack):
     assert complete(stack, prompt) == expected(stack, prompt)
     _, hits2 = counters(stack)
     assert hits1 == hits0 and hits2 > hits1
-    wait_kv_free(stack.url, stack.worker_port)
+    wait_kv_free(stack.url, stack.port)

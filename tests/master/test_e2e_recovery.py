@@ -5,14 +5,12 @@ import re
 import signal
 import threading
 import time
-from types import SimpleNamespace
 
 import httpx
 import openai
 import pytest
 
-from e2e_harness import start_master, start_worker, wait_kv_free, wait_not_ready, wait_ready
-from engine.tiny_model import write_tiny_model
+from e2e_harness import e2e_stack, wait_kv_free, wait_not_ready, wait_ready
 
 SPLIT = 2
 STREAMS = 16
@@ -23,23 +21,10 @@ PREAMBLE = "Once upon a time, in a land of rivers and hills, there lived many st
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("e2e_recovery")
-    model = write_tiny_model("qwen2", tmp / "tiny-qwen2", num_layers=4)
-    services = []
-    try:
-        worker, port = start_worker(tmp, model, SPLIT)
-        services.append(worker)
-        master, url = start_master(tmp, model, SPLIT, port, reconnect_max_s=0.5,
-                                   recovery_budget_s=120.0)
-        services.append(master)
-        wait_ready(url)
-        state = SimpleNamespace(tmp=tmp, model=model, port=port, url=url, worker=worker)
-        yield state
-        services[0] = state.worker  # the tests restart it
-    finally:
-        for service in reversed(services):
-            service.stop()
+def stack(tmp_path_factory, tiny_qwen2):
+    with e2e_stack(tmp_path_factory.mktemp("e2e_recovery"), tiny_qwen2, SPLIT,
+                   reconnect_max_s=0.5, recovery_budget_s=120.0) as stack:
+        yield stack
 
 
 def request_args(i: int) -> dict:
@@ -112,8 +97,7 @@ def test_worker_sigkill_during_16_streams_loses_nothing(stack, uninterrupted):
     stack.worker.stop(signal.SIGKILL)
     under_way = sum(not f for f in streams.finished)
     assert under_way >= STREAMS // 2, f"only {under_way} streams were running at the kill"
-    stack.worker, _ = start_worker(stack.tmp, stack.model, SPLIT, port=stack.port,
-                                   name="worker-restarted")
+    stack.restart_worker("worker-restarted")
     assert streams.join() == uninterrupted
     wait_kv_free(stack.url, stack.port)
 
@@ -122,14 +106,12 @@ def test_worker_sigterm_hands_its_streams_to_the_next_worker(stack, uninterrupte
     streams = Streams(stack.url, stack.model.name, count=4)
     streams.wait_under_way(min_chunks=3)
     assert stack.worker.stop(signal.SIGTERM) == 0
-    stack.worker, _ = start_worker(stack.tmp, stack.model, SPLIT, port=stack.port,
-                                   name="worker-after-sigterm")
+    stack.restart_worker("worker-after-sigterm")
     assert streams.join() == uninterrupted[:4]
 
 
 def test_master_sigterm_drains_running_streams_and_refuses_new_ones(stack, uninterrupted):
-    master, url = start_master(stack.tmp, stack.model, SPLIT, stack.port, name="drained",
-                               drain_timeout_s=120.0)
+    master, url = stack.start_api("drained", drain_timeout_s=120.0)
     wait_ready(url)
     streams = Streams(url, stack.model.name, count=4)
     streams.wait_under_way(min_chunks=2)
@@ -143,8 +125,7 @@ def test_master_sigterm_drains_running_streams_and_refuses_new_ones(stack, unint
 
 
 def test_recovery_budget_expiry_fails_streams_and_answers_503(stack):
-    master, url = start_master(stack.tmp, stack.model, SPLIT, stack.port, name="short-budget",
-                               reconnect_max_s=0.5, recovery_budget_s=2.0)
+    master, url = stack.start_api("short-budget", reconnect_max_s=0.5, recovery_budget_s=2.0)
     try:
         wait_ready(url)
         streams = Streams(url, stack.model.name)
@@ -163,5 +144,4 @@ def test_recovery_budget_expiry_fails_streams_and_answers_503(stack):
         assert r.json()["error"]["code"] == "pipeline_unavailable"
     finally:
         master.stop()
-        stack.worker, _ = start_worker(stack.tmp, stack.model, SPLIT, port=stack.port,
-                                       name="worker-third")
+        stack.restart_worker("worker-third")

@@ -15,7 +15,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from e2e_harness import Reference, Service
+from e2e_harness import Service
+from e2e_reference import Reference
 from master.bundle import ModelBundle
 
 pytestmark = pytest.mark.triton

@@ -4,38 +4,24 @@ and validates, because the worker masks every token with the request's grammar."
 import asyncio
 import json
 import re
-from types import SimpleNamespace
 
 import jsonschema
 import openai
 import pytest
 
-from e2e_harness import start_master, start_worker, wait_kv_free, wait_ready
-from engine.tiny_model import write_tiny_model
+from e2e_harness import e2e_stack, wait_kv_free
 from structured_schemas import MAX_TOKENS, random_schema
 from worker.triton_repo import TritonInstall, TritonNotInstalled
 
 SPLIT = 2
 
 
-def _stack(tmp, executor: str):
-    model = write_tiny_model("qwen2", tmp / "tiny-qwen2", num_layers=4)
-    worker, worker_port = start_worker(tmp, model, SPLIT, executor=executor)
-    try:
-        master, url = start_master(tmp, model, SPLIT, worker_port, max_num_seqs=16)
-    except Exception:
-        worker.stop()
-        raise
-    wait_ready(url)
-    return SimpleNamespace(url=url, worker_port=worker_port, name=model.name,
-                           stop=lambda: (master.stop(), worker.stop()))
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    s = _stack(tmp_path_factory.mktemp("e2e_structured"), "local")
-    yield s
-    s.stop()
+def stack(tmp_path_factory, tiny_qwen2):
+    with e2e_stack(tmp_path_factory.mktemp("e2e_structured"), tiny_qwen2, SPLIT,
+                   max_num_seqs=16) as stack:
+        stack.name = tiny_qwen2.name
+        yield stack
 
 
 def client(stack, cls=openai.OpenAI):
@@ -63,7 +49,7 @@ def _assert_valid(responses, schemas):
 def test_fifty_random_json_schemas_always_parse_and_validate(stack):
     schemas = [random_schema(seed) for seed in range(50)]
     _assert_valid(asyncio.run(_json_schema_outputs(stack, schemas)), schemas)
-    wait_kv_free(stack.url, stack.worker_port)
+    wait_kv_free(stack.url, stack.port)
 
 
 def test_json_object_streams_one_json_object(stack):
@@ -113,14 +99,13 @@ def test_a_constraint_that_cannot_compile_is_a_400_naming_it(stack, body, param,
 
 
 @pytest.mark.triton
-def test_json_schemas_on_the_triton_executor(tmp_path):
+def test_json_schemas_on_the_triton_executor(tmp_path, tiny_qwen2):
     try:
         TritonInstall.find()
     except TritonNotInstalled as e:
         pytest.skip(f"tritonserver is not installed: {e}")
-    s = _stack(tmp_path, "triton")
-    try:
+    with e2e_stack(tmp_path, tiny_qwen2, SPLIT, worker=dict(executor="triton"),
+                   max_num_seqs=16) as s:
+        s.name = tiny_qwen2.name
         schemas = [random_schema(seed) for seed in range(100, 106)]
         _assert_valid(asyncio.run(_json_schema_outputs(s, schemas)), schemas)
-    finally:
-        s.stop()

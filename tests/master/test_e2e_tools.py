@@ -11,7 +11,8 @@ import jsonschema
 import openai
 import pytest
 
-from e2e_harness import Reference, live_pipeline
+from e2e_harness import live_pipeline
+from e2e_reference import Reference
 from engine.tiny_model import write_tiny_model
 from master.bundle import ModelBundle
 from test_http_tools import ASK, FOLLOW_UP, TOOLS

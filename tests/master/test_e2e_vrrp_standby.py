@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from e2e_harness import netns_request, start_master, start_worker
-from engine.tiny_model import write_tiny_model
+from e2e_harness import start_master, start_worker
+from e2e_netns import netns_request
 
 SPLIT = 2
 
@@ -37,8 +37,9 @@ def wait_status(ns: str, url: str, body: dict, want: int, timeout_s: float = 60)
         time.sleep(0.1)
 
 
-def test_vrrp_master_event_activates_the_standby_and_backup_deactivates_it(tmp_path, lab):
-    model = write_tiny_model("qwen2", tmp_path / "tiny-qwen2", num_layers=4)
+def test_vrrp_master_event_activates_the_standby_and_backup_deactivates_it(
+        tmp_path, tiny_qwen2, lab):
+    model = tiny_qwen2
     host_b = lab.ns("b")
     services = []
     try:

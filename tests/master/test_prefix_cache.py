@@ -75,12 +75,12 @@ def test_kept_blocks_count_once_and_are_evicted_to_admit_new_work():
     s = scheduler(capacity=24)  # 6 blocks
     a = seq("a", list(range(1, 13)), max_tokens=4)  # 16 tokens worst case: 4 blocks
     run_to_end(s, a)
-    assert s.prefix.num_blocks == 3 and s.kv_reserved_tokens == 0
+    assert s.kv.prefix.num_blocks == 3 and s.kv.reserved_tokens == 0
     b = seq("b", list(range(100, 113)), max_tokens=7)  # 20 tokens: 5 blocks, shares nothing
     s.add(b)
     step = s.schedule()
     assert [i.seq for i in step.seqs] == [b]
-    assert len(step.evict) == 2 and s.prefix.num_blocks == 1  # 5 + 1 kept = 6 blocks
+    assert len(step.evict) == 2 and s.kv.prefix.num_blocks == 1  # 5 + 1 kept = 6 blocks
     assert step.evict == [a.block_hashes[2], a.block_hashes[1]]  # the prefix's tail first
 
 
@@ -88,10 +88,10 @@ def test_caching_off_keeps_nothing_and_a_reconnect_forgets_everything():
     off = scheduler(enable_prefix_caching=False)
     a = seq("a", list(range(1, 13)))
     steps = run_to_end(off, a)
-    assert off.prefix is None and not any(st.cache_blocks for st in steps)
+    assert off.kv.prefix is None and not any(st.cache_blocks for st in steps)
     s = scheduler()
     run_to_end(s, seq("a", list(range(1, 13))))
-    assert s.prefix.num_blocks == 3
+    assert s.kv.prefix.num_blocks == 3
     s.fail_all(PipelineUnavailable("worker gone"))
     s.set_limits(1000)  # the next handshake
     b = seq("b", list(range(1, 13)))

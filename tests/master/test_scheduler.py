@@ -100,7 +100,7 @@ def test_admission_waits_for_kv_capacity_and_resumes_when_freed():
     batch = s.schedule()
     assert [r.seq_id for r in batch.release] == ["first"]
     assert [c.seq_id for c in batch.chunks] == ["second"]
-    assert s.kv_reserved_tokens == 48
+    assert s.kv.reserved_tokens == 48
 
 
 def test_queue_bound_raises_queue_full_and_oversized_request_fails():
@@ -124,7 +124,7 @@ def test_cancelled_sequence_is_released_with_the_next_batch_even_alone():
     s.finish(seq, "cancelled")
     batch = s.schedule()  # nothing else to run: a release-only step
     assert batch.seqs == [] and [r.seq_id for r in batch.release] == ["a"]
-    assert s.kv_reserved_tokens == 0 and s.schedule() is None
+    assert s.kv.reserved_tokens == 0 and s.schedule() is None
 
 
 def test_cancelling_a_waiting_sequence_releases_nothing():

@@ -76,13 +76,13 @@ def test_a_rebuilt_sequence_claims_no_kept_block_and_its_kv_balances_to_zero():
     s.finish(other, "cancelled")  # a reader left while the worker was away
     s.set_limits(1000)  # the next handshake: an empty prefix cache
     # 12 prompt + 6 output tokens, all its own again: 5 blocks of 4
-    assert s.kv_reserved_tokens == 20 and s.prefix.num_blocks == 0
+    assert s.kv.reserved_tokens == 20 and s.kv.prefix.num_blocks == 0
     step = s.schedule()
     (item,) = step.seqs
     assert (item.chunk.start_pos, item.chunk.num_tokens, item.sends_params) == (0, 13, True)
     assert again.cached_prefix == [] and not step.evict
     answer_all(s, again, step)
-    assert s.kv_reserved_tokens == 0 and s.prefix.num_blocks == s.prefix.num_idle == 4
+    assert s.kv.reserved_tokens == 0 and s.kv.prefix.num_blocks == s.kv.prefix.num_idle == 4
 
 
 def seq(name, prompt, max_tokens=2):

@@ -1,20 +1,18 @@
-"""OpenAI request and response shapes (chat, completions, models, errors); no serving logic."""
+"""OpenAI request shapes (chat, completions) and their field-level validation; no serving
+logic. Replies are in master/openai_responses.py."""
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, model_serializer,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
+from master.request_fields import refuse_unknown
 from proto.convert import FLOAT32_MAX, INT32_MAX
 
 # Bounds here are what pipeline.proto carries (int32 counts and ids, finite floats); bounds
 # that depend on the model (vocabulary, context, max_output_tokens) are checked in serving.py.
 TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
 Count = Annotated[int, Field(ge=1, le=INT32_MAX)]
-
-from master.request_fields import refuse_unknown
 
 
 class _Request(BaseModel):
@@ -132,163 +130,3 @@ class CompletionRequest(_SamplingFields):
         if isinstance(self.prompt, list) and not self.prompt:
             raise ValueError("prompt must not be empty")
         return self
-
-
-# --- responses ------------------------------------------------------------------------------
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class TopLogprob(BaseModel):
-    token: str
-    logprob: float
-    bytes: list[int]
-
-
-class TokenLogprobEntry(TopLogprob):
-    top_logprobs: list[TopLogprob] = []
-
-
-class ChatLogprobs(BaseModel):
-    content: list[TokenLogprobEntry]
-
-
-class CompletionLogprobs(BaseModel):
-    tokens: list[str] = []
-    token_logprobs: list[float] = []
-    top_logprobs: list[dict[str, float]] | None = None
-    text_offset: list[int] = []
-
-
-def _drop_none(handler, obj, keys: tuple[str, ...]) -> dict:
-    data = handler(obj)
-    return {k: v for k, v in data.items() if v is not None or k not in keys}
-
-
-class FunctionCall(BaseModel):
-    name: str
-    arguments: str  # a JSON object, as text
-
-
-class ToolCall(BaseModel):
-    id: str
-    type: Literal["function"] = "function"
-    function: FunctionCall
-
-
-class DeltaFunctionCall(BaseModel):
-    name: str | None = None
-    arguments: str = ""
-
-    @model_serializer(mode="wrap")
-    def _ser(self, handler):
-        return _drop_none(handler, self, ("name",))
-
-
-class DeltaToolCall(BaseModel):
-    """A call's first delta has id, type and name; later ones only add arguments."""
-
-    index: int
-    id: str | None = None
-    type: Literal["function"] | None = None
-    function: DeltaFunctionCall
-
-    @model_serializer(mode="wrap")
-    def _ser(self, handler):
-        return _drop_none(handler, self, ("id", "type"))
-
-
-class AssistantMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str | None = None
-    reasoning_content: str | None = None
-    tool_calls: list[ToolCall] | None = None
-
-    @model_serializer(mode="wrap")
-    def _ser(self, handler):
-        return _drop_none(handler, self, ("reasoning_content", "tool_calls"))
-
-
-class DeltaMessage(BaseModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-    reasoning_content: str | None = None
-    tool_calls: list[DeltaToolCall] | None = None
-
-    @model_serializer(mode="wrap")
-    def _ser(self, handler):
-        return _drop_none(handler, self, ("role", "content", "reasoning_content", "tool_calls"))
-
-
-FinishReason = Literal["stop", "length", "tool_calls"] | None
-
-
-class ChatChoice(BaseModel):
-    index: int
-    message: AssistantMessage
-    logprobs: ChatLogprobs | None = None
-    finish_reason: FinishReason = None
-
-
-class ChatChunkChoice(BaseModel):
-    index: int
-    delta: DeltaMessage
-    logprobs: ChatLogprobs | None = None
-    finish_reason: FinishReason = None
-
-
-class CompletionChoice(BaseModel):
-    index: int
-    text: str
-    logprobs: CompletionLogprobs | None = None
-    finish_reason: FinishReason = None
-
-
-class _Response(BaseModel):
-    id: str
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
-
-
-class ChatCompletionResponse(_Response):
-    object: Literal["chat.completion"] = "chat.completion"
-    choices: list[ChatChoice]
-    usage: Usage
-
-
-class ChatCompletionChunk(_Response):
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    choices: list[ChatChunkChoice]
-    usage: Usage | None = None
-
-
-class CompletionResponse(_Response):
-    object: Literal["text_completion"] = "text_completion"
-    choices: list[CompletionChoice]
-    usage: Usage | None = None  # None only on stream chunks
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    owned_by: str = "duet"
-    max_model_len: int
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-class ErrorInfo(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorInfo
