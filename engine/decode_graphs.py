@@ -54,6 +54,7 @@ class DecodeGraphs:
         self.meta = torch.ones(2, max_batch, dtype=torch.int32, device=dev)  # rows; lengths
         pin = dev.type == "cuda"
         self.staging = torch.ones(2, max_batch, dtype=torch.int32, pin_memory=pin)
+        self.staging_np = self.staging.numpy()  # filled from lists without torch's per-call cost
         self.copied = torch.cuda.Event() if pin else None  # the staging buffer was read
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = torch.cuda.graph_pool_handle() if capture else None
@@ -75,8 +76,8 @@ class DecodeGraphs:
         pad = bucket - n
         if self.copied is not None:
             self.copied.synchronize()  # the previous step's copy has left the pinned buffer
-        self.staging[0, :bucket] = torch.tensor(rows + [self.tables.scratch_row] * pad)
-        self.staging[1, :bucket] = torch.tensor([c.end_pos for c in batch.chunks] + [1] * pad)
+        self.staging_np[0, :bucket] = rows + [self.tables.scratch_row] * pad
+        self.staging_np[1, :bucket] = [c.end_pos for c in batch.chunks] + [1] * pad
         self.meta[:, :bucket].copy_(self.staging[:, :bucket], non_blocking=True)
         if self.copied is not None:
             self.copied.record()

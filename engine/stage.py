@@ -10,6 +10,7 @@ import torch
 from engine.batch import StepBatch
 from engine.config import ModelConfig
 from engine.checkpoint import CheckpointFiles
+from engine.checkpoint_plan import footprint
 from engine.decode_graphs import DecodeGraphs
 from engine.dtypes import DTYPES
 from engine.errors import CheckpointError
@@ -17,7 +18,7 @@ from engine.fp8_native import FP8_MODES, SCALE_SUFFIX, convert_to_native, fp8_mo
 from engine.kv_cache import KVCache
 from engine.models import model_class
 from engine.models.base import StageModel
-from engine.checkpoint_plan import footprint
+from engine.packed_linear import pack_linears
 from engine.placement import forward_spread, layer_devices, place
 from engine.split_plan import Host, gpu_ranges
 from engine.weights import fp8_block, load_weights
@@ -100,6 +101,8 @@ class Stage:
             model = cls_(config, layer_start, layer_end)
             fp8_note = _fp8_setup(model, model_dir, fp8, devices[layer_start], load_format)
         place(model, devices, DTYPES[dtype]).eval()
+        if devices[layer_start].type == "cuda":  # sibling projections as one product each
+            pack_linears(model)
         load_weights(model, model_dir, load_format=load_format, seed=seed)
         kv = KVCache(model.kv_token_shapes(), devices, kv_cache_bytes,
                      block_size=block_size, dtype=DTYPES[dtype])

@@ -18,6 +18,8 @@ from master.generation import Generator
 from master.metrics import Metrics
 from master.openai_requests import ChatCompletionRequest, CompletionRequest
 from master.openai_responses import ModelCard, ModelList
+from master.resume import ResumeLimits
+from master.resume_registry import RunRegistry
 from master.serving import ServingContext, json_response
 from master.serving_chat import chat_completion
 from master.serving_completion import completion
@@ -38,7 +40,9 @@ def _add_middleware(app: FastAPI, config: MasterConfig) -> None:
     if config.cors_allow_origins:  # off by default: browsers on other origins get no answer
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_allow_origins),
                            allow_methods=["GET", "POST"],
-                           allow_headers=["authorization", "content-type"])
+                           allow_headers=["authorization", "content-type", "x-request-id",
+                                          "last-event-id"],  # resumable streams
+                           expose_headers=["x-request-id"])
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_request_body_bytes)
     app.add_middleware(AccessLogMiddleware, log_prompts=config.log_prompts)
 
@@ -48,8 +52,10 @@ def create_app(config: MasterConfig, generator: Generator, bundle: ModelBundle,
     """The API of one master (or standby). `lifespan` starts and stops the scheduler."""
     app = FastAPI(title="duet", lifespan=lifespan, docs_url=None, redoc_url=None)
     pool = ThreadPoolExecutor(config.tokenizer_threads, thread_name_prefix="duet-tokenize")
+    limits = ResumeLimits(config.resume_detached_s, config.resume_keep_s,
+                          config.resume_keep_bytes)
     ctx = ServingContext(config, generator, bundle,
-                         metrics or Metrics(config.served_model_name), pool)
+                         metrics or Metrics(config.served_model_name), pool, RunRegistry(limits))
     app.state.ctx = ctx
     install_error_handlers(app)
     _add_middleware(app, config)

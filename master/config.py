@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from master.api_keys import parse_api_keys
 from runtime.settings import load_settings
-from engine.dtypes import DTYPES
-from master.auth import parse_api_keys
 from master.tool_formats import PARSERS
 
 ENV_PREFIX = "DUET_MASTER_"
@@ -87,6 +86,12 @@ class MasterConfig:
     drain_timeout_s: float = 30.0  # on SIGTERM, running requests get this long to finish
     #                                (new ones get 503 + Retry-After meanwhile)
     torch_threads: int = 0  # intra-op CPU threads of the head; 0 = torch's default
+    # Resumable responses (master/resume.py): a response whose client left keeps going this
+    # long for a reconnect with the same X-Request-Id (0 = stop at once); finished ones stay
+    # readable resume_keep_s, at most resume_keep_bytes of events in all
+    resume_detached_s: float = 10.0
+    resume_keep_s: float = 60.0
+    resume_keep_bytes: int = 64 * 2**20
 
     def __post_init__(self):
         bad = [f"{name}: expected {expected}, got {getattr(self, name)!r}"
@@ -103,6 +108,8 @@ class MasterConfig:
 
 def _checks(c: MasterConfig) -> dict[str, tuple[bool, str]]:
     """Field -> (valid, what a valid value looks like)."""
+    from engine.dtypes import DTYPES  # torch: only once the file parsed (bad keys fail fast)
+
     return {
         "model_dir": (bool(c.model_dir), "a checkpoint directory"),
         "port": (0 <= c.port <= 65535, "0..65535"),
@@ -134,6 +141,9 @@ def _checks(c: MasterConfig) -> dict[str, tuple[bool, str]]:
         "recovery_budget_s": (c.recovery_budget_s >= 0, ">= 0 seconds (0 = no recovery)"),
         "drain_timeout_s": (c.drain_timeout_s >= 0, ">= 0 seconds"),
         "torch_threads": (c.torch_threads >= 0, ">= 0 (0 = torch's default)"),
+        "resume_detached_s": (0 <= c.resume_detached_s <= 3600, "0 .. 3600 seconds"),
+        "resume_keep_s": (0 <= c.resume_keep_s <= 86400, "0 .. 86400 seconds"),
+        "resume_keep_bytes": (c.resume_keep_bytes >= 0, ">= 0 bytes"),
     }
 
 

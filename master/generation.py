@@ -16,6 +16,10 @@ class GenerationRequest:
     prompt_token_ids: list[int]
     params: SamplingParams
     max_tokens: int
+    # Resuming after the API that ran it died (worker/orphans.py): the key the worker keeps
+    # the sequence under while its stream is broken, and whether to ask for it first.
+    resume_key: str = ""
+    adopt: bool = False
 
 
 @dataclass(frozen=True)

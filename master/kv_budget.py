@@ -35,7 +35,8 @@ class KVBudget:
         """Reserve a new sequence's worst case after the longest kept prefix of its prompt
         (idle kept blocks are evicted, least recently released first, to make room); False,
         holding nothing, when it does not fit."""
-        hits = self.prefix.hold_prompt_prefix(seq) if self.prefix is not None else []
+        caching = self.prefix is not None and not seq.adopting  # adopted: the worker's KV
+        hits = self.prefix.hold_prompt_prefix(seq) if caching else []
         need = self.need(seq) - len(hits) * self.block_size
         free = self.capacity_tokens - self.reserved_tokens - need
         if not (free >= 0 if self.prefix is None else self.prefix.make_room(free)):
@@ -57,7 +58,7 @@ class KVBudget:
 
     def keep_written(self, seq: Sequence, end_pos: int) -> None:
         """Positions [0, end_pos) are written on both stages: keep its new full blocks."""
-        if self.prefix is not None:
+        if self.prefix is not None and not seq.adopted:  # an adopted one's KV is not shared
             self.reserved_tokens -= self.prefix.keep_written(seq, end_pos)
 
     def rebuild(self, running: list[Sequence]) -> None:

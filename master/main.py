@@ -23,8 +23,9 @@ from engine.decode_graphs import graph_batch_for
 from engine.fingerprint import checkpoint_fingerprint
 from engine.manifest import Manifest
 from master.admin import AdminAccess, RealPeer, admin_router
+from master.api_keys import exposure_warnings
 from master.app import create_app
-from master.auth import ApiKeyChecker, exposure_warnings
+from master.auth import ApiKeyChecker
 from master.bundle import ModelBundle
 from master.cold_standby import ColdStandby
 from master.config import MasterConfig

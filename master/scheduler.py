@@ -21,7 +21,7 @@ from engine.sampler import SampleResult
 from master.generation import QueueFull, SequenceFailed, TokenEvent
 from master.kv_budget import KVBudget
 from master.sequence import Sequence, SequenceStatus
-from master.step import Outcome, ScheduledSeq, Step
+from master.step import Adopted, Outcome, ScheduledSeq, Step
 
 
 @dataclass(frozen=True)
@@ -110,8 +110,9 @@ class Scheduler:
         while self.waiting and budget > 0 and len(step.seqs) < limit and self._admit_next(step):
             budget -= self._add_chunk(step, self.running[-1], budget)
         prefix = self.kv.prefix
-        if not step.seqs and not step.release and not (prefix and prefix.to_evict):
+        if not (step.seqs or step.adopts or step.release or (prefix and prefix.to_evict)):
             return None
+        step.head_only_first()
         if prefix is not None:
             step.cache_blocks, step.evict = prefix.drain()
         self._next_step_id += 1
@@ -137,13 +138,21 @@ class Scheduler:
         return True
 
     def _add_chunk(self, step: Step, seq: Sequence, budget: int) -> int:
-        """Put the next chunk of `seq` (at most `budget` tokens) into the step."""
+        """Put the next chunk of `seq` (at most `budget` tokens) into the step; or, for a
+        sequence to adopt, the question to the worker (no tokens)."""
+        if seq.adopting:
+            step.adopts.append(seq)
+            seq.params_sent = seq.in_flight = True
+            return 0
         start = seq.num_computed_tokens
         num = min(seq.pending_tokens(), budget)
+        head_only = start < seq.worker_pos  # the worker holds these positions already
+        if head_only:
+            num = min(num, seq.worker_pos - start)
         assert num > 0, f"{seq} has nothing to compute"
         step.seqs.append(ScheduledSeq(seq, SeqChunk(seq.seq_id, start, num),
-                                      samples=start + num == len(seq.token_ids),
-                                      sends_params=not seq.params_sent))
+                                      samples=not head_only and start + num == len(seq.token_ids),
+                                      sends_params=not seq.params_sent, head_only=head_only))
         step.token_ids.extend(seq.token_ids[start : start + num])
         seq.params_sent = True
         seq.num_computed_tokens += num
@@ -155,6 +164,10 @@ class Scheduler:
 
         `outcomes` maps seq_id to the worker's result; a sequence that sampled nothing has none.
         """
+        for seq in step.adopts:
+            seq.in_flight = False
+            if not seq.is_finished:
+                self._adopted(seq, outcomes.get(seq.seq_id))
         for item in step.seqs:
             seq = item.seq
             seq.in_flight = False
@@ -172,6 +185,20 @@ class Scheduler:
             else:
                 self.finish(seq, "failed", SequenceFailed(
                     "INTERNAL", f"worker returned no token for {seq.seq_id}"))
+
+    def _adopted(self, seq: Sequence, outcome: Outcome | None) -> None:
+        """The worker's answer to an adoption: carry on from its tokens and KV positions (the
+        head rebuilds [0, next_pos) first); refused or not kept there, start afresh."""
+        seq.adopting = False
+        if not isinstance(outcome, Adopted):
+            seq.params_sent = False  # the worker holds nothing of it
+            return
+        seq.adopted, seq.worker_pos = True, outcome.next_pos
+        for token in outcome.output_ids[seq.num_output_tokens:]:
+            stopped = token in seq.params.stop_token_ids
+            self._append(seq, SampleResult(token, 0.0, (), stopped))
+            if seq.is_finished:
+                return
 
     def _append(self, seq: Sequence, sampled: SampleResult) -> None:
         reason = None
@@ -203,7 +230,9 @@ class Scheduler:
         held = [s.seq_id for s in self.running + self._to_release]
         for seq in self.running:
             seq.in_flight = seq.params_sent = False
-            seq.num_computed_tokens = 0
+            seq.num_computed_tokens = seq.worker_pos = 0
+            # the worker may still hold it (only our stream broke): ask for it first
+            seq.adopting, seq.adopted = bool(seq.resume_key), False
         self.kv.rebuild(self.running)
         self._to_release = []  # the worker holds none of them any more
         return held

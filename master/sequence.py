@@ -35,6 +35,13 @@ class Sequence:
         self.cached_prefix: list[int] = []
         self.held_hashes: list[int] = []
         self.num_kept_blocks = 0  # its blocks [0, n) are kept or were considered for keeping
+        # Resumable streams (worker/orphans.py): the key the worker keeps it under when our
+        # stream breaks; whether to ask the worker for it first (adopt); the positions the
+        # worker holds KV for after an adoption (the head rebuilds them without sending).
+        self.resume_key = request.resume_key
+        self.adopting = request.adopt and bool(request.resume_key)
+        self.adopted = False
+        self.worker_pos = 0
         self.finish_reason: str | None = None  # "stop", "length", "cancelled", "failed"
         self.arrival_s = time.monotonic()
         # TokenEvent, then an Exception or nothing once finished; read by generate().

@@ -1,8 +1,9 @@
 """The request flow chat and completions share: request fields -> sampling params -> choices
 -> updates, with metrics and the access log kept as they come.
 
-An endpoint (serving_chat.py, serving_completion.py) builds the choices, calls `run_updates`,
-and shapes what it returns into a JSON body or SSE events (sse.py); nothing here calls back.
+An endpoint (serving_chat.py, serving_completion.py) builds the choices and hands
+`response_events` its shaping functions (JSON body or SSE events, sse.py); the run registry
+(master/resume_registry.py) runs that apart from the connection, so a client can resume.
 """
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ import asyncio
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable, TypeVar
+from typing import TYPE_CHECKING, AsyncIterator, Callable, TypeVar
 
-from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
@@ -22,15 +22,19 @@ from master.access_log import AccessRecord
 from master.bundle import ModelBundle
 from master.choices import ChoiceState, ChoiceUpdate, run_choices
 from master.config import MasterConfig
-from master.errors import APIError, ClientGone, to_api_error
+from master.errors import APIError, to_api_error
 from master.generation import GenerationRequest, Generator
 from master.metrics import Metrics
 from master.openai_requests import _SamplingFields
 from master.openai_responses import Usage
 from master.reasoning import ReasoningParser, prompt_opens_think
+from master.sse import with_done
 from master.structured import constraint_of
 from master.tools import forced_constraint
 from proto.convert import WireError, check_wire_ranges
+
+if TYPE_CHECKING:
+    from master.resume_registry import Resumption, RunRegistry
 
 T = TypeVar("T")
 
@@ -44,6 +48,7 @@ class ServingContext:
     bundle: ModelBundle
     metrics: Metrics
     text_pool: Executor  # tokenizing and template rendering: seconds for a large prompt
+    runs: "RunRegistry"  # master/resume_registry.py: responses readable after a lost stream
 
     async def off_loop(self, fn: Callable[..., T], *args) -> T:
         """fn(*args) in the text pool, so /health and running streams answer meanwhile."""
@@ -120,11 +125,15 @@ class ServingContext:
 
     def choice_states(self, response_id: str, req: _SamplingFields, prompts: list[list[int]],
                       max_tokens: list[int], logprobs: int | None,
-                      think_open: bool | None = None, tools=None) -> list[ChoiceState]:
+                      think_open: bool | None = None, tools=None,
+                      resume: "Resumption | None" = None) -> list[ChoiceState]:
         """n choices per prompt, index = prompt * n + i, seed + i for choice i.
 
         think_open None: no reasoning split (completions); else whether the prompt opened it.
         tools: the chat request's tools.ToolPlan, whose parser reads calls out of the text.
+        resume: the request's resume_registry.Resumption: the key each sequence is kept
+        under on the worker, and whether to ask the worker for it first (the client chose
+        the id, so this may be a resume after the API that ran it died).
         """
         # checked once: a bad schema is a 400; a forced tool call is a constraint too
         states, constraint = [], forced_constraint(tools, constraint_of(req))
@@ -132,7 +141,9 @@ class ServingContext:
             for i in range(req.n):
                 index = p * req.n + i
                 params = self.sampling_params(req, logprobs, ids, i, constraint)
-                gen = GenerationRequest(f"{response_id}-{index}", ids, params, budget)
+                gen = GenerationRequest(f"{response_id}-{index}", ids, params, budget,
+                                        resume.resume_key(index) if resume else "",
+                                        bool(resume and resume.client_given))
                 parser = None
                 if think_open is not None and self.bundle.reasoning:
                     parser = ReasoningParser(in_reasoning=think_open)
@@ -198,49 +209,28 @@ class RequestRun:
                      total_tokens=self.prompt_tokens + completion)
 
 
-async def _wait_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def until_disconnect(request: Request, work: Awaitable):
-    """work's result, or ClientGone (work cancelled) if the client leaves first."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_disconnect(request))
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-    if task in done:
-        return task.result()
-    await asyncio.gather(task, return_exceptions=True)
-    raise ClientGone()
-
-
-async def run_updates(request: Request, run: RequestRun, stream: bool
-                      ) -> tuple[list[ChoiceUpdate], AsyncIterator[ChoiceUpdate] | None]:
-    """Wait for what the response needs before its status is chosen: for a stream, the first
-    update and the rest to stream; else every update and None. A failure until then is an
-    APIError (a JSON error with its status); a client gone meanwhile cancels the work and
-    raises ClientGone."""
+async def response_events(run: RequestRun, stream: bool,
+                          shape_events: Callable[[list[ChoiceUpdate], AsyncIterator[ChoiceUpdate]],
+                                                 AsyncIterator[str]],
+                          shape_body: Callable[[list[ChoiceUpdate]], BaseModel]
+                          ) -> AsyncIterator[str]:
+    """What a request's ResumableRun stores (master/resume.py): for a stream, the SSE events
+    shape_events makes of the first update and the rest, then [DONE]; else the JSON body of
+    every update. A failure before the first event (or of a non-streaming request) is an
+    APIError, whose status the response gets; a later one is an error event in the stream."""
     updates = run.updates()
     try:
-        first = await until_disconnect(request, anext(updates))
-        if stream:
-            return [first], updates
-        rest = await until_disconnect(request, _collect(updates))
-    except ClientGone:
-        raise
+        first = await anext(updates)
+        rest = [] if stream else [u async for u in updates]
     except Exception as e:
+        await updates.aclose()
         raise to_api_error(e) from None
-    return [first, *rest], None
+    if not stream:
+        yield shape_body([first, *rest]).model_dump_json()
+        return
+    async for event in with_done(shape_events([first], updates), updates):
+        yield event
 
 
 def json_response(body: BaseModel) -> Response:
     return Response(body.model_dump_json(), media_type="application/json")
-
-
-async def _collect(updates: AsyncIterator[ChoiceUpdate]) -> list[ChoiceUpdate]:
-    return [u async for u in updates]

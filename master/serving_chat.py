@@ -1,8 +1,6 @@
 """POST /v1/chat/completions: messages -> chat template -> choices -> message or SSE deltas."""
 from __future__ import annotations
 
-import uuid
-
 from typing import AsyncIterator
 
 from fastapi import Request
@@ -16,8 +14,10 @@ from master.openai_responses import (AssistantMessage, ChatChoice, ChatChunkChoi
                                      ChatCompletionResponse, ChatLogprobs, DeltaFunctionCall,
                                      DeltaMessage, DeltaToolCall, FunctionCall,
                                      TokenLogprobEntry, ToolCall, TopLogprob)
-from master.serving import RequestRun, ServingContext, json_response, run_updates
-from master.sse import SSEWriter, include_usage, nonempty, running_usage, stream_response
+from master.resume import ResumableRun
+from master.resume_registry import resumption
+from master.serving import RequestRun, ServingContext, response_events
+from master.sse import SSEWriter, include_usage, nonempty, running_usage
 from master.tokenizer import Tokenizer
 from master.tool_parser import ToolCallDelta
 from master.tools import ToolPlan, prompt_messages, tool_plan
@@ -88,21 +88,26 @@ def chat_logprobs(tok: Tokenizer, update: ChoiceUpdate, top_n: int) -> ChatLogpr
 async def chat_completion(ctx: ServingContext, req: ChatCompletionRequest,
                           request: Request, record: AccessRecord):
     ctx.check_model(req.model)
+    resume = resumption(ctx.runs, request, record.key_id, req, req.stream, "chatcmpl")
+    record.request_id = resume.request_id
+    if resume.run is not None:  # this process still has it: read on, nothing is rerun
+        return await ctx.runs.respond(request, resume.run, resume.after)
     plan = request_tools(ctx, req)
     prompt, ids = await ctx.off_loop(render_prompt, ctx, req, plan)
     record.prompt = prompt
     budget = ctx.max_tokens(len(ids), req.max_completion_tokens or req.max_tokens,
                             "max_completion_tokens" if req.max_completion_tokens else "max_tokens",
                             "messages")
-    response_id = record.request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    response_id = resume.request_id
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     states = ctx.choice_states(response_id, req, [ids], [budget], logprobs,
-                               think_open=ctx.think_open(prompt), tools=plan)
+                               think_open=ctx.think_open(prompt), tools=plan, resume=resume)
     run = RequestRun(ctx, record, states, req.n)
-    updates, rest = await run_updates(request, run, req.stream)
-    if rest is None:
-        return json_response(_response(ctx, req, run, updates, response_id))
-    return stream_response(_events(ctx, req, run, updates, rest, response_id), rest)
+    events = response_events(
+        run, req.stream, lambda first, rest: _events(ctx, req, run, first, rest, response_id),
+        lambda updates: _response(ctx, req, run, updates, response_id))
+    return await ctx.runs.respond(request, ctx.runs.start(
+        ResumableRun(response_id, resume.digest, req.stream), events), resume.after)
 
 
 def _response(ctx, req, run: RequestRun, updates: list[ChoiceUpdate], response_id: str):

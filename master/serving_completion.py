@@ -1,8 +1,6 @@
 """POST /v1/completions: prompt text or token ids -> choices -> text or SSE chunks."""
 from __future__ import annotations
 
-import uuid
-
 from typing import AsyncIterator
 
 from fastapi import Request
@@ -12,8 +10,10 @@ from master.choices import ChoiceUpdate
 from master.errors import APIError
 from master.openai_requests import CompletionRequest
 from master.openai_responses import CompletionChoice, CompletionLogprobs, CompletionResponse
-from master.serving import RequestRun, ServingContext, json_response, run_updates
-from master.sse import SSEWriter, include_usage, nonempty, running_usage, stream_response
+from master.resume import ResumableRun
+from master.resume_registry import resumption
+from master.serving import RequestRun, ServingContext, response_events
+from master.sse import SSEWriter, include_usage, nonempty, running_usage
 from master.tokenizer import Tokenizer
 
 
@@ -52,19 +52,24 @@ def completion_logprobs(tok: Tokenizer, update: ChoiceUpdate, top_n: int) -> Com
 async def completion(ctx: ServingContext, req: CompletionRequest, request: Request,
                      record: AccessRecord):
     ctx.check_model(req.model)
+    resume = resumption(ctx.runs, request, record.key_id, req, req.stream, "cmpl")
+    record.request_id = resume.request_id
+    if resume.run is not None:  # this process still has it: read on, nothing is rerun
+        return await ctx.runs.respond(request, resume.run, resume.after)
     prompts = await ctx.off_loop(tokenize_prompts, ctx, req.prompt)
     if isinstance(req.prompt, str):
         record.prompt = req.prompt
     param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
     budgets = [ctx.max_tokens(len(ids), req.max_completion_tokens or req.max_tokens, param,
                               "prompt") for ids in prompts]
-    response_id = record.request_id = f"cmpl-{uuid.uuid4().hex}"
-    states = ctx.choice_states(response_id, req, prompts, budgets, req.logprobs)
+    response_id = resume.request_id
+    states = ctx.choice_states(response_id, req, prompts, budgets, req.logprobs, resume=resume)
     run = RequestRun(ctx, record, states, req.n)
-    updates, rest = await run_updates(request, run, req.stream)
-    if rest is None:
-        return json_response(_response(ctx, req, run, updates, response_id))
-    return stream_response(_events(ctx, req, run, updates, rest, response_id), rest)
+    events = response_events(
+        run, req.stream, lambda first, rest: _events(ctx, req, run, first, rest, response_id),
+        lambda updates: _response(ctx, req, run, updates, response_id))
+    return await ctx.runs.respond(request, ctx.runs.start(
+        ResumableRun(response_id, resume.digest, req.stream), events), resume.after)
 
 
 def _response(ctx, req, run: RequestRun, updates: list[ChoiceUpdate], response_id: str):

@@ -66,16 +66,10 @@ async def nonempty(updates: list[ChoiceUpdate],
             yield u
 
 
-def stream_response(events: AsyncIterator[str],
-                    updates: AsyncIterator[ChoiceUpdate]) -> ClosingStreamingResponse:
-    """The SSE response of `events`, which read `updates`: an error event if they fail (the
-    headers are sent by then), then [DONE]; `updates` is closed (freeing the sequences)
-    however the response ends."""
-    return ClosingStreamingResponse(_with_done(events, updates))
-
-
-async def _with_done(events: AsyncIterator[str],
-                     updates: AsyncIterator[ChoiceUpdate]) -> AsyncIterator[str]:
+async def with_done(events: AsyncIterator[str],
+                    updates: AsyncIterator[ChoiceUpdate]) -> AsyncIterator[str]:
+    """`events`, which read `updates`: an error event if they fail (the headers are sent by
+    then), then [DONE]; `updates` is closed (freeing the sequences) however it ends."""
     try:
         async for e in events:
             yield e

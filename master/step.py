@@ -18,6 +18,7 @@ class ScheduledSeq:
     chunk: SeqChunk  # positions [start_pos, end_pos) fed through the head this step
     samples: bool  # the chunk ends at the last known token: the worker samples the next
     sends_params: bool  # first appearance: the worker gets the sampling params with it
+    head_only: bool = False  # rebuilds the head's KV of an adopted sequence: not sent
 
 
 @dataclass
@@ -35,6 +36,19 @@ class Step:
     evict: list[int] = field(default_factory=list)
     prefix_query_tokens: int = 0  # prompt tokens of the sequences admitted in this step
     prefix_hit_tokens: int = 0  # of those, tokens found in kept blocks
+    adopts: list[Sequence] = field(default_factory=list)  # asked of the worker (no rows)
+
+    @property
+    def head_rows(self) -> int:
+        """Rows of the head's output that stay here: the head-only chunks, which come first."""
+        return sum(s.chunk.num_tokens for s in self.seqs if s.head_only)
+
+    def head_only_first(self) -> None:
+        """Put the head-only chunks first: their rows are cut off before sending."""
+        if self.head_rows:
+            self.seqs.sort(key=lambda s: not s.head_only)
+            self.token_ids = [t for s in self.seqs
+                              for t in s.seq.token_ids[s.chunk.start_pos:s.chunk.end_pos]]
 
     @property
     def num_tokens(self) -> int:
@@ -45,5 +59,14 @@ class Step:
         return [s.chunk for s in self.seqs]
 
 
-# What the worker said about one sequence of a step: a token, or why it failed.
-Outcome = SampleResult | SequenceFailed
+@dataclass(frozen=True)
+class Adopted:
+    """The worker handed over a kept sequence (worker/orphans.py): its sampled tokens and
+    the KV positions it holds."""
+
+    output_ids: list[int]
+    next_pos: int
+
+
+# What the worker said about one sequence of a step: a token, an adoption, or why it failed.
+Outcome = SampleResult | Adopted | SequenceFailed

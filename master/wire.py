@@ -9,7 +9,7 @@ import grpc
 
 from engine.sampler import SampleResult
 from master.generation import SequenceFailed
-from master.step import Outcome, ScheduledSeq, Step
+from master.step import Adopted, Outcome, ScheduledSeq, Step
 from proto import pipeline_pb2 as pb
 from proto.convert import params_to_proto
 
@@ -22,12 +22,25 @@ def empty_hidden(hidden_size: int, dtype: str) -> pb.Tensor:
 
 
 def step_request(step: Step, hidden: pb.Tensor) -> pb.StepRequest:
-    """The StepRequest of a step whose head output is `hidden` [T, H]."""
+    """The StepRequest of a step whose head output is `hidden` [T, H]; the rows of head-only
+    chunks (first) stay here, adoptions go last (they have no rows)."""
     keep = [pb.CacheBlock(seq_id=seq_id, block_index=index, hash=h)
             for seq_id, index, h in step.cache_blocks]
-    return pb.StepRequest(step_id=step.step_id, seqs=[_seq_step(s) for s in step.seqs],
-                          hidden=hidden, release=step.worker_release, cache_blocks=keep,
-                          evict=step.evict)
+    seqs = [_seq_step(s) for s in step.seqs if not s.head_only]
+    seqs += [pb.SeqStep(seq_id=seq.seq_id, adopt=True, resume_key=seq.resume_key)
+             for seq in step.adopts]
+    return pb.StepRequest(step_id=step.step_id, seqs=seqs,
+                          hidden=_without_leading_rows(hidden, step.head_rows),
+                          release=step.worker_release, cache_blocks=keep, evict=step.evict)
+
+
+def _without_leading_rows(hidden: pb.Tensor, rows: int) -> pb.Tensor:
+    """hidden [T, H] -> [T - rows, H] (row-major bytes: a slice)."""
+    if not rows:
+        return hidden
+    row_bytes = len(hidden.data) // hidden.shape[0]
+    return pb.Tensor(data=hidden.data[rows * row_bytes:], dtype=hidden.dtype,
+                     shape=[hidden.shape[0] - rows, *hidden.shape[1:]])
 
 
 def _seq_step(item: ScheduledSeq) -> pb.SeqStep:
@@ -41,6 +54,7 @@ def _seq_step(item: ScheduledSeq) -> pb.SeqStep:
                                          prompt_token_ids=tuple(item.seq.prompt_token_ids))
         msg.params.CopyFrom(params_to_proto(params))
         msg.cached_prefix.extend(item.seq.cached_prefix)  # none for a rebuilt sequence
+        msg.resume_key = item.seq.resume_key  # kept for adoption if our stream breaks
         # Rebuilt after a lost worker: the worker restores the sampler past these tokens.
         msg.resume_output_ids.extend(item.seq.token_ids[item.seq.num_prompt_tokens:])
     return msg
@@ -54,6 +68,9 @@ def reply_outcomes(reply: pb.StepReply) -> dict[str, Outcome]:
         if kind == "error":
             code = STATUS_NAMES.get(result.error.code, str(result.error.code))
             outcomes[result.seq_id] = SequenceFailed(code, result.error.message)
+        elif kind == "adopted":
+            outcomes[result.seq_id] = Adopted(list(result.adopted.output_ids),
+                                              result.adopted.next_pos)
         elif kind == "sampled":
             s = result.sampled
             top = tuple((t.token_id, t.logprob) for t in s.top_logprobs)

@@ -37,3 +37,11 @@ class ClientNames:
                         context.peer(), sorted(names) or "(none)")
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 "this client certificate's name is not allowed on this worker")
+
+    def identity(self, context) -> str:
+        """Who may adopt this client's kept sequences (worker/orphans.py): with a name list,
+        every listed client (one party: the pair's master and standby); without one, the same
+        certificate names ("" for every plaintext or certificate-less client)."""
+        if self.allowed:
+            return "listed"
+        return ",".join(sorted(peer_names(context)))

@@ -64,6 +64,9 @@ class WorkerConfig:
     triton_start_timeout_s: float = 120.0  # load a big checkpoint before giving up
     run_dir: str = ""  # managed Triton's model repository and backend dir; empty = a temp dir
     idle_timeout_s: float = 300.0  # a sequence untouched this long is released
+    # A broken stream's sequences (with a resume key) wait this long for the standby API to
+    # adopt them (worker/orphans.py); 0 = released with the stream
+    orphan_grace_s: float = 30.0
     max_message_bytes: int = 256 << 20  # gRPC send/receive limit of one step message
     tls_cert_file: str = ""  # server certificate (PEM); with tls_key_file enables TLS
     tls_key_file: str = ""
@@ -96,6 +99,7 @@ class WorkerConfig:
             "triton_model_name": self.triton_model_name.isidentifier(),
             "triton_start_timeout_s": self.triton_start_timeout_s > 0,
             "idle_timeout_s": self.idle_timeout_s > 0,
+            "orphan_grace_s": 0 <= self.orphan_grace_s <= 3600,
             "max_message_bytes": 1024 <= self.max_message_bytes < 2**31,
             "tls_key_file": bool(self.tls_cert_file) == bool(self.tls_key_file),
             "tls_client_ca_file": not self.tls_client_ca_file or bool(self.tls_cert_file),
@@ -139,6 +143,7 @@ _HINTS = {
     "executor": f" (one of {', '.join(EXECUTORS)})",
     "fp8": f" (one of {', '.join(FP8_MODES)})",
     "listen": " (host:port)",
+    "orphan_grace_s": " (0 .. 3600 seconds)",
     "metrics_listen": " (host:port, or empty for no metrics)",
     "triton_url": " (host:port of Triton's gRPC endpoint)",
     "tls_key_file": " (tls_cert_file and tls_key_file go together)",

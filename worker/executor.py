@@ -61,7 +61,7 @@ def tail_loader(config: WorkerConfig) -> Callable[[], TailRunner]:
             kv_cache_bytes=config.kv_cache_bytes, block_size=config.kv_block_size,
             idle_timeout_s=config.idle_timeout_s, fp8=config.fp8,
             stream_kv_share=config.stream_kv_share,
-            stream_max_seqs=config.stream_max_seqs,
+            stream_max_seqs=config.stream_max_seqs, orphan_grace_s=config.orphan_grace_s,
             cuda_graph_max_batch=graph_batch_for(config.device, config.cuda_graph_max_batch),
         )
 

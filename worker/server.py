@@ -26,6 +26,7 @@ from proto import pipeline_pb2_grpc as pb_grpc
 from proto.convert import handshake_identity
 from worker.client_names import ClientNames
 from worker.executor import Executor, ExecutorUnavailable
+from worker.orphans import stream_name
 
 log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["Pipeline"].full_name  # for the health service
@@ -62,7 +63,7 @@ class PipelineService(pb_grpc.PipelineServicer):
         await self.names.check(context)
         if self.info is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the worker is still loading")
-        stream = f"s{next(self.stream_ids)}"
+        stream = stream_name(next(self.stream_ids), self.names.identity(context))
         self.open_streams.add(stream)
         log.info("stream %s opened by %s", stream, context.peer())
         last_step_id = -1

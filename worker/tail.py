@@ -45,7 +45,8 @@ class TailRunner:
 
     def __init__(self, stage, *, fingerprint: str, model_name: str, idle_timeout_s: float,
                  clock=time.monotonic, stream_kv_share: float = 1.0,
-                 stream_max_seqs: int = 1 << 30, guides: GuideFactory | None = None):
+                 stream_max_seqs: int = 1 << 30, guides: GuideFactory | None = None,
+                 orphan_grace_s: float = 0.0):
         self.stage = stage
         cfg = stage.config
         self.hidden_size, self.num_layers = cfg.hidden_size, cfg.num_hidden_layers
@@ -54,7 +55,8 @@ class TailRunner:
         self.idle_timeout_s = idle_timeout_s
         self.clock = clock
         self.table = SeqTable(stage, stream_kv_share=stream_kv_share,
-                              stream_max_seqs=stream_max_seqs, guides=guides)
+                              stream_max_seqs=stream_max_seqs, guides=guides,
+                              orphan_grace_s=orphan_grace_s, clock=clock)
 
     @classmethod
     def load(cls, model_dir: str, layer_start: int, *, dtype: str, device: str,
@@ -93,7 +95,9 @@ class TailRunner:
                            SeqFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e)))
         else:
             if request.seqs:
-                hidden = tensor_from_proto(request.hidden, self.stage.device)  # [T, H]
+                hidden = (tensor_from_proto(request.hidden, self.stage.device)  # [T, H]
+                          if request.HasField("hidden")  # else only adoptions: no rows
+                          else torch.empty(0, self.hidden_size, device=self.stage.device))
                 self._run(stream, request, hidden, results)
         for seq_id in in_step.intersection(request.release):
             self.table.release(stream, seq_id, "released")
@@ -102,7 +106,10 @@ class TailRunner:
     def _check_layout(self, request: pb.StepRequest) -> None:
         """Message-level checks: without them no row of `hidden` can be attributed."""
         for s in request.seqs:
-            if s.num_tokens < 1:
+            if s.adopt and s.num_tokens:
+                raise WireError(f"sequence {s.seq_id!r} adopts with num_tokens {s.num_tokens}; "
+                                "an adoption carries no rows")
+            if s.num_tokens < 1 and not s.adopt:
                 raise WireError(f"sequence {s.seq_id!r} has num_tokens {s.num_tokens}, "
                                      "so the rows of hidden cannot be attributed")
         rows = sum(s.num_tokens for s in request.seqs)
@@ -115,6 +122,9 @@ class TailRunner:
         row, counts = 0, Counter(s.seq_id for s in request.seqs)
         finite = torch.isfinite(hidden).all(dim=1).tolist() if hidden.numel() else []  # [T]
         for index, seq_step in enumerate(request.seqs):
+            if seq_step.adopt and counts[seq_step.seq_id] == 1:  # no rows (worker/orphans.py)
+                self.table.adopt(stream, seq_step, results[index])
+                continue
             try:
                 if counts[seq_step.seq_id] > 1:
                     raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT,
@@ -163,13 +173,15 @@ class TailRunner:
         self.table.release(stream, seq_id, f"failed ({error.code.name})")
 
     def drop_stream(self, stream: str) -> int:
-        """Release every sequence the stream created (it ended or broke); returns how many."""
+        """The stream ended or broke: its sequences are kept for adoption or released."""
         return self.table.drop_stream(stream)
 
     def expire_idle(self) -> list[str]:
-        """Release sequences untouched for idle_timeout_s; returns their keys."""
+        """Release sequences untouched for idle_timeout_s, and kept ones nobody adopted within
+        orphan_grace_s; returns their keys."""
         return self.table.expire_idle(self.clock() - self.idle_timeout_s,
-                                      f"released after {self.idle_timeout_s:g} s idle")
+                                      f"released after {self.idle_timeout_s:g} s idle"
+                                      ) + self.table.expire_orphans()
 
     def _reply(self, step_id: int, results, compute_s: float) -> pb.StepReply:
         kv = self.stage.kv

@@ -5,8 +5,11 @@ The step runner (worker/tail.py) asks it to admit a step's sequence and to relea
 every check that refuses one sequence (not the whole step) raises SeqFailed here."""
 from __future__ import annotations
 
+import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable
 
 import grpc
 
@@ -16,9 +19,11 @@ from engine.guide import Guide, GuideFactory
 from engine.sampler import SamplerState
 from proto import pipeline_pb2 as pb
 from proto.convert import WireError, params_from_proto
+from worker.orphans import Orphanage, identity_of
 from worker.prefix_blocks import StreamBlocks
 from worker.stream_quota import StreamQuota, StreamQuotaExceeded
 
+log = logging.getLogger(__name__)
 TOMBSTONES_PER_STREAM = 4096  # recently ended ids remembered per stream, for clear errors
 
 
@@ -33,6 +38,7 @@ class TailSeq:
     next_pos: int = 0
     touched_s: float = 0.0
     kept_tokens: int = 0  # of [0, next_pos), in blocks kept for prefix caching (counted once)
+    resume_key: str = ""  # kept under this when its stream breaks (worker/orphans.py)
 
 
 class SeqFailed(Exception):
@@ -47,7 +53,8 @@ class SeqTable:
     """Live sequences per stream over the tail stage's KV cache."""
 
     def __init__(self, stage, *, stream_kv_share: float, stream_max_seqs: int,
-                 guides: GuideFactory | None):
+                 guides: GuideFactory | None, orphan_grace_s: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.stage = stage
         self.guides = guides  # compiles structured-output constraints; None: refused
         self.seqs: dict[str, TailSeq] = {}
@@ -55,6 +62,8 @@ class SeqTable:
         self.quota = StreamQuota(stage.kv.capacity_tokens, stage.kv.block_size,
                                  stream_kv_share, stream_max_seqs)
         self.blocks = StreamBlocks(stage.kv)
+        self.clock = clock
+        self.orphans: Orphanage[TailSeq] = Orphanage(orphan_grace_s, self.quota.kv_tokens, clock)
 
     def apply_cache_ops(self, stream: str, request: pb.StepRequest, release: list[str]) -> None:
         """Keep, release (what the step does not run), evict: the API applied the same to
@@ -89,12 +98,12 @@ class SeqTable:
         if seq_step.cached_prefix and key not in self.seqs:
             self._attach(stream, seq, list(seq_step.cached_prefix))
         try:
-            self.quota.check(stream, key, end_pos - seq.kept_tokens)
-            self.stage.kv.reserve(key, end_pos)
+            self.quota.check(stream, seq.key, end_pos - seq.kept_tokens)
+            self.stage.kv.reserve(seq.key, end_pos)  # an adopted one keeps its first key
         except (KVCacheFull, StreamQuotaExceeded) as e:
-            self.stage.release(key)  # the blocks it attached
+            self.stage.release(seq.key)  # the blocks it attached
             raise SeqFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
-        self.quota.record(stream, key, end_pos - seq.kept_tokens)
+        self.quota.record(stream, seq.key, end_pos - seq.kept_tokens)
         self.seqs[key] = seq
         return seq
 
@@ -127,7 +136,33 @@ class SeqTable:
                             f"prompt_token_ids outside the vocabulary [0, {vocab}): {outside[:5]}")
         sampler = SamplerState.resume(params, list(seq_step.resume_output_ids),
                                       self._guide(params))
-        return TailSeq(key=key, stream=stream, seq_id=seq_step.seq_id, sampler=sampler)
+        return TailSeq(key=key, stream=stream, seq_id=seq_step.seq_id, sampler=sampler,
+                       resume_key=seq_step.resume_key)
+
+    def adopt(self, stream: str, seq_step: pb.SeqStep, result: pb.SeqResult) -> None:
+        """Take over a kept sequence of a broken stream (worker/orphans.py); a refusal leaves
+        no tombstone, so the API can start the sequence afresh under the same id."""
+        key = f"{stream}/{seq_step.seq_id}"
+        seq = None if key in self.seqs else self._take(seq_step.resume_key, stream)
+        code, why = grpc.StatusCode.NOT_FOUND, (
+            f"no kept sequence to adopt for {seq_step.seq_id!r} (its grace period passed, it "
+            "finished, or another client owns it)")
+        if seq is not None:
+            try:
+                self.quota.check(stream, seq.key, seq.next_pos)
+            except StreamQuotaExceeded as e:
+                self.stage.release(seq.key)
+                code, why, seq = grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), None
+        if seq is None:
+            result.error.code, result.error.message = code.value[0], why
+            return
+        self.quota.record(stream, seq.key, seq.next_pos)
+        seq.stream, seq.seq_id, seq.kept_tokens = stream, seq_step.seq_id, 0
+        seq.touched_s = self.clock()
+        self.seqs[key] = seq
+        result.adopted.output_ids.extend(seq.sampler.output_token_ids)
+        result.adopted.next_pos = seq.next_pos
+        log.info("stream %s adopted %s at position %d", stream, seq.seq_id, seq.next_pos)
 
     def _guide(self, params) -> Guide | None:
         """The sequence's grammar matcher, compiled on its first step (None: no constraint)."""
@@ -141,6 +176,22 @@ class SeqTable:
         except ConstraintError as e:
             raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
 
+    def _take(self, resume_key: str, stream: str) -> TailSeq | None:
+        """The kept sequence of this key; or a live one of another stream of the same client
+        identity: a crashed host sends no FIN, so its stream may still look open here, but
+        the client resuming through `stream` says the request is not the old API's any more
+        (a step of the old stream for it then fails NOT_FOUND)."""
+        seq = self.orphans.take(resume_key, stream)
+        if seq is not None or not resume_key:
+            return seq
+        me = identity_of(stream)
+        seq = next((s for s in self.seqs.values() if s.resume_key == resume_key
+                    and s.stream != stream and identity_of(s.stream) == me), None)
+        if seq is not None:
+            del self.seqs[f"{seq.stream}/{seq.seq_id}"]
+            self.quota.release(seq.stream, seq.key)
+        return seq
+
     def release(self, stream: str, seq_id: str, why: str) -> None:
         """Free the sequence's KV and quota; its id is remembered as ended (`why`)."""
         seq = self.seqs.pop(f"{stream}/{seq_id}", None)
@@ -153,10 +204,16 @@ class SeqTable:
             ended.popitem(last=False)
 
     def drop_stream(self, stream: str) -> int:
-        """Release every sequence the stream created (it ended or broke); returns how many."""
+        """The stream ended or broke: keep its sequences that have a resume key for adoption
+        (worker/orphans.py), release the rest; returns how many it held."""
         keys = [key for key, seq in self.seqs.items() if seq.stream == stream]
+        kept = len(self.orphans)
         for key in keys:
-            self.stage.release(self.seqs.pop(key).key)
+            for seq in self.orphans.keep(self.seqs.pop(key), stream):
+                self.stage.release(seq.key)
+        if len(self.orphans) > kept:
+            log.info("stream %s ended: %d sequences kept %g s for adoption (orphan_grace_s)",
+                     stream, len(self.orphans) - kept, self.orphans.grace_s)
         self.blocks.drop_stream(stream)
         self.ended.pop(stream, None)
         self.quota.drop_stream(stream)
@@ -168,3 +225,13 @@ class SeqTable:
         for seq in idle:
             self.release(seq.stream, seq.seq_id, why)
         return [seq.key for seq in idle]
+
+    def expire_orphans(self) -> list[str]:
+        """Release the kept sequences nobody adopted within orphan_grace_s; their keys."""
+        orphans = self.orphans.expired()
+        for seq in orphans:
+            self.stage.release(seq.key)
+        if orphans:
+            log.info("released %d kept sequences nobody adopted within %g s (orphan_grace_s)",
+                     len(orphans), self.orphans.grace_s)
+        return [seq.key for seq in orphans]

@@ -41,6 +41,15 @@ def step_matrices(model, top_k: int | None) -> list[torch.Tensor]:
     return mats
 
 
+def packed_step_matrices(model, top_k: int | None) -> list[torch.Tensor]:
+    """step_matrices with each packed sibling group (engine/packed_linear.py) as its one
+    matrix: what the engine multiplies by."""
+    packs = [v.weight for m in model.modules() for k, v in vars(m).items() if k.startswith("packed_")]
+    storages = {w.untyped_storage().data_ptr() for w in packs}
+    rest = [m for m in step_matrices(model, top_k) if m.untyped_storage().data_ptr() not in storages]
+    return packs + rest
+
+
 def floor_bytes(model, top_k: int | None) -> int:
     """Bytes of weights a batch-1 decode step reads (one embedding row included)."""
     total = sum(m.numel() * m.element_size() for m in step_matrices(model, top_k))
@@ -48,9 +57,10 @@ def floor_bytes(model, top_k: int | None) -> int:
     return total + (embed.weight[0].numel() * embed.weight.element_size() if embed is not None else 0)
 
 
-def matmul_graph_ms(model, top_k: int | None, batch: int = 1, repeats: int = 50) -> dict:
-    """The step's matrices as x @ W^T, one after another, eager and captured as one graph."""
-    mats = step_matrices(model, top_k)
+def matmul_graph_ms(model, top_k: int | None, batch: int = 1, repeats: int = 50,
+                    mats: list[torch.Tensor] | None = None) -> dict:
+    """The step's matrices (or `mats`) as x @ W^T, one after another, eager and as one graph."""
+    mats = step_matrices(model, top_k) if mats is None else mats
     dtype = mats[0].dtype
     inputs = {m.shape[1]: torch.randn(batch, m.shape[1], device="cuda", dtype=dtype) for m in mats}
 

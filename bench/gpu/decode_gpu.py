@@ -193,7 +193,9 @@ def bench_shape(shape: str, args) -> dict:
         out = {"load_s": stage.load_seconds, "layers": SHAPES[shape][1],
                "floor_bytes": ceiling.floor_bytes(stage.model, top_k),
                "weight_bytes": sum(p.numel() * p.element_size() for p in stage.model.parameters()),
-               "matmuls": ceiling.matmul_graph_ms(stage.model, top_k)}
+               "matmuls": ceiling.matmul_graph_ms(stage.model, top_k),
+               "packed_matmuls": ceiling.matmul_graph_ms(  # the products the engine runs
+                   stage.model, top_k, mats=ceiling.packed_step_matrices(stage.model, top_k))}
         out["floor_ms"] = out["floor_bytes"] / args.copy_bytes_per_s * 1e3
         runs = engine_variants(stage, args.batches, args.prompt_len, args.steps)
         out["capture_error"] = stage.decode_graphs.capture_error

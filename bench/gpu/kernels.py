@@ -57,4 +57,20 @@ def check() -> dict:
         "rms_norm": _rel(fused.rms_norm(x, w, 1e-6), norm_ref),
         "rope_half": _rel(fused.rope_half(q, cos.bfloat16(), sin.bfloat16()), rope_ref),
         "silu_mul": _rel(fused.silu_mul(g, u), F.silu(g.float()) * u.float()),
+        "add_rms_norm": _rel(fused.add_rms_norm(x, x, w, 1e-6)[1], _norm_ref(x + x, w)),
+        "rope_qkv_to_cache": _rope_qkv(q, cos.bfloat16(), sin.bfloat16(), rope_ref),
     }
+
+
+def _norm_ref(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    xf = x.float()
+    return w.float() * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+
+def _rope_qkv(q: torch.Tensor, cos, sin, rope_ref: torch.Tensor) -> float:
+    """q [T, 28, 128] as the query part of a packed row (4 key and 4 value heads of zeros)."""
+    t = q.shape[0]
+    qkv = torch.cat([q.flatten(1), q.new_zeros(t, 8 * 128)], 1)
+    cache = q.new_zeros(2, 64, 4, 128)
+    slots = torch.arange(t, device=q.device)
+    return _rel(fused.rope_qkv_to_cache(qkv, None, cos, sin, cache[0], cache[1], slots, 28), rope_ref)

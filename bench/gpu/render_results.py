@@ -12,10 +12,10 @@ def _f(value, spec: str, suffix: str = "") -> str:
 
 
 def floor_table(r: dict) -> list[str]:
-    rows = ["| shape | bytes / step | floor ms | matmul graph ms (eager) | engine eager ms | "
-            "buffers, no graph ms | graph ms | graph replay alone ms | floor_fraction | "
+    rows = ["| shape | bytes / step | floor ms | matmul graph ms (eager) | packed products graph ms | "
+            "engine eager ms | buffers, no graph ms | graph ms | graph replay alone ms | floor_fraction | "
             "of the torch ceiling | transformers ms | graph / transformers |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for shape, s in r["shapes"].items():
         if "error" in s:
             rows.append(f"| {NAMES.get(shape, shape)} | {s['error']} |")
@@ -24,9 +24,11 @@ def floor_table(r: dict) -> list[str]:
         graph = e["graph_b1"]["step_ms_p50"]
         hf = s.get("transformers_b1")
         replay = s.get("graph_b1_replay_ms")
+        packed = s.get("packed_matmuls", {}).get("graph_ms")
         rows.append(
             f"| {NAMES.get(shape, shape)} | {s['floor_bytes'] / 1e9:.2f} GB | {s['floor_ms']:.2f} "
-            f"| {m['graph_ms']:.2f} ({m['eager_ms']:.2f}) | {e['eager_b1']['step_ms_p50']:.2f} "
+            f"| {m['graph_ms']:.2f} ({m['eager_ms']:.2f}) | {_f(packed, '.2f')} "
+            f"| {e['eager_b1']['step_ms_p50']:.2f} "
             f"| {e['buffers_b1']['step_ms_p50']:.2f} | {graph:.2f} "
             f"| {_f(replay, '.2f')} | {s['floor_ms'] / graph:.0%} | {m['graph_ms'] / graph:.0%} "
             f"| {_f(hf and hf['step_ms'], '.1f')} | {_f(hf and hf['step_ms'] / graph, '.1f', 'x')} |")
@@ -85,7 +87,9 @@ def main() -> None:
         "steps; a step = forward + LM head + batched sampler + tokens read back (p50 wall time).",
         f"Floor = bytes a batch-1 step must read / the copy bandwidth measured in the same run "
         f"({r['copy_bytes_per_s'] / 1e12:.2f} TB/s, read + written); MoE counts the routed experts",
-        "one token uses. Torch ceiling = the same matrices multiplied one after another as one CUDA graph.", "",
+        "one token uses. Torch ceiling = the same matrices multiplied one after another as one CUDA graph",
+        "(cuBLAS); packed products = the same, with the matrices the engine packs (q/k/v, gate/up,",
+        "q_a/kv_a) as one each.", "",
         f"- date: {r['date']}", f"- device: {r['device']}", f"- host: `{r['host']}`",
         f"- torch: {r['torch']}",
         "- kernels vs torch (‖out − ref‖ / ‖ref‖, bf16): " + ", ".join(_kernel(n, v) for n, v in k.items()),

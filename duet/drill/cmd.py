@@ -19,7 +19,8 @@ def register(subparsers) -> None:
     p.add_argument("scenario", choices=sorted(SCENARIOS))
     p.add_argument("--lab-dir", default="/run/duet-lab", help="the lab's run directory")
     p.add_argument("--clients", type=int, default=4, help="concurrent streaming clients")
-    p.add_argument("--max-tokens", type=int, default=8, help="tokens per completion")
+    p.add_argument("--max-tokens", type=int, default=0,
+                   help="tokens per completion (default 8; crash-a-resume: 200)")
     p.add_argument("--timeout-s", type=float, default=120.0, help="longest wait for any step")
     p.add_argument("--settle-s", type=float, default=1.0,
                    help="clients keep running this long after each recovery (2x after 503s)")
@@ -64,10 +65,18 @@ def run(args: argparse.Namespace) -> int:
     if args.settle_s < 0:
         raise ValueError(f"--settle-s: expected >= 0, got {args.settle_s}")
     out = Path(args.json or f"drill-{args.scenario}-{time.strftime('%Y%m%dT%H%M%S')}.json")
-    target = make_target(args)
-    report = run_drill(target, SCENARIOS[args.scenario], out.with_suffix(".attempts.jsonl"),
-                       args.clients, args.max_tokens, args.timeout_s, args.settle_s)
+    target, scenario = make_target(args), SCENARIOS[args.scenario]
+    if scenario.resuming:  # long streams that must survive the fault with the same text
+        from duet.drill.resume_drill import format_resume_table, run_resume_drill
+
+        report = run_resume_drill(target, scenario, out.with_suffix(".attempts.jsonl"),
+                                  args.clients, args.max_tokens or 200, args.timeout_s)
+        table = format_resume_table(report)
+    else:
+        report = run_drill(target, scenario, out.with_suffix(".attempts.jsonl"), args.clients,
+                           args.max_tokens or 8, args.timeout_s, args.settle_s)
+        table = format_table(report)
     out.write_text(json.dumps(report, indent=1) + "\n")
-    print(format_table(report))
+    print(table)
     print(f"report: {out}")
     return 0 if report["ok"] else 1

@@ -20,9 +20,10 @@ class LabTarget:
         self.url = f"http://{VIP}:{API_PORT}"
         self.model = Path(self.state.model_dir).name
 
-    def start_load(self, out: Path, clients: int, max_tokens: int) -> subprocess.Popen:
+    def start_load(self, out: Path, clients: int, max_tokens: int,
+                   module: str = "duet.drill.load") -> subprocess.Popen:
         """The clients, in the client namespace (they reach the API only through the VIP)."""
-        argv = [sys.executable, "-m", "duet.drill.load", "--url", self.url, "--model",
+        argv = [sys.executable, "-m", module, "--url", self.url, "--model",
                 self.model, "--clients", str(clients), "--max-tokens", str(max_tokens),
                 "--out", str(out)]
         return subprocess.Popen(["ip", "netns", "exec", self.state.ns("c"), *argv],

@@ -55,8 +55,9 @@ class PairTarget:
         res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
         return res.stdout if res.returncode == 0 else ""
 
-    def start_load(self, out: Path, clients: int, max_tokens: int) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "duet.drill.load", "--url", self.url,
+    def start_load(self, out: Path, clients: int, max_tokens: int,
+                   module: str = "duet.drill.load") -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", module, "--url", self.url,
                                  "--model", self.model, "--clients", str(clients),
                                  "--max-tokens", str(max_tokens), "--out", str(out)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

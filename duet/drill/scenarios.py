@@ -20,6 +20,7 @@ class Scenario:
     repair: Callable
     prepare: Callable | None = None  # before the clients start (return-a: A is down)
     fails_fast: bool = False  # the APIs answer 503 at once while the fault lasts
+    resuming: bool = False  # clients resume with Last-Event-ID (duet/drill/resume_drill.py)
 
 
 SCENARIOS = {s.name: s for s in (
@@ -40,4 +41,8 @@ SCENARIOS = {s.name: s for s in (
              "(preemption) once its API is ready", "a",
              lambda t: t.start_dead("a"), lambda t: None,
              prepare=lambda t: (t.stop_host("a"), t.wait_vip_on("b", 30))),
+    Scenario("crash-a-resume", "host A crashes while clients stream long completions; they "
+             "reconnect through the VIP with Last-Event-ID, B's standby adopts the sequences "
+             "from the worker, and every stream must end with the uninterrupted run's text",
+             "b", lambda t: t.crash("a"), lambda t: t.reboot("a"), resuming=True),
 )}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engine import fused
+from engine import fused, gemv
 from engine.batch import ForwardContext
 
 # The cache tensors of one layer: each [num_slots, *token_shape] (see kv_token_shapes).
@@ -31,6 +31,15 @@ class RMSNorm(nn.Module):
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x.to(dtype)
+
+    def add_forward(self, x: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h = x + r, norm(h)): a residual add and this norm; one kernel on CUDA. h is a new
+        tensor (never x or r)."""
+        if (x.dim() == 2 and x.shape[0] and fused.usable(x) and x.is_contiguous()
+                and r.is_contiguous() and r.dtype == x.dtype and r.device == x.device):
+            return fused.add_rms_norm(x, r, self.weight, self.eps)
+        h = x + r
+        return h, self(h)
 
 
 class StageModel(nn.Module):
@@ -90,4 +99,4 @@ class StageModel(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, H] -> fp32 logits [N, V]; last stage only."""
         assert self.is_last, "logits are computed only on the last stage"
-        return self.lm_head(self.model.norm(hidden)).float()
+        return gemv.apply(self.lm_head, self.model.norm(hidden)).float()

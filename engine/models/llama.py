@@ -7,11 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine import fused
+from engine import fused, gemv
 from engine.attention import paged_attention
 from engine.batch import ForwardContext
 from engine.errors import CheckpointError
 from engine.models.base import LayerKV, RMSNorm, StageModel
+from engine.packed_linear import PackedLinear, packed
+from engine.paged_decode import decode_attention
 from engine.rope import RotaryEmbedding, apply_rope
 
 
@@ -33,13 +35,34 @@ class LlamaAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext, kv: LayerKV) -> torch.Tensor:
         t = x.shape[0]
-        q = self.q_proj(x).view(t, self.num_heads, self.head_dim)  # [T, Hq, D]
-        k = self.k_proj(x).view(t, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
-        v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
         cos, sin = self.rotary[0](ctx.positions, x.dtype)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = paged_attention(q, k, v, kv, ctx, self.scale)  # [T, Hq, D]
-        return self.o_proj(out.reshape(t, -1))
+        qkv = packed(self, "q_proj")
+        if qkv is not None and self._fused_decode(x, ctx, kv):
+            # one product, then bias + rotary + both cache writes in one kernel
+            q = fused.rope_qkv_to_cache(qkv(x, with_bias=False), qkv.bias, cos, sin, *kv,
+                                        ctx.slot_mapping, self.num_heads)
+            out = decode_attention(q, *kv, ctx.decode_tables, self.scale)
+        else:
+            q, k, v = self._project(x, qkv)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            out = paged_attention(q, k, v, kv, ctx, self.scale)  # [T, Hq, D]
+        return gemv.apply(self.o_proj, out.reshape(t, -1))
+
+    def _project(self, x: torch.Tensor, qkv: PackedLinear | None) -> tuple[torch.Tensor, ...]:
+        """x [T, H] -> q [T, Hq, D], k and v [T, Hkv, D]."""
+        t = x.shape[0]
+        q, k, v = qkv.split(x) if qkv is not None else (self.q_proj(x), self.k_proj(x), self.v_proj(x))
+        return (q.view(t, self.num_heads, self.head_dim),
+                k.view(t, self.num_kv_heads, self.head_dim),
+                v.view(t, self.num_kv_heads, self.head_dim))
+
+    def _fused_decode(self, x: torch.Tensor, ctx: ForwardContext, kv: LayerKV) -> bool:
+        """A decode step from the block tables (engine/decode_graphs.py) on CUDA, caches in the
+        activations' dtype, a power-of-two rotary half: the one-kernel rotary + cache write."""
+        half = self.head_dim // 2
+        return (ctx.decode_tables is not None and fused.usable(x) and x.shape[0] > 0
+                and all(c.dtype == x.dtype and c.is_contiguous() for c in kv)
+                and half & (half - 1) == 0)
 
 
 class LlamaMLP(nn.Module):
@@ -51,11 +74,21 @@ class LlamaMLP(nn.Module):
         self.up_proj = nn.Linear(hidden, intermediate, bias=bias)
         self.down_proj = nn.Linear(intermediate, hidden, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_proj(x), self.up_proj(x)
-        if gate.shape[0] and fused.usable(gate) and gate.is_contiguous() and up.is_contiguous():
-            return self.down_proj(fused.silu_mul(gate, up))  # one kernel instead of two
-        return self.down_proj(F.silu(gate) * up)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x [T, H] -> down(silu(gate) * up) [T, H], plus `residual` when given: then added in
+        the down product itself (and `residual`, a tensor the caller owns, is overwritten)."""
+        gate_up = packed(self, "gate_proj")
+        gate, up = gate_up.split(x) if gate_up is not None else (self.gate_proj(x), self.up_proj(x))
+        if gate.shape[0] and fused.usable(gate) and fused.usable(up):
+            act = fused.silu_mul(gate, up)  # one kernel instead of two
+        else:
+            act = F.silu(gate) * up
+        down = self.down_proj
+        if residual is None:
+            return gemv.apply(down, act)
+        if type(down) is nn.Linear:  # the residual add in the product's epilogue
+            return gemv.linear(act, down.weight, down.bias, residual=residual)
+        return residual + down(act)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -69,8 +102,13 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = mlp
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext, kv: LayerKV) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), ctx, kv)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        # h = x + attn(...) and its norm in one kernel (CUDA); h is new, so the dense MLP may add
+        # its output into h in place
+        h, normed = self.post_attention_layernorm.add_forward(
+            x, self.self_attn(self.input_layernorm(x), ctx, kv))
+        if isinstance(self.mlp, LlamaMLP):
+            return self.mlp(normed, residual=h)
+        return h + self.mlp(normed)
 
 
 class LlamaForCausalLM(StageModel):

@@ -13,11 +13,13 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
+from engine import gemv
 from engine.attention import (
     attention_layout, gather_context, pad_queries, sdpa, unpad_queries, write_cache,
 )
 from engine.batch import ForwardContext
 from engine.models.base import RMSNorm
+from engine.packed_linear import packed
 from engine.paged_decode import decode_attention
 from engine.rope import RotaryEmbedding, apply_rope, apply_rope_interleaved
 
@@ -134,9 +136,9 @@ class MLAttention(nn.Module):
         if not isinstance(ctx, MLAContext):  # a caller that runs layers itself (layers spread over GPUs)
             ctx = MLAContext.of(ctx)
         s, t = self.spec, x.shape[0]
-        q = self.q_proj(x) if s.q_lora_rank is None else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        q, kv_a = self._project(x)
         q_nope, q_pe = q.view(t, s.num_heads, -1).split([s.qk_nope_head_dim, s.qk_rope_head_dim], -1)
-        latent, k_pe = self.kv_a_proj_with_mqa(x).split([s.kv_lora_rank, s.qk_rope_head_dim], -1)
+        latent, k_pe = kv_a.split([s.kv_lora_rank, s.qk_rope_head_dim], -1)
         cos, sin = self.rotary(ctx.positions, x.dtype)
         rope = apply_rope_interleaved if s.rope_interleave else apply_rope
         q_pe, k_pe = rope(q_pe, cos, sin), rope(k_pe[:, None], cos, sin)[:, 0]  # [T, nh, r], [T, r]
@@ -153,7 +155,16 @@ class MLAttention(nn.Module):
             out[ctx.prefill_rows] = self._expanded(
                 q_nope[ctx.prefill_rows], q_pe[ctx.prefill_rows], kv[0], ctx.prefill
             )
-        return self.o_proj(out.reshape(t, -1))
+        return gemv.apply(self.o_proj, out.reshape(t, -1))
+
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [T, H] -> queries [T, nh * (nope + r)] and kv_a [T, kvr + r]; q_a and kv_a as one
+        product when packed (engine/packed_linear.py)."""
+        if self.spec.q_lora_rank is None:
+            return self.q_proj(x), self.kv_a_proj_with_mqa(x)
+        both = packed(self, "q_a_proj")
+        q_a, kv_a = both.split(x) if both is not None else (self.q_a_proj(x), self.kv_a_proj_with_mqa(x))
+        return gemv.apply(self.q_b_proj, self.q_a_layernorm(q_a)), kv_a
 
     def _up_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """kv_b_proj as W_UK [nh, nope, kvr] and W_UV [nh, kvr, v] (views, no copies)."""

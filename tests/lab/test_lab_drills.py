@@ -110,6 +110,20 @@ def test_drill(lab, scenario, tmp_path):
         assert report["refused_503"] > 0 and report["slowest_503_s"] < 1.0
 
 
+def test_drill_crash_a_with_resuming_clients(lab, tmp_path):
+    """Streams in flight when host A crashes complete through B with the identical text."""
+    run_dir, _, _ = lab
+    report_file = tmp_path / "report.json"
+    res = duet("drill", "crash-a-resume", "--lab-dir", str(run_dir), "--clients", "2",
+               "--max-tokens", "60", "--json", str(report_file))
+    assert report_file.exists(), res.stdout + res.stderr
+    report = json.loads(report_file.read_text())
+    failed = [name for name, ok in report["checks"].items() if not ok]
+    assert res.returncode == 0 and report["ok"], f"{failed}\n{res.stdout}{res.stderr}"
+    assert report["completed"] == report["identical"] == 2
+    assert report["final"]["vip_holders"] == ["a"]
+
+
 def test_down_leaves_nothing_behind(lab):
     run_dir, prefix, _ = lab
     res = duet("lab", "down", "--dir", str(run_dir))

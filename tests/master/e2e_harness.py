@@ -48,6 +48,7 @@ class Service:
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
+        self._terminating = False
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -63,9 +64,16 @@ class Service:
             time.sleep(0.1)
         raise TimeoutError(f"{self.name}: no {pattern!r} in {timeout_s} s:\n{self.log()}")
 
+    def terminate(self) -> None:
+        """SIGTERM without waiting (stop() waits), so that several stop at once."""
+        if self.proc.poll() is None and not self._terminating:
+            self.proc.send_signal(signal.SIGTERM)
+            self._terminating = True
+
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            if sig != signal.SIGTERM or not self._terminating:
+                self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
@@ -127,7 +135,7 @@ class E2EStack:
 
     def __init__(self, tmp: Path, model: Path, split: int, **worker_fields):
         self.tmp, self.model, self.split = tmp, model, split
-        self.services: list[Service] = []  # the APIs, stopped before the worker
+        self.services: list[Service] = []  # the APIs
         self.worker, self.port = spawn_worker(tmp, model, split, **worker_fields)
         self.url = self.standby_url = ""
 
@@ -150,9 +158,11 @@ class E2EStack:
         return service, master_url(service)
 
     def stop(self) -> None:
-        for service in reversed(self.services):
+        """Everything at once: each process shuts down by itself (an API drains nothing)."""
+        for service in (*self.services, self.worker):
+            service.terminate()
+        for service in (*reversed(self.services), self.worker):
             service.stop()
-        self.worker.stop()
 
 
 @contextlib.contextmanager

@@ -3,7 +3,7 @@ import shutil
 
 import httpx
 
-from e2e_harness import start_master, start_worker, wait_not_ready
+from e2e_harness import master_url, spawn_master, spawn_worker, wait_not_ready
 from engine.manifest import compute_manifest
 from engine.tiny_model import write_tiny_model
 
@@ -21,11 +21,11 @@ def test_handshake_refuses_a_worker_whose_checkpoint_bytes_differ(tmp_path):
     weights.write_bytes(bytes(data))
     compute_manifest(copy).write(copy)
 
-    worker, port = start_worker(tmp_path, copy, 1)
-    services = [worker]
+    worker, port = spawn_worker(tmp_path, copy, 1)  # both start at once
+    services = [worker, spawn_master(tmp_path, source, 1, port, reconnect_max_s=0.5)]
     try:
-        master, url = start_master(tmp_path, source, 1, port)
-        services.append(master)
+        worker.wait_for(r"worker ready")
+        url = master_url(services[1])
         reason = wait_not_ready(url, "manifest")
         assert f"first differing file: {weights.name}" in reason
         r = httpx.post(f"{url}/v1/completions", json={"model": "tiny-qwen2", "prompt": "hi",

@@ -19,8 +19,10 @@ SPLIT = 2
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_qwen2):
+    # resume_detached_s: a client that leaves frees its sequences within 1 s (tested)
     with e2e_stack(tmp_path_factory.mktemp("e2e_openai"), tiny_qwen2, SPLIT, max_num_seqs=16,
-                   max_waiting=20, env={"DUET_API_KEYS": f"tests:{KEY}"}) as stack:
+                   max_waiting=20, resume_detached_s=1.0,
+                   env={"DUET_API_KEYS": f"tests:{KEY}"}) as stack:
         stack.bundle = ModelBundle.load(tiny_qwen2)
         stack.tok, stack.name = stack.bundle.tokenizer, tiny_qwen2.name
         stack.ref = Reference(tiny_qwen2, stack.bundle.stop_token_ids)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from e2e_harness import start_master, start_worker
+from e2e_harness import master_url, spawn_master, spawn_worker
 from e2e_netns import netns_request
 
 SPLIT = 2
@@ -43,11 +43,13 @@ def test_vrrp_master_event_activates_the_standby_and_backup_deactivates_it(
     host_b = lab.ns("b")
     services = []
     try:
-        worker, port = start_worker(tmp_path, model, SPLIT, netns=host_b)
+        worker, port = spawn_worker(tmp_path, model, SPLIT, netns=host_b)  # both at once
         services.append(worker)
-        standby, url = start_master(tmp_path, model, SPLIT, port, name="standby",
-                                    role="standby", netns=host_b)
+        standby = spawn_master(tmp_path, model, SPLIT, port, name="standby", role="standby",
+                               netns=host_b, reconnect_max_s=0.5)
         services.append(standby)
+        worker.wait_for(r"worker ready")
+        url = master_url(standby)
         request = {"model": model.name, "prompt": "after the failover", "max_tokens": 4}
         refused = wait_status(host_b, f"{url}/v1/completions", request, 503)
         assert "not active" in refused["error"]["message"]

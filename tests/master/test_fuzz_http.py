@@ -32,9 +32,10 @@ JSON_VALUES = st.recursive(
                                                                 max_size=3),
     max_leaves=6)
 # Values at the edges of what the wire and the model carry (int32, uint64, float32, vocab).
-EDGE_VALUES = [0, -1, 2**31 - 1, 2**31, 2**32, 2**63, 2**64, -(2**63) - 1, 10**6, 1e39, -1e39,
-               float("nan"), float("inf"), [2**31], [-1], [10**6], None]
-EDGES = st.sampled_from(EDGE_VALUES)
+SCALAR_EDGES = [0, -1, 2**31 - 1, 2**31, 2**32, 2**63, 2**64, -(2**63) - 1, 10**6, 1e39, -1e39,
+                float("nan"), float("inf"), None]
+LIST_EDGES = [[2**31], [-1], [10**6], None]  # for fields that hold lists of numbers (ids)
+EDGES = st.sampled_from(SCALAR_EDGES + LIST_EDGES[:-1])
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +51,14 @@ def request_schema(openapi: dict, path: str) -> dict:
     return {**content["application/json"]["schema"], "components": openapi["components"]}
 
 
-def request_fields(openapi: dict, path: str) -> tuple[list[str], list[str]]:
-    """(every field of the endpoint's body, those that hold numbers)."""
+def request_fields(openapi: dict, path: str, kind: str = "integer|number"
+                   ) -> tuple[list[str], list[str]]:
+    """(every field of the endpoint's body, those whose schema names a type in `kind`)."""
     name = request_schema(openapi, path)["$ref"].rsplit("/", 1)[1]
     properties = openapi["components"]["schemas"][name]["properties"]
     fields = sorted(properties)
-    numeric = [f for f in fields if re.search(r'"(integer|number)"', json.dumps(properties[f]))]
-    return fields, numeric
+    typed = [f for f in fields if re.search(rf'"({kind})"', json.dumps(properties[f]))]
+    return fields, typed
 
 
 def body_strategy(openapi: dict, path: str) -> st.SearchStrategy:
@@ -101,8 +103,9 @@ def test_every_numeric_field_at_every_edge(served, path):
     client, openapi = served
     _, numeric = request_fields(openapi, path)
     assert {"top_k", "seed", "max_tokens", "temperature"} <= set(numeric)
-    for field in numeric:
-        for edge in EDGE_VALUES:
+    _, lists = request_fields(openapi, path, kind="array")
+    for field in numeric:  # one at a time, so a failure names the body that broke the server
+        for edge in LIST_EDGES if field in lists else SCALAR_EDGES:
             check(client, path, {**MINIMAL[path], field: edge})
     assert client.get("/ready").status_code == 200
 

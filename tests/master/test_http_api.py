@@ -37,7 +37,7 @@ def fake(bundle, reply=REPLY, **kw) -> FakeGenerator:
 
 
 def sse_events(text: str) -> list:
-    lines = [line[len("data: "):] for line in text.split("\n\n") if line.startswith("data: ")]
+    lines = [line[len("data: "):] for line in text.split("\n") if line.startswith("data: ")]
     assert lines[-1] == "[DONE]"
     return [json.loads(line) for line in lines[:-1]]
 

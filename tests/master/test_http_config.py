@@ -1,7 +1,8 @@
 """MasterConfig from TOML + environment; API keys and their log-safe ids."""
 import pytest
 
-from master.auth import ApiKeyChecker, key_id, parse_api_keys
+from master.api_keys import key_id, parse_api_keys
+from master.auth import ApiKeyChecker
 from master.config import MasterConfig, load_master_config
 
 TOML = """

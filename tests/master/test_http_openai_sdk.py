@@ -30,7 +30,9 @@ def gen(bundle) -> FakeGenerator:
 
 @pytest.fixture(scope="module")
 def server(bundle, gen):
-    config = MasterConfig(model_dir="unused", served_model_name="tiny", api_keys={"ci": KEY})
+    # resume_detached_s = 0: a client that leaves frees its sequences at once (tested below)
+    config = MasterConfig(model_dir="unused", served_model_name="tiny", api_keys={"ci": KEY},
+                          resume_detached_s=0)
     with LiveServer(create_app(config, gen, bundle)) as live:
         yield live
 

@@ -1,0 +1,85 @@
+"""One-row products (batch-1 decode) as a Triton GEMV on CUDA, with the bias and a residual add in
+its epilogue; every other shape and device goes to torch.
+
+At batch 1 a decode step is nothing but matrix-vector products, so their share of the memory
+bandwidth is the step's speed. Measured on the H200 (bench/gpu/gemv_probe.py, the 7B shape's
+matrices): cuBLAS picks split-K kernels plus a separate reduction kernel for the narrow ones and
+reads 3.5-3.8 TB/s; this plain kernel (4 rows x 512 columns per program, fp32 accumulation)
+reads 3.8-4.5 TB/s and needs no second kernel.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - CPU-only installs
+    triton = None
+
+BLOCK_N, BLOCK_K, WARPS = 4, 512, 4  # the best tile of the probe on every 7B matrix
+
+
+def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """One contiguous row on CUDA against a contiguous [N, K] weight of the same float dtype."""
+    return (triton is not None and x.is_cuda and x.dim() == 2 and x.shape[0] == 1
+            and x.stride(-1) == 1 and weight.dim() == 2 and weight.is_contiguous()
+            and weight.dtype == x.dtype and x.dtype in (torch.bfloat16, torch.float16, torch.float32))
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           residual: torch.Tensor | None = None) -> torch.Tensor:
+    """x [T, K] @ weight[N, K]^T (+ bias) (+ residual, then written into `residual` itself, a
+    tensor the caller owns) -> [T, N]."""
+    if not usable(x, weight) or (residual is not None and not residual.is_contiguous()):
+        if residual is None:
+            return F.linear(x, weight, bias)
+        if bias is None and residual.dtype == x.dtype == weight.dtype:
+            return residual.addmm_(x, weight.t())  # the add in the product's epilogue
+        return residual.add_(F.linear(x, weight, bias))
+    out = residual if residual is not None else x.new_empty(1, weight.shape[0])
+    launch(weight, x, bias, out, add_out=residual is not None)
+    return out
+
+
+def launch(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
+           add_out: bool = False, tile: tuple[int, int, int] = (BLOCK_N, BLOCK_K, WARPS)) -> None:
+    """out [N] (+)= weight [N, K] @ x [K] (+ bias): the kernel itself; `tile` = (rows, columns
+    per program, warps), varied by bench/gpu/gemv_probe.py."""
+    n, k = weight.shape
+    rows, cols, warps = tile
+    _gemv_kernel[(triton.cdiv(n, rows),)](
+        weight, x, weight if bias is None else bias, out, n, k,
+        HAS_BIAS=bias is not None, ADD_OUT=add_out, BLOCK_N=rows, BLOCK_K=cols, num_warps=warps)
+
+
+def apply(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """module(x), through `linear` when it is a plain nn.Linear (FP8 linears keep their own)."""
+    if type(module) is nn.Linear:
+        return linear(x, module.weight, module.bias)
+    return module(x)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _gemv_kernel(W, X, B, Y, N, K, HAS_BIAS: tl.constexpr, ADD_OUT: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rmask = rows < N
+        acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            cols = k0 + tl.arange(0, BLOCK_K)
+            cmask = cols < K
+            w = tl.load(W + rows[:, None].to(tl.int64) * K + cols[None, :],
+                        mask=rmask[:, None] & cmask[None, :], other=0.0)
+            x = tl.load(X + cols, mask=cmask, other=0.0)
+            acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+        y = tl.sum(acc, 1)
+        if HAS_BIAS:
+            y += tl.load(B + rows, mask=rmask, other=0.0).to(tl.float32)
+        if ADD_OUT:  # the residual stream, added before the one rounding
+            y += tl.load(Y + rows, mask=rmask, other=0.0).to(tl.float32)
+        tl.store(Y + rows, y.to(Y.dtype.element_ty), mask=rmask)
