@@ -116,7 +116,7 @@ def _act_quant(x_ptr, q_ptr, s_ptr, S, K, stride_x, KB, TERMS: tl.constexpr, BLO
 
 @triton.jit
 def _tile_rows(table_ptr, stride_t, S, BLOCK_M: tl.constexpr, DENSE: tl.constexpr):
-    """(group, first row, end row) of this program's row tile; group -1: nothing to do."""
+    """(group, rows [BLOCK_M], row mask) of this program's row tile; group -1: nothing to do."""
     pid_m = tl.program_id(0)
     if DENSE:
         group = 0
@@ -126,7 +126,8 @@ def _tile_rows(table_ptr, stride_t, S, BLOCK_M: tl.constexpr, DENSE: tl.constexp
         group = tl.load(table_ptr + pid_m)
         row0 = tl.load(table_ptr + stride_t + pid_m)
         row_end = tl.load(table_ptr + 2 * stride_t + pid_m)
-    return group, row0, row_end
+    rm = row0 + tl.arange(0, BLOCK_M)
+    return group, rm, rm < row_end
 
 
 @triton.jit
@@ -146,10 +147,8 @@ def _gemv_body(
     stride_t, SPLIT: tl.constexpr, PARTS: tl.constexpr, DENSE: tl.constexpr, TERMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    group, row0, row_end = _tile_rows(table_ptr, stride_t, S, BLOCK_M, DENSE)
+    group, rm, m_mask = _tile_rows(table_ptr, stride_t, S, BLOCK_M, DENSE)
     if group >= 0:
-        rm = row0 + tl.arange(0, BLOCK_M)
-        m_mask = rm < row_end
         rn, n_mask, w_row, s_row = _weight_rows(group, N, R, RB, KB, PARTS, BLOCK_N, BLOCK_K)
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
         for step in range(0, KB_PER):
@@ -174,10 +173,8 @@ def _gemm_body(
     PARTS: tl.constexpr, DENSE: tl.constexpr, TERMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    group, row0, row_end = _tile_rows(table_ptr, stride_t, S, BLOCK_M, DENSE)
+    group, rm, m_mask = _tile_rows(table_ptr, stride_t, S, BLOCK_M, DENSE)
     if group >= 0:
-        rm = row0 + tl.arange(0, BLOCK_M)
-        m_mask = rm < row_end
         rn, n_mask, w_row, s_row = _weight_rows(group, N, R, RB, KB, PARTS, BLOCK_N, BLOCK_K)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for kb in range(0, KB):
