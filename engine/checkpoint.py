@@ -74,13 +74,32 @@ class TensorReader:
     def opened(self) -> list[Path]:
         return list(self._open)
 
-    def get(self, name: str) -> torch.Tensor:
-        """The tensor as stored (dtype and all); CheckpointError names the file when it lacks it."""
+    def _handle(self, name: str):
+        """(file, open handle) of a tensor, opening the file on first need."""
         path = self.files.path_of(name)
         handle = self._open.get(path)
         if handle is None:
             handle = self._open[path] = self._stack.enter_context(_open(path))
+        return path, handle
+
+    def get(self, name: str) -> torch.Tensor:
+        """The tensor as stored (dtype and all); CheckpointError names the file when it lacks it."""
+        path, handle = self._handle(name)
         try:
             return handle.get_tensor(name)
+        except SafetensorError as e:
+            raise CheckpointError(f"{path}: cannot read tensor {name!r} ({e})") from None
+
+    def get_slice(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor:
+        """Rows (dim 0) or columns (dim 1) [start, stop) of a tensor, reading only those bytes
+        (tensor parallelism: each rank its share); stop is clipped to the tensor's size."""
+        path, handle = self._handle(name)
+        try:
+            part = handle.get_slice(name)
+            size = part.get_shape()[dim]
+            if not 0 <= start < min(stop, size):
+                raise CheckpointError(f"{path}: tensor {name!r} has {size} rows on dim {dim}, "
+                                      f"cannot take [{start}, {stop})")
+            return part[start:stop] if dim == 0 else part[:, start:stop]
         except SafetensorError as e:
             raise CheckpointError(f"{path}: cannot read tensor {name!r} ({e})") from None

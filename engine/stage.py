@@ -19,6 +19,7 @@ from engine.kv_cache import KVCache
 from engine.models import model_class
 from engine.models.base import StageModel
 from engine.packed_linear import pack_linears
+from engine.parallel import TPGroup
 from engine.placement import forward_spread, layer_devices, place
 from engine.split_plan import Host, gpu_ranges
 from engine.weights import fp8_block, load_weights
@@ -40,6 +41,7 @@ class Stage:
         devices: dict[int, torch.device],
         dtype: str,
         load_seconds: float,
+        tp: TPGroup | None = None,
     ):
         self.config, self.model, self.kv = config, model, kv
         self.layer_start, self.layer_end = model.layer_start, model.layer_end
@@ -49,13 +51,18 @@ class Stage:
         self.device = devices[self.layer_start]  # where inputs go (and the forward context)
         self._spread = len(set(devices.values())) > 1
         self.decode_graphs: DecodeGraphs | None = None  # made by enable_decode_graphs
+        self.tp = tp or TPGroup.single()  # this rank's place in the stage's tensor-parallel group
+        # Rank 0 of a tensor-parallel stage: tells the other ranks each step before running it
+        # (an engine.rank_launcher.Leader, set by the launcher); None everywhere else.
+        self.leader = None
 
     def enable_decode_graphs(self, max_batch: int, capture: bool | None = None) -> None:
         """Run decode-only steps of up to max_batch sequences from static buffers, captured as
         CUDA graphs per batch bucket (capture None: on CUDA devices). A stage spread over several
         GPUs keeps running every step eagerly."""
-        if self._spread:
-            log.info("decode graphs off: the stage is spread over several GPUs")
+        if self._spread or not self.tp.is_single:
+            log.info("decode graphs off: the stage is spread over several GPUs (%s)",
+                     "by layer" if self._spread else "tensor parallel")
             return
         self.decode_graphs = DecodeGraphs(
             self.model, self.kv, max_batch=max_batch, hidden_size=self.config.hidden_size,
@@ -78,33 +85,31 @@ class Stage:
         seed: int = 0,
         fp8: str = "native",
         cuda_graph_max_batch: int = 0,
+        tp: TPGroup | None = None,
     ) -> "Stage":
         """Build the stage's layers on `device` and fill them (load_format "dummy": seeded random).
         device "cuda" on a host of several GPUs spreads the layers over all of them.
         cuda_graph_max_batch > 0: decode steps of up to that many sequences run as CUDA graphs.
         An FP8 checkpoint stays FP8 with fp8 "native" where the GPU can multiply in FP8 (else it
-        is dequantized to `dtype`, and the log line says why)."""
+        is dequantized to `dtype`, and the log line says why).
+        tp: this process's rank of a tensor-parallel stage (engine/rank_launcher.py starts them):
+        it builds and reads only its share of each tensor, on tp.device."""
         _check_choices(dtype=(dtype, DTYPES), fp8=(fp8, FP8_MODES),
                        load_format=(load_format, LOAD_FORMATS))
         started = time.perf_counter()
         config = ModelConfig.from_dir(model_dir)
-        layers = config.num_hidden_layers
-        if not 0 <= layer_start < layer_end <= layers:
-            raise CheckpointError(
-                f"{Path(model_dir) / 'config.json'}: layer range [{layer_start}, {layer_end}) "
-                f"is outside the model's {layers} layers"
-            )
-        cls_ = model_class(config.architecture)
-        devices = layer_devices(layer_start, layer_end, device,
-                                _planned_ranges(model_dir, layer_start, layer_end, device, dtype, fp8))
+        _check_range(config, model_dir, layer_start, layer_end)
+        tp = tp or TPGroup.single()
+        devices = _stage_devices(layer_start, layer_end, device, tp,
+                                 lambda: _planned_ranges(model_dir, layer_start, layer_end, device, dtype, fp8))
         with torch.device("meta"):  # no memory and no random init for weights about to be loaded
-            model = cls_(config, layer_start, layer_end)
+            model = _shard(model_class(config.architecture)(config, layer_start, layer_end), tp)
             fp8_note = _fp8_setup(model, model_dir, fp8, devices[layer_start], load_format)
         place(model, devices, DTYPES[dtype]).eval()
         if devices[layer_start].type == "cuda":  # sibling projections as one product each
             pack_linears(model)
         load_weights(model, model_dir, load_format=load_format, seed=seed)
-        kv = KVCache(model.kv_token_shapes(), devices, kv_cache_bytes,
+        kv = KVCache(_kv_token_shapes(model, tp), devices, kv_cache_bytes,
                      block_size=block_size, dtype=DTYPES[dtype])
         seconds = time.perf_counter() - started
         log.info(
@@ -113,7 +118,7 @@ class Stage:
             ", ".join(sorted({str(d) for d in devices.values()})), dtype, fp8_note,
             kv.capacity_tokens, kv.capacity_tokens * kv.bytes_per_token / 2**30,
         )
-        stage = cls(config, model, kv, devices, dtype, seconds)
+        stage = cls(config, model, kv, devices, dtype, seconds, tp)
         if cuda_graph_max_batch:
             stage.enable_decode_graphs(cuda_graph_max_batch)
         return stage
@@ -139,6 +144,13 @@ class Stage:
             if out is not None:
                 return out
         ctx = self.kv.build_context(batch)
+        if self.leader is not None:  # the other ranks run the same step on their shares
+            self.leader.forward(ctx, inputs)
+        return self.run_context(ctx, inputs)
+
+    def run_context(self, ctx, inputs: torch.Tensor) -> torch.Tensor:
+        """The layers over a built step context (what every rank of a tensor-parallel stage
+        runs; rank 0 built the context from its KV block tables)."""
         with torch.inference_mode():
             inputs = inputs.to(self.device)
             if not self.is_first:
@@ -151,9 +163,12 @@ class Stage:
         """hidden [N, H] -> fp32 logits [N, V]; last stage only."""
         if not self.is_last:
             raise RuntimeError("compute_logits: this stage does not hold the LM head")
+        if self.leader is not None:
+            self.leader.logits(hidden)
         with torch.inference_mode():
             last = self.devices[self.layer_end - 1]
-            return self.model.compute_logits(hidden.to(last, DTYPES[self.dtype]))
+            logits = self.model.compute_logits(hidden.to(last, DTYPES[self.dtype]))
+            return logits if self.tp.is_single else self.tp.all_gather_last(logits)  # vocab shards
 
     def release(self, seq_id: str) -> None:
         """Free a sequence's KV blocks (unknown ids are ignored)."""
@@ -173,6 +188,40 @@ class Stage:
         low, high = torch.stack(torch.aminmax(inputs)).tolist() if t else (0, 0)
         if low < 0 or high >= self.config.vocab_size:
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size})")
+
+
+def _check_range(config: ModelConfig, model_dir, layer_start: int, layer_end: int) -> None:
+    layers = config.num_hidden_layers
+    if not 0 <= layer_start < layer_end <= layers:
+        raise CheckpointError(
+            f"{Path(model_dir) / 'config.json'}: layer range [{layer_start}, {layer_end}) "
+            f"is outside the model's {layers} layers"
+        )
+
+
+def _stage_devices(layer_start: int, layer_end: int, device: str, tp: TPGroup, planned_ranges):
+    """Each layer's device: the tensor-parallel rank's own, or layer_devices' spread over the
+    GPU ranges planned_ranges() gives (None: equal shares)."""
+    if tp.is_single:
+        return layer_devices(layer_start, layer_end, device, planned_ranges())
+    return dict.fromkeys(range(layer_start, layer_end), tp.device)
+
+
+def _shard(model: StageModel, tp: TPGroup) -> StageModel:
+    """This rank's share of the meta-built model (the whole model at TP 1)."""
+    if not tp.is_single:
+        from engine.sharding import shard_model  # TP=1 stages never import it
+
+        shard_model(model, tp)
+    return model
+
+
+def _kv_token_shapes(model: StageModel, tp: TPGroup) -> list[tuple[int, ...]]:
+    if tp.is_single:
+        return model.kv_token_shapes()
+    from engine.sharding import kv_token_shapes
+
+    return kv_token_shapes(model)
 
 
 def _check_choices(**fields: tuple[str, tuple]) -> None:

@@ -72,11 +72,12 @@ def load_weights(
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise CheckpointError(f"{files.source}: missing tensors {', '.join(missing[:5])}{more}")
     block = fp8_block(model)
+    shards = getattr(model, "tp_shards", {})  # tensor parallelism: param -> (dim, start, stop)
     order = sorted(targets, key=lambda n: (files.weight_map[plan[n][0]], n))  # file by file
     with TensorReader(files) as reader:
         for name in order:
             target = targets[name]
-            tensors = [_read(reader, s, block, target) for s in plan[name]]
+            tensors = [_read(reader, s, block, target, shards.get(name)) for s in plan[name]]
             _copy_into(targets[name], tensors, plan[name], files)
             progress.update(targets[name].numel() * targets[name].element_size())
         opened = tuple(p.name for p in reader.opened)
@@ -89,18 +90,35 @@ def fp8_block(model: StageModel) -> tuple[int, int]:
     return tuple(quant.get("weight_block_size") or (128, 128))
 
 
-def _read(reader: TensorReader, name: str, block: tuple[int, int], target: torch.Tensor):
-    """A checkpoint tensor; FP8 ones dequantized on the target's device (fast on a GPU), unless
-    the target itself is FP8 (native mode: the scales are parameters of their own)."""
-    tensor = reader.get(name)
+def _read(reader: TensorReader, name: str, block: tuple[int, int], target: torch.Tensor,
+          shard: tuple[int, int, int] | None = None):
+    """A checkpoint tensor (or this rank's (dim, start, stop) share of it); FP8 ones dequantized
+    on the target's device (fast on a GPU), unless the target itself is FP8 (native mode: the
+    scales are parameters of their own)."""
     scale_name = name + SCALE_SUFFIX
-    device = target.device
-    if scale_name in reader.files and target.dtype != torch.float8_e4m3fn:
-        from engine.fp8 import dequantize_block_fp8  # only FP8 checkpoints need it
+    if scale_name not in reader.files or target.dtype == torch.float8_e4m3fn:
+        return reader.get(name) if shard is None else _read_share(reader, name, shard, block, target)
+    from engine.fp8 import dequantize_block_fp8  # only FP8 checkpoints need it
 
-        scale_inv = reader.get(scale_name).to(device)
-        tensor = dequantize_block_fp8(tensor.to(device), scale_inv, block=block)
-    return tensor
+    if shard is None:
+        return dequantize_block_fp8(reader.get(name).to(target.device),
+                                    reader.get(scale_name).to(target.device), block=block)
+    dim, start, stop = shard  # dequantize the scale blocks covering the share, keep the share
+    first, last = start // block[dim], -(-stop // block[dim])
+    weight = reader.get_slice(name, dim, first * block[dim], last * block[dim])
+    scale_inv = reader.get_slice(scale_name, dim, first, last)
+    full = dequantize_block_fp8(weight.to(target.device), scale_inv.to(target.device), block=block)
+    return full.narrow(dim, start - first * block[dim], stop - start)
+
+
+def _read_share(reader: TensorReader, name: str, shard: tuple[int, int, int],
+                block: tuple[int, int], target: torch.Tensor) -> torch.Tensor:
+    dim, start, stop = shard
+    if target.dtype == torch.float8_e4m3fn and start % block[dim]:
+        raise CheckpointError(f"{reader.files.path_of(name)}: tensor {name!r}: this rank's share "
+                              f"starts at {start} on dim {dim}, not on a {block[dim]}-wide FP8 "
+                              "block (native FP8 under tensor parallelism needs aligned shares)")
+    return reader.get_slice(name, dim, start, stop)
 
 
 @torch.no_grad()

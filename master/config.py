@@ -86,6 +86,10 @@ class MasterConfig:
     drain_timeout_s: float = 30.0  # on SIGTERM, running requests get this long to finish
     #                                (new ones get 503 + Retry-After meanwhile)
     torch_threads: int = 0  # intra-op CPU threads of the head; 0 = torch's default
+    # Ranks of the head's tensor-parallel group, one process (and GPU: device "cuda" -> cuda:0..,
+    # "cuda:4" -> cuda:4..) each, started by this process (engine/rank_launcher.py).
+    tensor_parallel_size: int = 1
+    tp_timeout_s: float = 60.0  # a rank silent this long inside a step fails the step
     # Resumable responses (master/resume.py): a response whose client left keeps going this
     # long for a reconnect with the same X-Request-Id (0 = stop at once); finished ones stay
     # readable resume_keep_s, at most resume_keep_bytes of events in all
@@ -141,6 +145,9 @@ def _checks(c: MasterConfig) -> dict[str, tuple[bool, str]]:
         "recovery_budget_s": (c.recovery_budget_s >= 0, ">= 0 seconds (0 = no recovery)"),
         "drain_timeout_s": (c.drain_timeout_s >= 0, ">= 0 seconds"),
         "torch_threads": (c.torch_threads >= 0, ">= 0 (0 = torch's default)"),
+        "tensor_parallel_size": (c.tensor_parallel_size >= 1,
+                                 ">= 1, dividing the model's heads, experts and vocabulary"),
+        "tp_timeout_s": (c.tp_timeout_s > 0, "> 0 seconds"),
         "resume_detached_s": (0 <= c.resume_detached_s <= 3600, "0 .. 3600 seconds"),
         "resume_keep_s": (0 <= c.resume_keep_s <= 86400, "0 .. 86400 seconds"),
         "resume_keep_bytes": (c.resume_keep_bytes >= 0, ">= 0 bytes"),

@@ -74,6 +74,7 @@ def build_pipeline(config: MasterConfig, metrics: Metrics) -> PipelineGenerator:
         config.model_dir, config.head_layer_end, dtype=config.dtype, device=config.device,
         kv_cache_bytes=config.kv_cache_bytes, block_size=config.kv_block_size, fp8=config.fp8,
         cuda_graph_max_batch=graph_batch_for(config.device, config.cuda_graph_max_batch),
+        tensor_parallel_size=config.tensor_parallel_size, tp_timeout_s=config.tp_timeout_s,
     )
     identity = HeadIdentity(checkpoint_fingerprint(config.model_dir), config.head_layer_end,
                             config.dtype, head.hidden_size, Manifest.read(config.model_dir))

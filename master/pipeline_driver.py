@@ -22,6 +22,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from engine.dtypes import DTYPES
+from engine.parallel import RankFailure
 from master.generation import PipelineUnavailable, SequenceFailed
 from master.scheduler import Scheduler
 from master.step import Step
@@ -37,7 +38,7 @@ class PipelineDriver:
 
     def __init__(self, head, client, scheduler: Scheduler, *, metrics, step_timeout_s: float,
                  recovery_budget_s: float = 0.0):
-        self.head = head  # forward(chunks, token_ids) -> pb.Tensor; release(ids); kv_*
+        self.head = head  # launch(chunks, token_ids) -> PendingHidden; release(ids); kv_*
         self.client = client  # connect_with_backoff() -> stream; readiness(); mark_down()
         self.scheduler = scheduler
         self.metrics = metrics
@@ -51,6 +52,7 @@ class PipelineDriver:
         self.worker_kv_capacity_tokens = 0
         self.wake = asyncio.Event()  # set when the scheduler may have something to send
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="duet-head")
+        self._waiter = ThreadPoolExecutor(1, thread_name_prefix="duet-head-copy")
 
     async def run(self) -> None:
         """Connect, serve until the stream breaks, rebuild (or fail) what ran, reconnect."""
@@ -95,6 +97,7 @@ class PipelineDriver:
     async def close(self) -> None:
         await self.client.close()
         self._executor.shutdown(wait=True)
+        self._waiter.shutdown(wait=True)
 
     def _max_step_tokens(self) -> int:
         """New tokens whose hidden states fit one step message (both ends' limits)."""
@@ -114,8 +117,10 @@ class PipelineDriver:
         return True
 
     async def _serve(self, stream) -> None:
+        outgoing: asyncio.Queue = asyncio.Queue()  # (step, PendingHidden | None), launch order
         tasks = [asyncio.create_task(c) for c in
-                 (self._send_loop(stream), self._recv_loop(stream), self._watchdog())]
+                 (self._send_loop(outgoing), self._write_loop(stream, outgoing),
+                  self._recv_loop(stream), self._watchdog())]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -150,7 +155,9 @@ class PipelineDriver:
         await asyncio.get_running_loop().run_in_executor(
             self._executor, self._head_reset, seq_ids)
 
-    async def _send_loop(self, stream) -> None:
+    async def _send_loop(self, outgoing: asyncio.Queue) -> None:
+        """Schedule and launch micro-batches; the write loop sends each once its hidden states
+        reach the host, so the head computes micro-batch n+1 while n is copied and sent."""
         loop = asyncio.get_running_loop()
         limit = self.scheduler.config.max_inflight_batches
         while True:
@@ -160,18 +167,38 @@ class PipelineDriver:
                 await self.wake.wait()
                 continue
             try:
-                hidden = await loop.run_in_executor(self._executor, self._head_step, step)
+                pending = await loop.run_in_executor(self._executor, self._head_step, step)
             except Exception as e:  # a bad step fails its sequences, not the server
-                log.exception("head forward of step %d failed", step.step_id)
-                self.scheduler.abandon(step, SequenceFailed("INTERNAL", f"head forward: {e}"))
-                hidden = empty_hidden(self.head.hidden_size, self.head.dtype)
+                self._abandon(step, e)
+                pending = None
             self.inflight.append((step, time.monotonic()))
-            await stream.send(step_request(step, hidden))  # cannot fail: see check_request
+            outgoing.put_nowait((step, pending))
             if self.metrics is not None and step.prefix_query_tokens:
                 self.metrics.observe_prefix_cache(step.prefix_query_tokens, step.prefix_hit_tokens)
             self.update_metrics()
 
-    def _head_step(self, step: Step) -> pb.Tensor:
+    async def _write_loop(self, stream, outgoing: asyncio.Queue) -> None:
+        """Send launched micro-batches in order, each as soon as its copy to the host is done."""
+        loop = asyncio.get_running_loop()
+        while True:
+            step, pending = await outgoing.get()
+            hidden = None
+            if pending is not None:
+                try:  # in the waiter thread: the head thread goes on launching meanwhile
+                    hidden = (pending.message() if pending.done() else
+                              await loop.run_in_executor(self._waiter, pending.message))
+                except Exception as e:
+                    self._abandon(step, e)
+            if hidden is None:
+                hidden = empty_hidden(self.head.hidden_size, self.head.dtype)
+            await stream.send(step_request(step, hidden))  # cannot fail: see check_request
+
+    def _abandon(self, step: Step, e: Exception) -> None:
+        log.error("head forward of step %d failed", step.step_id, exc_info=e)
+        code = "UNAVAILABLE" if isinstance(e, RankFailure) else "INTERNAL"  # 503 / 500
+        self.scheduler.abandon(step, SequenceFailed(code, f"head forward: {e}"))
+
+    def _head_step(self, step: Step):
         """In the head thread: keep, free and evict blocks in the worker's order, then run
         embedding + layers [0, k)."""
         self.head.keep_blocks(step.cache_blocks)
@@ -179,7 +206,7 @@ class PipelineDriver:
         self.head.evict(step.evict)
         self.head.attach_prefixes((s.seq.seq_id, s.seq.cached_prefix) for s in step.seqs
                                   if s.sends_params and s.seq.cached_prefix)
-        return self.head.forward(step.chunks, step.token_ids)
+        return self.head.launch(step.chunks, step.token_ids)  # -> master.head.PendingHidden
 
     def _head_reset(self, seq_ids: list[str]) -> None:
         self.head.release(seq_ids)

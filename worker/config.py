@@ -53,6 +53,10 @@ class WorkerConfig:
     cuda_graph_max_batch: int = 64  # decode steps of up to this many sequences as CUDA graphs
     #                                  (CUDA devices only); 0 = off
     torch_threads: int = 0  # intra-op CPU threads in the tail's process; 0 = torch's default
+    # Ranks of the tail's tensor-parallel group, one process (and GPU: device "cuda" -> cuda:0..,
+    # "cuda:4" -> cuda:4..) each, started by the worker itself (engine/rank_launcher.py).
+    tensor_parallel_size: int = 1
+    tp_timeout_s: float = 60.0  # a rank silent this long inside a step fails the step
     listen: str = "127.0.0.1:50051"  # host:port of the Pipeline gRPC service
     # Plaintext on an address beyond loopback is refused unless this says it is meant.
     allow_plaintext_from_network: bool = False
@@ -91,6 +95,8 @@ class WorkerConfig:
             "kv_block_size": self.kv_block_size > 0,
             "cuda_graph_max_batch": self.cuda_graph_max_batch >= 0,
             "torch_threads": self.torch_threads >= 0,
+            "tensor_parallel_size": self.tensor_parallel_size >= 1,
+            "tp_timeout_s": self.tp_timeout_s > 0,
             "listen": _is_host_port(self.listen),
             "executor": self.executor in EXECUTORS,
             "triton_url": not self.triton_url or _is_host_port(self.triton_url),
@@ -112,6 +118,9 @@ class WorkerConfig:
             if not ok:
                 raise ValueError(f"worker config: {name} is invalid: {getattr(self, name)!r}"
                                  f"{_HINTS.get(name, '')}")
+        if self.tensor_parallel_size > 1 and self.executor != "local":
+            raise ValueError(f"worker config: tensor_parallel_size {self.tensor_parallel_size} "
+                             "needs executor = \"local\" (the worker's process is rank 0)")
         if not (self.tls or self.allow_plaintext_from_network or _is_loopback(self.listen)):
             raise ValueError(f"worker config: listen {self.listen!r} is beyond loopback without "
                              "TLS: set tls_cert_file and tls_key_file (and tls_client_ca_file), "
@@ -150,6 +159,7 @@ _HINTS = {
     "tls_client_ca_file": " (mutual TLS needs tls_cert_file and tls_key_file)",
     "tls_client_names": " (a name list needs mutual TLS: set tls_client_ca_file)",
     "stream_kv_share": " (a fraction in (0, 1])",
+    "tensor_parallel_size": " (>= 1; it must divide the model's heads, experts and vocabulary)",
 }
 
 

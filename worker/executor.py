@@ -50,8 +50,9 @@ class Executor(Protocol):
         """Free everything the executor holds (processes, threads, files)."""
 
 
-def tail_loader(config: WorkerConfig) -> Callable[[], TailRunner]:
-    """A function that loads the tail the config describes (run where the tail will live)."""
+def tail_loader(config: WorkerConfig, launcher=None) -> Callable[[], TailRunner]:
+    """A function that loads the tail the config describes (run where the tail will live);
+    launcher: the RankLauncher of a tensor-parallel tail."""
 
     def load() -> TailRunner:
         if config.torch_threads:
@@ -63,6 +64,7 @@ def tail_loader(config: WorkerConfig) -> Callable[[], TailRunner]:
             stream_kv_share=config.stream_kv_share,
             stream_max_seqs=config.stream_max_seqs, orphan_grace_s=config.orphan_grace_s,
             cuda_graph_max_batch=graph_batch_for(config.device, config.cuda_graph_max_batch),
+            launcher=launcher,
         )
 
     return load

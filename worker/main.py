@@ -35,6 +35,10 @@ BAD_INPUT_ERRORS = (CheckpointError, ValueError, FileNotFoundError)
 
 
 def make_executor(config: WorkerConfig) -> Executor:
+    if config.executor == "local" and config.tensor_parallel_size > 1:
+        from worker.tp_executor import TPExecutor
+
+        return TPExecutor(config)
     if config.executor == "local":
         return LocalExecutor(config)
     from worker.triton_executor import TritonExecutor  # imports tritonclient only when used

@@ -14,12 +14,15 @@ import torch
 
 from engine.batch import SeqChunk, StepBatch
 from engine.config import ModelConfig
+from engine.dtypes import DTYPES
 from engine.fingerprint import checkpoint_fingerprint
 from engine.guide import GuideFactory
+from engine.host_staging import HostToDevice
+from engine.parallel import RankFailure
 from engine.sampler import sample
 from engine.stage import Stage
 from proto import pipeline_pb2 as pb
-from proto.convert import WireError, tensor_from_proto
+from proto.convert import WireError
 from worker.tail_seqs import SeqFailed, SeqTable, TailSeq
 from worker.wire import check_hidden, sampled_to_proto
 
@@ -57,15 +60,19 @@ class TailRunner:
         self.table = SeqTable(stage, stream_kv_share=stream_kv_share,
                               stream_max_seqs=stream_max_seqs, guides=guides,
                               orphan_grace_s=orphan_grace_s, clock=clock)
+        self.to_device = HostToDevice(stage.device)  # the wire's hidden states, via pinned memory
 
     @classmethod
     def load(cls, model_dir: str, layer_start: int, *, dtype: str, device: str,
              kv_cache_bytes: int, block_size: int, idle_timeout_s: float,
-             fp8: str = "native", cuda_graph_max_batch: int = 0, **limits) -> "TailRunner":
+             fp8: str = "native", cuda_graph_max_batch: int = 0, launcher=None,
+             **limits) -> "TailRunner":
+        """launcher: an engine.rank_launcher.RankLauncher for a tensor-parallel tail."""
         num_layers = ModelConfig.from_dir(model_dir).num_hidden_layers
-        stage = Stage.load(model_dir, layer_start, num_layers, dtype=dtype, device=device,
-                           kv_cache_bytes=kv_cache_bytes, block_size=block_size, fp8=fp8,
-                           cuda_graph_max_batch=cuda_graph_max_batch)
+        load = launcher.load if launcher is not None else Stage.load
+        stage = load(model_dir, layer_start, num_layers, dtype=dtype, device=device,
+                     kv_cache_bytes=kv_cache_bytes, block_size=block_size, fp8=fp8,
+                     cuda_graph_max_batch=cuda_graph_max_batch)
         return cls(stage, fingerprint=checkpoint_fingerprint(model_dir),
                    model_name=Path(model_dir).name, idle_timeout_s=idle_timeout_s,
                    guides=GuideFactory(model_dir, stage.config.vocab_size), **limits)
@@ -81,21 +88,25 @@ class TailRunner:
         )
 
     # --- one step ------------------------------------------------------------------------
-    def step(self, stream: str, request: pb.StepRequest) -> pb.StepReply:
+    def step(self, stream: str, request: pb.StepRequest, hidden_data=None) -> pb.StepReply:
+        """hidden_data: the hidden states' bytes when they came beside the message (a uint8
+        buffer from Triton), else they are request.hidden.data."""
         start_s = time.perf_counter()
+        data = request.hidden.data if hidden_data is None else hidden_data
         results = [pb.SeqResult(seq_id=s.seq_id) for s in request.seqs]
         in_step = {s.seq_id for s in request.seqs}
         released_now = [i for i in request.release if i not in in_step]
         self.table.apply_cache_ops(stream, request, released_now)
         try:
-            self._check_layout(request)
+            self._check_layout(request, len(data))
         except WireError as e:
             for index, seq_step in enumerate(request.seqs):
                 self._fail(stream, seq_step.seq_id, results[index],
                            SeqFailed(grpc.StatusCode.INVALID_ARGUMENT, str(e)))
         else:
             if request.seqs:
-                hidden = (tensor_from_proto(request.hidden, self.stage.device)  # [T, H]
+                msg = request.hidden
+                hidden = (self.to_device.put(data, DTYPES[msg.dtype], list(msg.shape))  # [T, H]
                           if request.HasField("hidden")  # else only adoptions: no rows
                           else torch.empty(0, self.hidden_size, device=self.stage.device))
                 self._run(stream, request, hidden, results)
@@ -103,7 +114,7 @@ class TailRunner:
             self.table.release(stream, seq_id, "released")
         return self._reply(request.step_id, results, time.perf_counter() - start_s)
 
-    def _check_layout(self, request: pb.StepRequest) -> None:
+    def _check_layout(self, request: pb.StepRequest, nbytes: int) -> None:
         """Message-level checks: without them no row of `hidden` can be attributed."""
         for s in request.seqs:
             if s.adopt and s.num_tokens:
@@ -114,7 +125,7 @@ class TailRunner:
                                      "so the rows of hidden cannot be attributed")
         rows = sum(s.num_tokens for s in request.seqs)
         if rows or request.HasField("hidden"):
-            check_hidden(request.hidden, self.dtype, rows, self.hidden_size)
+            check_hidden(request.hidden, self.dtype, rows, self.hidden_size, nbytes)
 
     def _run(self, stream: str, request: pb.StepRequest, hidden: torch.Tensor,
              results: list[pb.SeqResult]) -> None:
@@ -142,6 +153,8 @@ class TailRunner:
             return
         try:
             self._forward(hidden, planned, results)
+        except RankFailure:  # the whole stage is down: the executor restarts its ranks
+            raise
         except Exception as e:  # a bug or a device error: fail this batch, keep serving
             log.exception("tail forward failed on step %d", request.step_id)
             failure = SeqFailed(grpc.StatusCode.INTERNAL, f"tail forward failed: {e}")

@@ -1,5 +1,7 @@
 """The `triton` executor: the tail runs as a Python-backend model in Triton Inference Server,
-either a tritonserver this worker starts and supervises, or an existing one at triton_url."""
+either a tritonserver this worker starts and supervises, or an existing one at triton_url.
+Calls go over one ModelStreamInfer stream (worker/triton_stream.py); a step's hidden states
+travel as their own UINT8 input rather than inside the re-serialized StepRequest."""
 from __future__ import annotations
 
 import asyncio
@@ -9,7 +11,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_grpc
 from tritonclient.grpc import InferInput, InferRequestedOutput
@@ -19,18 +20,12 @@ from proto import pipeline_pb2 as pb
 from worker.config import WorkerConfig
 from worker.executor import ExecutorUnavailable
 from worker.triton_process import ManagedTriton
-from worker.triton_protocol import INPUT_OP, INPUT_STEP, INPUT_STREAM, OUTPUT_RESULT, Op
+from worker.triton_protocol import (INPUT_HIDDEN, INPUT_OP, INPUT_STEP, INPUT_STREAM,
+                                    OUTPUT_RESULT, Op)
 from worker.triton_repo import TritonInstall, write_model_repo
+from worker.triton_stream import StreamBroken, TritonStream
 
 log = logging.getLogger(__name__)
-# tritonclient reports a gRPC failure's code as str(grpc.StatusCode.X) in e.status().
-_STATUS_CODES = {str(code): code for code in grpc.StatusCode}
-
-
-def _status_code(e: InferenceServerException) -> grpc.StatusCode | None:
-    return _STATUS_CODES.get(e.status())
-
-
 class TailModelError(RuntimeError):
     """The tail model answered a call with an error (a bug there, not a lost server)."""
 
@@ -47,6 +42,7 @@ class TritonExecutor:
         self.client: triton_grpc.InferenceServerClient | None = None
         self.own_run_dir: Path | None = None
         self.outputs = [InferRequestedOutput(OUTPUT_RESULT)]
+        self.stream: TritonStream | None = None  # opened by the first call after a break
 
     async def start(self) -> pb.HandshakeReply:
         url = self.config.triton_url or await self._start_server()
@@ -98,7 +94,7 @@ class TritonExecutor:
         await self.server.gave_up.wait()
         return self.server.why
 
-    async def _call(self, op: Op, stream: str, payload: bytes) -> bytes:
+    async def _call(self, op: Op, stream: str, payload: bytes, hidden: bytes = b"") -> bytes:
         if not self.serving():
             raise ExecutorUnavailable("tritonserver died and is restarting")
         inputs = []
@@ -107,17 +103,26 @@ class TritonExecutor:
             tensor = InferInput(name, [1], "BYTES")
             tensor.set_data_from_numpy(np.array([value], dtype=np.object_))
             inputs.append(tensor)
+        if hidden:
+            tensor = InferInput(INPUT_HIDDEN, [len(hidden)], "UINT8")
+            tensor.set_data_from_numpy(np.frombuffer(hidden, dtype=np.uint8))
+            inputs.append(tensor)
+        if self.stream is None or self.stream.broken:
+            self.stream = TritonStream(self.client, self.model)
         try:
-            result = await self.client.infer(self.model, inputs, outputs=self.outputs)
-        except InferenceServerException as e:
-            if _status_code(e) is grpc.StatusCode.UNAVAILABLE:  # the server, not the model
-                raise ExecutorUnavailable(f"Triton: {e.message()}") from None
-            raise TailModelError(f"the tail model in Triton failed: {e.message()}") from None
+            result, error = await self.stream.call(inputs, self.outputs)
+        except StreamBroken as e:
+            raise ExecutorUnavailable(f"Triton: {e}") from None
+        if error is not None:
+            raise TailModelError(f"the tail model in Triton failed: {error.message()}")
         return result.as_numpy(OUTPUT_RESULT)[0]
 
     async def step(self, stream: str, request: pb.StepRequest) -> pb.StepReply:
+        """The request's hidden bytes move to the HIDDEN input (the request is spent)."""
+        hidden = request.hidden.data
+        request.hidden.data = b""  # dtype and shape stay: the tail checks the bytes against them
         return pb.StepReply.FromString(await self._call(Op.STEP, stream,
-                                                        request.SerializeToString()))
+                                                        request.SerializeToString(), hidden))
 
     async def drop_stream(self, stream: str) -> None:
         await self._call(Op.DROP_STREAM, stream, b"")
@@ -126,6 +131,8 @@ class TritonExecutor:
         await self._call(Op.EXPIRE_IDLE, "", b"")
 
     async def close(self) -> None:
+        if self.stream is not None:
+            await self.stream.close()
         if self.client is not None:
             await self.client.close()
         if self.server is not None:

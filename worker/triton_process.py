@@ -62,6 +62,11 @@ class ManagedTriton:
             f"--grpc-port={self.grpc_port}", "--http-address=127.0.0.1",
             f"--http-port={self.http_port}", "--allow-metrics=false",
             "--model-control-mode=none", "--strict-readiness=true", "--exit-timeout-secs=5",
+            # The tail moves its tensors itself, so Triton needs no pinned staging pool. On the
+            # H200 host, where Triton makes one of 256 MiB, the stub read fill bytes instead
+            # of its inputs (bench/gpu/pipeline.md); whether this flag cures that is not yet
+            # measured there (on the CPU host it changes nothing).
+            "--pinned-memory-pool-byte-size=0",
         ]
         with open(self.log_path, "ab") as out:
             self.proc = await asyncio.create_subprocess_exec(

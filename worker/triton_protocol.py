@@ -1,9 +1,10 @@
 """The calls the worker makes to its tail model inside Triton, and how the model answers.
 
 Every call is one inference with three BYTES inputs -- OP (what to do), STREAM (the pipeline
-stream it is for) and STEP (a serialized StepRequest, hidden tensor included: the protobuf is
-the format on both hops) -- and one BYTES output, RESULT (a serialized StepReply, or a
-HandshakeReply for "info").
+stream it is for) and STEP (a serialized StepRequest whose hidden tensor carries dtype and
+shape but no bytes) -- the optional UINT8 input HIDDEN (the hidden states' raw bytes, passed
+as a tensor so that they are not serialized into STEP a second time), and one BYTES output,
+RESULT (a serialized StepReply, or a HandshakeReply for "info").
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from enum import Enum
 
 from proto import pipeline_pb2 as pb
 
-INPUT_OP, INPUT_STREAM, INPUT_STEP = "OP", "STREAM", "STEP"
+INPUT_OP, INPUT_STREAM, INPUT_STEP, INPUT_HIDDEN = "OP", "STREAM", "STEP", "HIDDEN"
 OUTPUT_RESULT = "RESULT"
 
 
@@ -32,10 +33,12 @@ def parse_op(text: str) -> Op:
                          f"{', '.join(op.value for op in Op)}") from None
 
 
-def handle(tail, op: Op, stream: str, payload: bytes) -> bytes:
-    """Run one call on a TailRunner (inside the Triton model); returns RESULT's bytes."""
+def handle(tail, op: Op, stream: str, payload: bytes, hidden=None) -> bytes:
+    """Run one call on a TailRunner (inside the Triton model); returns RESULT's bytes.
+    hidden: the HIDDEN input (a uint8 buffer), None when the bytes are inside STEP."""
     if op is Op.STEP:
-        return tail.step(stream, pb.StepRequest.FromString(payload)).SerializeToString()
+        request = pb.StepRequest.FromString(payload)
+        return tail.step(stream, request, hidden_data=hidden).SerializeToString()
     if op is Op.DROP_STREAM:
         tail.drop_stream(stream)
     elif op is Op.EXPIRE_IDLE:

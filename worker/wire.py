@@ -8,8 +8,10 @@ from proto import pipeline_pb2 as pb
 from proto.convert import WireError
 
 
-def check_hidden(msg: pb.Tensor, dtype: str, rows: int, hidden_size: int) -> None:
-    """Raise WireError unless msg is a [rows, hidden_size] tensor of `dtype` with whole bytes."""
+def check_hidden(msg: pb.Tensor, dtype: str, rows: int, hidden_size: int,
+                 nbytes: int | None = None) -> None:
+    """Raise WireError unless msg is a [rows, hidden_size] tensor of `dtype` with whole bytes
+    (nbytes: of the data when it travelled beside the message)."""
     if msg.dtype != dtype:
         raise WireError(f"hidden dtype is {msg.dtype!r}, this worker runs {dtype!r}")
     if list(msg.shape) != [rows, hidden_size]:
@@ -18,8 +20,9 @@ def check_hidden(msg: pb.Tensor, dtype: str, rows: int, hidden_size: int) -> Non
             f"(sum of the sequences' num_tokens, hidden_size)"
         )
     expected = rows * hidden_size * DTYPES[dtype].itemsize
-    if len(msg.data) != expected:
-        raise WireError(f"hidden data is {len(msg.data)} bytes, shape {list(msg.shape)} "
+    nbytes = len(msg.data) if nbytes is None else nbytes
+    if nbytes != expected:
+        raise WireError(f"hidden data is {nbytes} bytes, shape {list(msg.shape)} "
                         f"of {dtype} needs {expected}")
 
 

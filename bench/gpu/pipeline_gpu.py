@@ -1,33 +1,46 @@
 """The two-stage pipeline on one GPU through the HTTP API, beside the engine in one process.
 
 `duet worker` (layers [14, 28) and the LM head) and `duet master` (layers [0, 14) and the API)
-run as two processes on the same GPU, over loopback gRPC with the `local` executor; the
-async openai client streams completions (32-token prompts, 128 output tokens, greedy) at
-concurrency 1, 16 and 64, and one 2,000-token prompt for its time to first token. The
+run as two processes on the same GPU over loopback gRPC; openai clients (several processes,
+pipeline_load.py) stream completions (32-token prompts, 128 output tokens, greedy) at
+concurrency 1, 16 and 64, and one 2,000-token prompt for its time to first token. In the same
+run: the engine in one process (batch 1 and 64, CUDA graphs), the `local` executor with 2
+micro-batches in flight and with 1, and the `triton` executor with whichever of those gave
+more at concurrency 64. During each concurrency-64 level the master's and worker's counters
+and (with py-spy) their Python stacks say where the time goes (pipeline_probe.py). The
 checkpoint is the R1-Distill-Qwen-7B shape with seeded random weights, written as safetensors.
 Needs the API's packages (fastapi, uvicorn, pydantic, openai, tritonclient, ...): carry them.
 
-    python -m bench.gpu.pipeline_gpu --out pipeline.json
+    python -m bench.gpu.pipeline_gpu --out pipeline.json [--runs local2,local1,triton]
+    (a run name ending in a digit fixes the micro-batches in flight: triton1, local2, ...)
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
 
-import openai
 import torch
 from safetensors.torch import save_file
 
-from bench.gpu.decode_gpu import SHAPES, write_config
-from bench.serving.pipeline_stack import Stack, _free_port
+from bench.gpu import pipeline_load as load
+from bench.gpu.decode_gpu import SHAPES, engine_decode, free_memory, write_config
+from bench.gpu.pipeline_probe import StackSampler, breakdown, scrape
+from bench.serving.pipeline_stack import Stack
+from engine.config import ModelConfig
 from engine.stage import Stage
-from engine.tiny_model import copy_tokenizer
+from engine.tiny_configs import generation_config, tiny_config
+from engine.tiny_model import copy_tokenizer, random_tensors, write_shards
+from runtime.children import free_port
 
-SPLIT, PROMPT_TOKENS, OUTPUT_TOKENS = 14, 32, 128
+SPLIT = 14
+LEVELS = ((1, 3), (16, 2), (64, 2))  # (concurrency, requests per user)
+# --dry-run: the same flow on this host's CPU with the serving benchmark's small checkpoint
+# (8 layers, split 4 | 4), to check the script before spending device time on it.
+DRY = dict(device="cpu", dtype="float32", split=4, levels=((1, 1), (16, 1), (64, 1)))
 
 
 def write_checkpoint(folder: Path) -> Path:
@@ -40,92 +53,127 @@ def write_checkpoint(folder: Path) -> Path:
     save_file({n: p.detach().cpu() for n, p in stage.model.state_dict().items()},
               folder / "model.safetensors")
     del stage
-    torch.cuda.empty_cache()
+    free_memory()
     return folder
+
+
+def dry_checkpoint(tmp: Path) -> Path:
+    """A small qwen2 checkpoint with the real vocabulary (the tokenizer's end-of-text id must
+    lie inside it), 8 layers."""
+    out = tmp / "small"
+    out.mkdir(parents=True)
+    raw = {**tiny_config("qwen2", 8), "vocab_size": 152064}
+    write_shards(random_tensors(ModelConfig.from_dict(raw), seed=0), out, 8)
+    (out / "config.json").write_text(json.dumps(raw))
+    (out / "generation_config.json").write_text(json.dumps(generation_config(raw)))
+    copy_tokenizer("qwen_tokenizer", out)
+    return out
+
+
+def in_process(model: Path) -> dict:
+    """The whole model in this process, graphs up to 64: the reference for the ratios."""
+    stage = Stage.load(model, 0, SHAPES["qwen7b"][1], dtype="bfloat16", device="cuda",
+                       kv_cache_bytes=4 * 2**30, cuda_graph_max_batch=64)
+    out = {}
+    for batch, steps in ((1, 64), (64, 32)):
+        r = engine_decode(stage, batch, load.PROMPT_TOKENS, steps, f"b{batch}-")
+        out[f"batch_{batch}"] = {"step_ms_p50": r["step_ms_p50"], "tok_s": r["tokens_per_s"]}
+    del stage
+    free_memory()
+    return out
 
 
 class GpuStack(Stack):
     """Worker and master on the GPU, bf16, decode graphs up to 64 sequences."""
 
-    def __init__(self, tmp: Path, model: Path, executor: str):  # noqa: super() starts CPU ones
+    def __init__(self, tmp: Path, model: Path, executor: str, inflight: int,  # noqa: no super
+                 device: str = "cuda", split: int = SPLIT, dtype: str = "bfloat16"):
         self.tmp, self.procs = tmp, []
-        port = _free_port()
-        common = dict(model_dir=str(model), dtype="bfloat16", device="cuda",
-                      kv_cache_bytes=8 * 2**30, cuda_graph_max_batch=64)
-        self._start("worker", dict(common, layer_start=SPLIT, listen=f"127.0.0.1:{port}",
-                                   executor=executor, run_dir=str(tmp / "triton")), r"worker ready")
-        self.url = self._start("master", dict(common, head_layer_end=SPLIT, port=0,
-                                              worker_address=f"127.0.0.1:{port}", max_num_seqs=64),
+        port, metrics = free_port(), free_port()
+        kv_bytes = 8 * 2**30 if device == "cuda" else 2**28
+        common = dict(model_dir=str(model), dtype=dtype, device=device,
+                      kv_cache_bytes=kv_bytes, cuda_graph_max_batch=64 if device == "cuda" else 0)
+        self._start("worker", dict(common, layer_start=split, listen=f"127.0.0.1:{port}",
+                                   executor=executor, run_dir=str(tmp / "triton"),
+                                   metrics_listen=f"127.0.0.1:{metrics}"), r"worker ready")
+        self.url = self._start("master", dict(common, head_layer_end=split, port=0,
+                                              worker_address=f"127.0.0.1:{port}", max_num_seqs=64,
+                                              max_inflight_batches=inflight),
                                r"duet master: serving (http://\S+)")
+        self.metrics = {"master": self.url, "worker": f"http://127.0.0.1:{metrics}"}
+        self.pids = {"worker": self.procs[0].pid, "master": self.procs[1].pid}
 
 
-def prompt(i: int, n: int = PROMPT_TOKENS) -> list[int]:
-    return [(1000 + 37 * i + 11 * j) % 150_000 for j in range(n)]
-
-
-async def one_request(client, name: str, ids: list[int], max_tokens: int) -> dict:
-    """One streamed greedy completion: time to its first chunk, tokens, tok/s after the first."""
-    start = time.perf_counter()
-    first = last = None
-    tokens = 0
-    async for chunk in await client.completions.create(
-            model=name, prompt=ids, max_tokens=max_tokens, temperature=0, stream=True,
-            stream_options={"include_usage": True}):
-        now = time.perf_counter()
-        first, last = first or now, now if chunk.choices else last
-        tokens = chunk.usage.completion_tokens if chunk.usage else tokens
-    return {"ttft_s": first - start, "tokens": tokens, "tok_s": (tokens - 1) / max(last - first, 1e-9)}
-
-
-async def level(client, name: str, concurrency: int, rounds: int) -> dict:
-    async def user(u: int) -> list[dict]:
-        return [await one_request(client, name, prompt(u * rounds + r), OUTPUT_TOKENS)
-                for r in range(rounds)]
-
-    start = time.perf_counter()
-    results = [r for rs in await asyncio.gather(*(user(u) for u in range(concurrency))) for r in rs]
-    wall = time.perf_counter() - start
-    per_req = sorted(r["tok_s"] for r in results)
-    return {"concurrency": concurrency, "requests": len(results),
-            "aggregate_tok_s": sum(r["tokens"] for r in results) / wall,
-            "tok_s_per_request_p50": per_req[len(per_req) // 2],
-            "ttft_ms_p50": sorted(r["ttft_s"] for r in results)[len(results) // 2] * 1e3}
-
-
-async def drive(url: str, name: str) -> dict:
-    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=600)
-    await one_request(client, name, prompt(9999), 8)  # warm-up: graphs of small buckets
-    out = {"levels": [await level(client, name, c, r) for c, r in ((1, 3), (16, 2), (64, 2))]}
-    long = [await one_request(client, name, prompt(5000 + i, 2000), 1) for i in range(3)]
-    out["ttft_2000_ms_p50"] = sorted(r["ttft_s"] for r in long)[1] * 1e3
-    await client.close()
+def drive(stack: GpuStack, name: str, levels, ttft: bool) -> dict:
+    load.warm_up(stack.url, name)
+    out = {"levels": []}
+    for concurrency, rounds in levels:
+        sampler = StackSampler(stack.pids, 4, 2.5) if concurrency == 64 else None
+        before = scrape(stack.metrics)
+        result = load.level(stack.url, name, concurrency, rounds)
+        result["breakdown"] = breakdown(before, scrape(stack.metrics))
+        if sampler is not None:
+            result["py_spy"] = sampler.summary()
+        out["levels"].append(result)
+        print(json.dumps({k: v for k, v in result.items() if k != "py_spy"}), flush=True)
+    if ttft:
+        out["ttft_2000_ms_p50"] = load.ttft_ms(stack.url, name)
     return out
+
+
+def run_one(tmp: Path, model: Path, executor: str, inflight: int, levels, ttft: bool,
+            **where) -> dict:
+    stack = None
+    started = time.perf_counter()
+    try:
+        stack = GpuStack(tmp, model, executor, inflight, **where)
+        result = {"executor": executor, "max_inflight_batches": inflight,
+                  "start_s": time.perf_counter() - started}
+        return result | drive(stack, model.name, levels, ttft)
+    except Exception as e:  # record it; the other runs may still work
+        return {"executor": executor, "max_inflight_batches": inflight,
+                "error": f"{type(e).__name__}: {str(e)[-3000:]}"}
+    finally:
+        if stack is not None:
+            stack.stop()
+
+
+def best_inflight(runs: dict) -> int:
+    """The in-flight limit whose local run streamed the most at concurrency 64."""
+    scored = [(r["levels"][-1]["aggregate_tok_s"], r["max_inflight_batches"])
+              for r in runs.values() if r.get("executor") == "local" and "levels" in r]
+    return max(scored)[1] if scored else 2
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--executors", default="local")
+    parser.add_argument("--runs", default="local2,local1,triton")
+    parser.add_argument("--dry-run", action="store_true", help="small checkpoint, this CPU")
     args = parser.parse_args()
+    dry = DRY if args.dry_run else None
     results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "device": torch.cuda.get_device_name(0), "split": f"{SPLIT} | {SPLIT}",
-               "prompt_tokens": PROMPT_TOKENS, "output_tokens": OUTPUT_TOKENS, "executors": {}}
+               "device": "cpu (dry run)" if dry else torch.cuda.get_device_name(0),
+               "split": f"{SPLIT} | {SPLIT}",
+               "prompt_tokens": load.PROMPT_TOKENS, "output_tokens": load.OUTPUT_TOKENS,
+               "cpu_cores": os.cpu_count(), "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        model = write_checkpoint(Path(tmp) / "qwen7b")
+        model = dry_checkpoint(Path(tmp)) if dry else write_checkpoint(Path(tmp) / "qwen7b")
         results["checkpoint_write_s"] = time.perf_counter() - t0
-        for executor in args.executors.split(","):
-            stack = None
-            try:
-                stack = GpuStack(Path(tmp), model, executor)
-                results["executors"][executor] = asyncio.run(drive(stack.url, model.name))
-            except Exception as e:  # record it; the other executor may still run
-                results["executors"][executor] = {"error": f"{type(e).__name__}: {str(e)[-3000:]}"}
-            finally:
-                if stack is not None:
-                    stack.stop()
+        if not dry:
+            results["in_process"] = in_process(model)
+            print(json.dumps(results["in_process"]), flush=True)
+        where = {k: dry[k] for k in ("device", "dtype", "split")} if dry else {}
+        all_levels = dry["levels"] if dry else LEVELS
+        for run in args.runs.split(","):
+            executor = "triton" if run.startswith("triton") else "local"
+            inflight = int(run[-1]) if run[-1].isdigit() else best_inflight(results["runs"])
+            full = run == "local2" or executor == "triton"  # local1 answers the c64 question
+            levels = all_levels if full else (all_levels[0], all_levels[2])
+            results["runs"][run] = run_one(Path(tmp), model, executor, inflight, levels, full,
+                                           **where)
             Path(args.out).write_text(json.dumps(results, indent=2))
-            print(json.dumps({executor: results["executors"][executor]}), flush=True)
 
 
 if __name__ == "__main__":

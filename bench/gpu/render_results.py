@@ -3,6 +3,8 @@ the repo root: python -m bench.gpu.render_results"""
 import json
 from pathlib import Path
 
+from bench.gpu.render_pipeline import pipeline_table
+
 HERE = Path(__file__).parent
 NAMES = {"qwen7b": "R1-Distill-Qwen-7B", "v2lite": "DeepSeek-V2-Lite", "v3": "DeepSeek-V3 dims, 4 layers"}
 
@@ -50,22 +52,6 @@ def batch_table(r: dict) -> list[str]:
             rows.append(f"| {NAMES.get(shape, shape)} | {b} | {_f(eager and eager['tokens_per_s'], '.0f')} | "
                         f"{run['step_ms_p50']:.2f} | {run['tokens_per_s']:.0f} | "
                         f"{s['ttft_ms']['2000']:.0f} |")
-    return rows
-
-
-def pipeline_table(p: dict) -> list[str]:
-    rows = [f"Pipeline ({p['split']} on one {p['device']}, {p['date']}; {p['prompt_tokens']}-token "
-            f"prompts, {p['output_tokens']} output tokens, greedy):", "",
-            "| executor | concurrency | requests | aggregate tok/s | tok/s per request p50 | TTFT p50 ms |",
-            "|---|---:|---:|---:|---:|---:|"]
-    ran = {name: x for name, x in p["executors"].items() if "error" not in x}
-    rows += [f"| {name} | could not run: {x['error'][-300:]!r} | | | | |"
-             for name, x in p["executors"].items() if name not in ran]
-    for name, x in ran.items():
-        for lv in x["levels"]:
-            rows.append(f"| {name} | {lv['concurrency']} | {lv['requests']} | {lv['aggregate_tok_s']:.0f} "
-                        f"| {lv['tok_s_per_request_p50']:.1f} | {lv['ttft_ms_p50']:.0f} |")
-        rows.append(f"| {name} | TTFT of a 2,000-token prompt | | | | {x['ttft_2000_ms_p50']:.0f} |")
     return rows
 
 

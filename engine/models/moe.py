@@ -34,6 +34,7 @@ class MoESpec:
     topk_groups: int = 1
     norm_topk_prob: bool = False
     routed_scaling_factor: float = 1.0
+    first_expert: int = 0  # expert parallel: this rank holds experts [first, first + num_experts)
 
     @property
     def fuse_shared(self) -> bool:
@@ -219,7 +220,7 @@ def expert_checkpoint_names(param_name: str, spec: MoESpec) -> list[str] | None:
         return None
     projs = ("gate_proj", "up_proj") if stack == "gate_up_proj" else ("down_proj",)
     suffix = "weight_scale_inv" if scale else "weight"
-    slots = [f"{prefix}.{e}" for e in range(spec.num_experts)]
+    slots = [f"{prefix}.{e}" for e in range(spec.first_expert, spec.first_expert + spec.num_experts)]
     if spec.fuse_shared:
         slots.append(prefix.removesuffix(".experts") + ".shared_experts")
     return [f"{slot}.{p}.{suffix}" for slot in slots for p in projs]

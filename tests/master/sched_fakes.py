@@ -10,6 +10,7 @@ import numpy as np
 
 from engine.sampling_params import SamplingParams
 from master.generation import GenerationRequest, PipelineUnavailable
+from master.head import PendingHidden
 from proto import pipeline_pb2 as pb
 
 
@@ -30,6 +31,9 @@ class FakeHead:
             self.held[c.seq_id] = c.end_pos
         data = np.asarray(token_ids, np.float32).tobytes()
         return pb.Tensor(data=data, dtype="float32", shape=[len(token_ids), 1])
+
+    def launch(self, chunks, token_ids):
+        return PendingHidden(None, self.forward(chunks, token_ids))
 
     def release(self, ids):
         for seq_id in ids:

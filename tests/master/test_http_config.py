@@ -51,6 +51,7 @@ def test_every_bad_field_is_named_in_one_line(tmp_path):
     ({"DUET_MASTER_FP8": "always"}, "fp8: expected native | dequantize, got 'always'"),
     ({"DUET_MASTER_LOG_PROMPTS": "maybe"}, "log_prompts: expected true or false"),
     ({"DUET_MASTER_PORT": "70000"}, "port: expected 0..65535, got 70000"),
+    ({"DUET_MASTER_TENSOR_PARALLEL_SIZE": "0"}, "tensor_parallel_size: expected >= 1"),
     ({"DUET_API_KEYS": "alice:"}, "api_keys: empty or non-string key for 'alice'"),
 ])
 def test_bad_environment_values_are_named(tmp_path, env, field):

@@ -42,6 +42,9 @@ def test_toml_with_table_and_env_override(tmp_path):
     (dict(stream_kv_share=0), "stream_kv_share"),
     (dict(stream_kv_share=1.5), "stream_kv_share"),
     (dict(stream_max_seqs=0), "stream_max_seqs"),
+    (dict(tensor_parallel_size=0), "tensor_parallel_size"),
+    (dict(tensor_parallel_size=2), "tensor_parallel_size 2 needs executor = \"local\""),
+    (dict(tp_timeout_s=0), "tp_timeout_s"),
     (dict(colour="blue"), "colour"),
 ])
 def test_each_bad_field_is_named(changes, field):
@@ -118,6 +121,17 @@ def test_cli_bad_checkpoint_is_one_line_and_exit_2(tmp_path):
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("duet worker:") and "config.json" in last
+
+
+def test_cli_tensor_parallel_size_that_does_not_split_the_model_is_one_line_and_exit_2(
+        tmp_path, ckpt):
+    path = write_config(tmp_path / "w.toml", model_dir=str(ckpt), layer_start=2,
+                        executor="local", listen="127.0.0.1:0", tensor_parallel_size=3)
+    result = duet_worker("--config", str(path))
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr
+    assert "tensor_parallel_size = 3 does not divide the model's num_attention_heads (4)" in last
 
 
 def test_write_model_repo_renders_a_valid_triton_config(tmp_path, ckpt):

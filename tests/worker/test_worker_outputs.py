@@ -3,6 +3,8 @@ import grpc
 import pytest
 
 from engine.sampling_params import SamplingParams
+from proto import pipeline_pb2 as pb
+from proto.convert import params_to_proto
 from pipeline_driver import StepStream, generate, generate_in_process
 
 PROMPTS = {"a": [151644, 872, 198, 9707, 0], "b": [40, 1079], "c": [3838, 374, 220, 17, 10, 17, 30]}
@@ -38,3 +40,24 @@ async def test_triton_local_and_in_process_agree(ckpt, head, local_worker, trito
     assert_same(triton, reference)
     # Not a degenerate model: the prompts do not all produce the same sequence.
     assert len({tuple(t for t, _ in reference[s]) for s in PROMPTS}) > 1
+
+
+@pytest.mark.triton
+async def test_triton_checks_hidden_bytes_that_travel_beside_the_message(head, triton_worker):
+    """The hidden states reach the tail model as their own input: a step whose bytes do not
+    match its shape fails that step's sequences with the tail's own message, the next runs."""
+    params, h = params_to_proto(SamplingParams(temperature=0)), head.hidden_size
+    async with grpc.aio.insecure_channel(triton_worker.address) as channel:
+        stream = StepStream(channel)
+        try:
+            seq = pb.SeqStep(seq_id="short", start_pos=0, num_tokens=2, sample=True, params=params)
+            bad = pb.Tensor(data=b"\0" * 12, dtype="float32", shape=[2, h])
+            reply = await stream.send(pb.StepRequest(step_id=1, seqs=[seq], hidden=bad))
+            assert reply.results[0].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            assert "hidden data is 12 bytes" in reply.results[0].error.message
+            seq.seq_id = "fine"
+            good = pb.Tensor(data=b"\0" * (2 * h * 4), dtype="float32", shape=[2, h])
+            reply = await stream.send(pb.StepRequest(step_id=2, seqs=[seq], hidden=good))
+            assert reply.results[0].WhichOneof("outcome") == "sampled"
+        finally:
+            stream.cancel()

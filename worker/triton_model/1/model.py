@@ -6,12 +6,13 @@ the worker's virtualenv first on PATH; in a container, pip-install duet there).
 import json
 
 import numpy as np
+import torch
 import triton_python_backend_utils as pb_utils
 
 from worker.config import WorkerConfig
 from worker.executor import tail_loader
-from worker.triton_protocol import (INPUT_OP, INPUT_STEP, INPUT_STREAM, OUTPUT_RESULT, handle,
-                                     parse_op)
+from worker.triton_protocol import (INPUT_HIDDEN, INPUT_OP, INPUT_STEP, INPUT_STREAM,
+                                     OUTPUT_RESULT, handle, parse_op)
 
 
 class TritonPythonModel:
@@ -29,9 +30,12 @@ class TritonPythonModel:
         def text(name):
             return pb_utils.get_input_tensor_by_name(request, name).as_numpy()[0]
 
+        hidden = pb_utils.get_input_tensor_by_name(request, INPUT_HIDDEN)
+        if hidden is not None:  # zero-copy view of the request's buffer
+            hidden = torch.from_dlpack(hidden.to_dlpack())
         try:
             result = handle(self.tail, parse_op(text(INPUT_OP).decode()),
-                            text(INPUT_STREAM).decode(), text(INPUT_STEP))
+                            text(INPUT_STREAM).decode(), text(INPUT_STEP), hidden)
         except Exception as e:  # answer with the reason; the worker turns it into statuses
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(e).__name__}: {e}"))
         out = pb_utils.Tensor(OUTPUT_RESULT, np.array([result], dtype=np.object_))

@@ -1,0 +1,79 @@
+"""pipeline.json (+ pipeline_triton.json) of pipeline_gpu.py -> the tables of pipeline.md;
+run from the repository root: python -m bench.gpu.render_pipeline"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def level_rows(name: str, run: dict) -> list[str]:
+    if "error" in run:
+        return [f"| {name} | {run['executor']} | {run['max_inflight_batches']} | could not run: "
+                f"{run['error'].splitlines()[-1][-200:]} | | | | | | | |"]
+    rows = []
+    for lv in run["levels"]:
+        b = lv["breakdown"]
+        rows.append(f"| {name} | {run['executor']} | {run['max_inflight_batches']} | "
+                    f"{lv['concurrency']} | {lv['aggregate_tok_s']:.0f} | "
+                    f"{lv['tok_s_per_request_p50']:.1f} | {lv['ttft_ms_p50']:.0f} | {b['steps']} | "
+                    f"{b['tokens_per_worker_step']:.1f} | {b['hop_ms_mean']:.1f} | "
+                    f"{b['worker_step_ms_mean']:.1f} |")
+    if "ttft_2000_ms_p50" in run:
+        rows.append(f"| {name} | TTFT of a 2,000-token prompt | | | | | "
+                    f"{run['ttft_2000_ms_p50']:.0f} | | | | |")
+    return rows
+
+
+def pipeline_table(p: dict) -> list[str]:
+    ref = p["in_process"]
+    rows = [f"Pipeline ({p['split']} on one {p['device']}, {p['date']}; {p['prompt_tokens']}-token "
+            f"prompts, {p['output_tokens']} output tokens, greedy; openai clients in up to 4 "
+            f"processes). Engine in one process, same run: batch 1 "
+            f"{ref['batch_1']['tok_s']:.0f} tok/s ({ref['batch_1']['step_ms_p50']:.2f} ms), "
+            f"batch 64 {ref['batch_64']['tok_s']:.0f} tok/s.", "",
+            "| run | executor | in flight | concurrency | aggregate tok/s | tok/s per request p50 "
+            "| TTFT p50 ms | steps | tokens / worker step | hop ms (mean) | worker step ms (mean) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, run in p["runs"].items():
+        rows += level_rows(name, run)
+    return rows
+
+
+def spy_rows(p: dict, top: int = 6) -> list[str]:
+    """The functions each process spent most samples in (self) during the c64 level."""
+    rows = ["| run | process | where the samples were (self share) |", "|---|---|---|"]
+    for name, run in p["runs"].items():
+        for lv in run.get("levels", []):
+            for role, s in lv.get("py_spy", {}).items():
+                if isinstance(s, dict) and "self" in s:
+                    cells = ", ".join(f"{f} {share:.0%}" for f, share in s["self"][:top])
+                    rows.append(f"| {name} | {role} | {cells} |")
+    return rows
+
+
+def main() -> None:
+    p = json.loads((HERE / "pipeline.json").read_text())
+    lines = ["# The two-stage pipeline on one GPU through the HTTP API", "",
+             "Produced by `python -m bench.gpu.pipeline_gpu --out bench/gpu/pipeline.json` on a "
+             "lent GPU machine (set-up: `bench/gpu/device_setup.sh`), rendered by "
+             "`python -m bench.gpu.render_pipeline`. Hop = from the head's launch of a micro-batch "
+             "to the worker's reply; worker step = the TailRunner's time for it (both means over "
+             "the level, from the processes' Prometheus counters).", "",
+             *pipeline_table(p), ""]
+    extra = HERE / "pipeline_triton.json"
+    if extra.exists():
+        t = json.loads(extra.read_text())
+        lines += [f"Second call ({t['date']}, triton executor only; engine in one process "
+                  f"re-measured: batch 1 {t['in_process']['batch_1']['tok_s']:.0f} tok/s, batch 64 "
+                  f"{t['in_process']['batch_64']['tok_s']:.0f}):", "",
+                  *pipeline_table(t)[2:], ""]
+    lines += ["## Python stacks at concurrency 64 (py-spy, 4 s)", "", *spy_rows(p), ""]
+    notes = HERE / "pipeline_notes.md"
+    tail = notes.read_text() if notes.exists() else ""
+    (HERE / "pipeline.md").write_text("\n".join(lines) + "\n" + tail)
+
+
+if __name__ == "__main__":
+    main()
