@@ -10,7 +10,11 @@ import dataclasses
 import torch
 
 from engine.batch import ForwardContext
+from engine.checkpoint_plan import footprint
 from engine.models.base import LayerKV, StageModel
+from engine.split_plan import Host, gpu_ranges
+
+PLAN_RESERVE_BYTES = 4 * 10**9  # per GPU, for activations and the CUDA context (`duet checkpoint plan`'s --reserve-gb)
 
 
 def layer_devices(layer_start: int, layer_end: int, device: str,
@@ -31,6 +35,19 @@ def layer_devices(layer_start: int, layer_end: int, device: str,
 def devices_for_ranges(ranges: list[tuple[int, int]]) -> dict[int, torch.device]:
     """[(start, end) per GPU, contiguous] -> layer -> cuda:g."""
     return {i: torch.device("cuda", g) for g, (a, b) in enumerate(ranges) for i in range(a, b)}
+
+
+def planned_ranges(model_dir, layer_start: int, layer_end: int, device: str, dtype: str,
+                   fp8: str) -> list[tuple[int, int]] | None:
+    """The split planner's layer range per GPU on a host of several (engine/split_plan.py:
+    near-equal bytes per GPU, the embedding and head counted where they live); None elsewhere."""
+    gpus = torch.cuda.device_count() if device == "cuda" and torch.cuda.is_available() else 0
+    if gpus <= 1:
+        return None
+    smallest = min(torch.cuda.get_device_properties(g).total_memory for g in range(gpus))
+    native = fp8 == "native" and torch.cuda.get_device_capability(0) >= (8, 9)
+    host = Host(gpus, smallest, PLAN_RESERVE_BYTES)
+    return gpu_ranges(footprint(model_dir, dtype), layer_start, layer_end, host, native)
 
 
 def _checked_device(device: str) -> torch.device:

@@ -10,7 +10,6 @@ import torch
 from engine.batch import StepBatch
 from engine.config import ModelConfig
 from engine.checkpoint import CheckpointFiles
-from engine.checkpoint_plan import footprint
 from engine.decode_graphs import DecodeGraphs
 from engine.dtypes import DTYPES
 from engine.errors import CheckpointError
@@ -20,14 +19,12 @@ from engine.models import model_class
 from engine.models.base import StageModel
 from engine.packed_linear import pack_linears
 from engine.parallel import TPGroup
-from engine.placement import forward_spread, layer_devices, place
-from engine.split_plan import Host, gpu_ranges
+from engine.placement import forward_spread, layer_devices, place, planned_ranges
 from engine.weights import fp8_block, load_weights
 
 log = logging.getLogger("duet.engine.load")
 
 LOAD_FORMATS = ("safetensors", "dummy")
-PLAN_RESERVE_BYTES = 4 * 10**9  # per GPU, for activations and the CUDA context (`duet checkpoint plan`'s --reserve-gb)
 
 
 class Stage:
@@ -101,7 +98,7 @@ class Stage:
         _check_range(config, model_dir, layer_start, layer_end)
         tp = tp or TPGroup.single()
         devices = _stage_devices(layer_start, layer_end, device, tp,
-                                 lambda: _planned_ranges(model_dir, layer_start, layer_end, device, dtype, fp8))
+                                 lambda: planned_ranges(model_dir, layer_start, layer_end, device, dtype, fp8))
         with torch.device("meta"):  # no memory and no random init for weights about to be loaded
             model = _shard(model_class(config.architecture)(config, layer_start, layer_end), tp)
             fp8_note = _fp8_setup(model, model_dir, fp8, devices[layer_start], load_format)
@@ -228,19 +225,6 @@ def _check_choices(**fields: tuple[str, tuple]) -> None:
     for name, (value, choices) in fields.items():
         if value not in choices:
             raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-
-
-def _planned_ranges(model_dir, layer_start: int, layer_end: int, device: str, dtype: str,
-                    fp8: str) -> list[tuple[int, int]] | None:
-    """The split planner's layer range per GPU on a host of several (engine/split_plan.py:
-    near-equal bytes per GPU, the embedding and head counted where they live); None elsewhere."""
-    gpus = torch.cuda.device_count() if device == "cuda" and torch.cuda.is_available() else 0
-    if gpus <= 1:
-        return None
-    smallest = min(torch.cuda.get_device_properties(g).total_memory for g in range(gpus))
-    native = fp8 == "native" and torch.cuda.get_device_capability(0) >= (8, 9)
-    host = Host(gpus, smallest, PLAN_RESERVE_BYTES)
-    return gpu_ranges(footprint(model_dir, dtype), layer_start, layer_end, host, native)
 
 
 def _fp8_setup(model: StageModel, model_dir, requested: str, device: torch.device,
