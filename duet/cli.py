@@ -14,7 +14,7 @@ import sys
 # Add a command by adding its module here.
 COMMANDS = ("duet.cmd_tiny_model", "duet.cmd_master", "duet.serve", "duet.cmd_worker", "duet.cmd_vrrp",
             "duet.cmd_checkpoint", "duet.lab.cmd",
-            "duet.drill.cmd")
+            "duet.drill.cmd", "duet.load.cmd")
 
 EXIT_USAGE = 2
 

@@ -18,6 +18,7 @@ from master.generation import Generator
 from master.metrics import Metrics
 from master.openai_requests import ChatCompletionRequest, CompletionRequest
 from master.openai_responses import ModelCard, ModelList
+from master.ready_watch import ReadyWatch
 from master.resume import ResumeLimits
 from master.resume_registry import RunRegistry
 from master.serving import ServingContext, json_response
@@ -47,6 +48,18 @@ def _add_middleware(app: FastAPI, config: MasterConfig) -> None:
     app.add_middleware(AccessLogMiddleware, log_prompts=config.log_prompts)
 
 
+def _readiness(config: MasterConfig, generator: Generator, watch: ReadyWatch) -> JSONResponse:
+    """/ready: 200 when this API can serve; "draining" (SIGTERM) makes the VRRP agent resign."""
+    ready, reason = generator.readiness()
+    if ready and config.role == "master" and not getattr(generator, "active", True):
+        # a deactivated master must fail its VRRP health check, so the VIP moves away
+        ready, reason = False, "deactivated (POST /admin/activate to serve again)"
+    draining = bool(getattr(generator, "draining", False))
+    watch.probed(draining)
+    return JSONResponse({"ready": ready, "reason": reason, "draining": draining},
+                        status_code=200 if ready else 503)
+
+
 def create_app(config: MasterConfig, generator: Generator, bundle: ModelBundle,
                metrics: Metrics | None = None, lifespan=None) -> FastAPI:
     """The API of one master (or standby). `lifespan` starts and stops the scheduler."""
@@ -57,6 +70,7 @@ def create_app(config: MasterConfig, generator: Generator, bundle: ModelBundle,
     ctx = ServingContext(config, generator, bundle,
                          metrics or Metrics(config.served_model_name), pool, RunRegistry(limits))
     app.state.ctx = ctx
+    app.state.ready_watch = ReadyWatch()
     install_error_handlers(app)
     _add_middleware(app, config)
 
@@ -87,11 +101,7 @@ def create_app(config: MasterConfig, generator: Generator, bundle: ModelBundle,
 
     @app.get("/ready")
     async def _ready():
-        ready, reason = generator.readiness()
-        if ready and config.role == "master" and not getattr(generator, "active", True):
-            # a deactivated master must fail its VRRP health check, so the VIP moves away
-            ready, reason = False, "deactivated (POST /admin/activate to serve again)"
-        return JSONResponse({"ready": ready, "reason": reason}, status_code=200 if ready else 503)
+        return _readiness(config, generator, app.state.ready_watch)
 
     @app.get("/metrics")
     async def _metrics():

@@ -55,6 +55,10 @@ class ColdStandby:
         self._started_s = 0.0
         self._error = ""
 
+    @property
+    def draining(self) -> bool:
+        return self.generator is not None and self.generator.draining
+
     def readiness(self) -> tuple[bool, str]:
         if self.generator is not None:
             return self.generator.readiness()

@@ -79,10 +79,9 @@ class MasterConfig:
     step_timeout_s: float = 120.0  # a step unanswered this long means the worker is gone
     max_message_bytes: int = 256 * 2**20  # gRPC limit of one step message, both ways
     reconnect_max_s: float = 5.0  # longest wait between attempts to reach the worker
-    # a lost worker's sequences wait this long for a new one; 0 (the default for now) fails them
-    # at once, as the lab's kill-worker drill and `duet serve` still expect
-    recovery_budget_s: float = 0.0
-    #                                  (re-prefilled, then resumed); 0 = fail them at once
+    # a lost worker's running sequences wait this long for a new one (re-prefilled, then
+    # resumed: clients see a pause); past it they fail and new requests get 503. 0 = fail at once
+    recovery_budget_s: float = 30.0
     drain_timeout_s: float = 30.0  # on SIGTERM, running requests get this long to finish
     #                                (new ones get 503 + Retry-After meanwhile)
     torch_threads: int = 0  # intra-op CPU threads of the head; 0 = torch's default

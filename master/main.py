@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 import socket
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -130,7 +131,7 @@ async def run(config: MasterConfig, *, stop: asyncio.Event | None = None,
                 on_ready(url)
             await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
             if stopping.done():
-                await _drain(master.generator, config.drain_timeout_s)
+                await _drain(master, config.drain_timeout_s)
     finally:
         server.should_exit = True
         stopping.cancel()
@@ -140,16 +141,21 @@ async def run(config: MasterConfig, *, stop: asyncio.Event | None = None,
         log.info("master stopped")
 
 
-async def _drain(served: PipelineGenerator | ColdStandby, timeout_s: float) -> None:
-    """SIGTERM: new requests get 503 + Retry-After, running ones finish (up to timeout_s)."""
+async def _drain(master: Master, timeout_s: float) -> None:
+    """SIGTERM: new requests get 503 + Retry-After, running ones finish (up to timeout_s);
+    a VRRP agent polling /ready is told before the API exits (master/ready_watch.py)."""
+    served = master.generator
     generator = served.generator if isinstance(served, ColdStandby) else served
     if generator is None:  # a cold standby never loaded: nothing runs
         return
+    deadline = time.monotonic() + timeout_s
     running = len(generator.scheduler.running) + len(generator.scheduler.waiting)
     log.info("draining: %d requests running, up to %g s (drain_timeout_s)", running, timeout_s)
     left = await generator.drain(timeout_s)
     if left:
         log.warning("drain_timeout_s passed: %d requests end with an error", left)
+    if await master.app.state.ready_watch.wait_told(deadline - time.monotonic()):
+        log.info("drained; /ready's poller (the VRRP agent) was told")
 
 
 def _asgi(app, config: MasterConfig):

@@ -1,7 +1,8 @@
 """Prometheus metrics under vLLM's names (so its dashboards work), one registry per app."""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
+                               generate_latest)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 # Buckets as vLLM uses them, in seconds.
@@ -22,6 +23,7 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         self.model_name = model_name
         r, labels = self.registry, ["model_name"]
+        ProcessCollector(registry=r)  # process_resident_memory_bytes etc. (duet load)
         self._running = Gauge("vllm:num_requests_running", "Sequences in the running batch.",
                               labels, registry=r)
         self._waiting = Gauge("vllm:num_requests_waiting", "Sequences waiting to run.",

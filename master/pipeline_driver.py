@@ -10,8 +10,9 @@ rebuilt rather than failed: the head's KV is freed, the client reconnects with b
 the scheduler re-prefills each sequence's prompt and output so far on the new stream, with
 `resume_output_ids` so the worker restores the sampler (penalties, seeded generator, grammar).
 Both stages' kept prefix blocks are dropped, so a rebuilt sequence starts on none of them. The
-readers see a pause. If no worker answers within `recovery_budget_s`, every sequence fails
-with PipelineUnavailable (0 = fail at once, the behaviour before recovery existed).
+readers see a pause; past `recovery_budget_s` every sequence fails (master/recovery.py). A
+draining worker says so (`StepReply.drain`): the sender stops, the steps sent are answered,
+and the stream is rebuilt as above.
 """
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from engine.dtypes import DTYPES
 from engine.parallel import RankFailure
+from master import head_ops
 from master.generation import PipelineUnavailable, SequenceFailed
+from master.recovery import RecoveryClock
 from master.scheduler import Scheduler
 from master.step import Step
 from master.wire import empty_hidden, reply_outcomes, step_request
@@ -43,15 +46,14 @@ class PipelineDriver:
         self.scheduler = scheduler
         self.metrics = metrics
         self.step_timeout_s = step_timeout_s
-        self.recovery_budget_s = recovery_budget_s
-        self.recover_until: float | None = None  # monotonic deadline while rebuilding
-        self._down_reason = ""
+        self.recovery = RecoveryClock(recovery_budget_s)
         self.connected = False  # a handshake passed and the Step stream is open
         self.inflight: deque[tuple[Step, float]] = deque()  # (step, sent at monotonic s)
         self.worker_kv_used_tokens = 0  # as of the last StepReply
         self.worker_kv_capacity_tokens = 0
         self.wake = asyncio.Event()  # set when the scheduler may have something to send
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="duet-head")
+        self.head_kv = head_ops.kv_numbers(head)  # updated in the head thread (head_ops.py)
         self._waiter = ThreadPoolExecutor(1, thread_name_prefix="duet-head-copy")
 
     async def run(self) -> None:
@@ -74,21 +76,18 @@ class PipelineDriver:
 
     @property
     def recovering(self) -> bool:
-        """The worker was lost less than recovery_budget_s ago: new requests wait for it."""
-        return self.recover_until is not None and time.monotonic() < self.recover_until
+        return self.recovery.waiting
 
     async def _reconnect(self):
         """The next Step stream; within the recovery budget, or fail everything and go on."""
-        if self.recover_until is None:
+        if self.recovery.until is None:
             return await self.client.connect_with_backoff()
-        left_s = max(0.0, self.recover_until - time.monotonic())
         try:
-            return await asyncio.wait_for(self.client.connect_with_backoff(), left_s)
+            return await asyncio.wait_for(self.client.connect_with_backoff(),
+                                          self.recovery.left_s())
         except asyncio.TimeoutError:
-            reason = (f"the worker did not come back within {self.recovery_budget_s:g} s "
-                      f"(recovery_budget_s): {self._down_reason}")
+            reason = self.recovery.expire()
             log.error("%s; failing %d sequences", reason, len(self.scheduler.running))
-            self.recover_until = None
             held = self.scheduler.fail_all(PipelineUnavailable(
                 reason, self.scheduler.config.retry_after_s))
             await self._release_head([s.seq_id for s in held])
@@ -136,13 +135,11 @@ class PipelineDriver:
         self.client.mark_down(reason)
         stream.cancel()
         self.inflight.clear()
-        if self.recovery_budget_s > 0:
-            if self.recover_until is None:  # a relapse while rebuilding keeps the deadline
-                self.recover_until = time.monotonic() + self.recovery_budget_s
-                self._down_reason = reason
+        self.recovery.lost(reason)
+        if self.recovery.budget_s > 0:
             held = self.scheduler.requeue_all()
-            log.warning("rebuilding %d sequences on the next worker (within %g s)",
-                        len(self.scheduler.running), self.recovery_budget_s)
+            log.warning("rebuilding %d sequences on the next worker (within %.3g s)",
+                        len(self.scheduler.running), self.recovery.left_s())
         else:
             held = [s.seq_id for s in self.scheduler.fail_all(PipelineUnavailable(reason))]
         await self._release_head(held)
@@ -153,7 +150,7 @@ class PipelineDriver:
         the stream): after any head forward still running in the executor, like every head
         operation."""
         await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._head_reset, seq_ids)
+            self._executor, self._in_head_thread, head_ops.reset, seq_ids)
 
     async def _send_loop(self, outgoing: asyncio.Queue) -> None:
         """Schedule and launch micro-batches; the write loop sends each once its hidden states
@@ -162,12 +159,14 @@ class PipelineDriver:
         limit = self.scheduler.config.max_inflight_batches
         while True:
             self.wake.clear()
-            step = self.scheduler.schedule() if len(self.inflight) < limit else None
+            room = len(self.inflight) < limit and self.recovery.drain is None
+            step = self.scheduler.schedule() if room else None
             if step is None:
                 await self.wake.wait()
                 continue
             try:
-                pending = await loop.run_in_executor(self._executor, self._head_step, step)
+                pending = await loop.run_in_executor(self._executor, self._in_head_thread,
+                                                     head_ops.launch_step, step)
             except Exception as e:  # a bad step fails its sequences, not the server
                 self._abandon(step, e)
                 pending = None
@@ -198,23 +197,22 @@ class PipelineDriver:
         code = "UNAVAILABLE" if isinstance(e, RankFailure) else "INTERNAL"  # 503 / 500
         self.scheduler.abandon(step, SequenceFailed(code, f"head forward: {e}"))
 
-    def _head_step(self, step: Step):
-        """In the head thread: keep, free and evict blocks in the worker's order, then run
-        embedding + layers [0, k)."""
-        self.head.keep_blocks(step.cache_blocks)
-        self.head.release([s.seq_id for s in step.release])
-        self.head.evict(step.evict)
-        self.head.attach_prefixes((s.seq.seq_id, s.seq.cached_prefix) for s in step.seqs
-                                  if s.sends_params and s.seq.cached_prefix)
-        return self.head.launch(step.chunks, step.token_ids)  # -> master.head.PendingHidden
-
-    def _head_reset(self, seq_ids: list[str]) -> None:
-        self.head.release(seq_ids)
-        self.head.drop_cached()
+    def _in_head_thread(self, op, *args):
+        """op(head, *args) (master/head_ops.py), then the KV numbers for the loop, there."""
+        try:
+            return op(self.head, *args)
+        finally:
+            self.head_kv = head_ops.kv_numbers(self.head)
 
     async def _recv_loop(self, stream) -> None:
         while True:
             reply = await stream.recv()
+            if reply.HasField("drain"):  # answers no step: the sender stops
+                log.warning("the worker asks to pause: %s; %d steps to receive first",
+                            reply.drain.reason, len(self.inflight))
+                self.recovery.drain = reply.drain
+                self._closing_if_drained()
+                continue
             if not self.inflight:
                 raise PipelineUnavailable(f"worker answered step {reply.step_id}, none pending")
             step, sent_at = self.inflight.popleft()
@@ -227,8 +225,13 @@ class PipelineDriver:
             self.worker_kv_capacity_tokens = reply.kv_capacity_tokens
             self.wake.set()  # before the outboxes: the next step goes ahead of SSE writing
             self.scheduler.postprocess(step, reply_outcomes(reply))
-            self.recover_until = None  # the worker answers again: rebuilt
+            self.recovery.until = None  # the worker answers again: rebuilt
             self.update_metrics()
+            self._closing_if_drained()
+
+    def _closing_if_drained(self) -> None:  # all steps sent to a draining worker answered
+        if self.recovery.drain is not None and not self.inflight:
+            raise PipelineUnavailable(f"the worker drained: {self.recovery.drain.reason}")
 
     async def _watchdog(self) -> None:
         while True:
@@ -244,4 +247,4 @@ class PipelineDriver:
         s = self.scheduler
         self.metrics.set_queue(len(s.running), len(s.waiting))
         worker = self.worker_kv_used_tokens / max(1, self.worker_kv_capacity_tokens)
-        self.metrics.set_cache_usage(max(self.head.kv_usage, worker))
+        self.metrics.set_cache_usage(max(self.head_kv["usage"], worker))

@@ -102,7 +102,7 @@ class PipelineGenerator:
         s, d = self.scheduler, self.driver
         return dataclasses.asdict(s.config) | dict(
             running=len(s.running), waiting=len(s.waiting), inflight=len(d.inflight),
-            head_kv_used_tokens=self.head.kv_used_tokens,
-            head_kv_cached_tokens=self.head.kv_cached_tokens,
+            head_kv_used_tokens=d.head_kv["used_tokens"],
+            head_kv_cached_tokens=d.head_kv["cached_tokens"],
             prefix_cached_blocks=s.kv.prefix.num_blocks if s.kv.prefix is not None else 0,
             worker_kv_used_tokens=d.worker_kv_used_tokens)

@@ -31,7 +31,8 @@ class Agent:
         self.notifier = Notifier(cfg.notify_commands, cfg.notify_url, cfg.notify_timeout_s,
                                  cfg.vrid)
         self.host = Host(cfg, self.status)
-        self.health = HealthCheck(cfg.health, self._on_health) if cfg.health else None
+        self.health = (HealthCheck(cfg.health, self._on_health, self._on_drain)
+                       if cfg.health else None)
         self.machine: Machine | None = None
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
@@ -129,7 +130,14 @@ class Agent:
         self.notifier.notify(t.new.value, t.old.value, self.machine.priority, t.reason)
         self.status.write()
 
+    def _on_drain(self) -> None:
+        """The API drains (SIGTERM): resign now, as a stopping agent would (priority 0), so
+        the peer takes new work at once; back through INITIALIZE once the API is healthy."""
+        self._events.put_nowait(functools.partial(self.machine.fault, reason="drain"))
+
     def _on_health(self, healthy: bool) -> None:
+        if healthy:
+            self._events.put_nowait(functools.partial(self.machine.clear_fault, reason="drain"))
         weight = self.cfg.health.weight
         if weight == 0:
             reason = "health"

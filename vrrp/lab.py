@@ -107,14 +107,15 @@ class Lab:
         build_bridge(self.ns, self.namespaces.append)
 
     def start_web(self, host: str) -> Path:
-        """A static web server in `host` answering /ready (while the file exists) and /whoami."""
+        """A web server in `host` answering /ready (while the file exists; `draining` next to
+        it answers as a draining API) and /whoami (vrrp/lab_web.py)."""
         root = self.dir / f"web-{host}"
         root.mkdir(exist_ok=True)
         (root / "ready").write_text("ok\n")
         (root / "whoami").write_text(host)
         self._procs.append(subprocess.Popen(
-            ["ip", "netns", "exec", self.ns(host), sys.executable, "-m", "http.server",
-             str(WEB_PORT), "--bind", "0.0.0.0", "--directory", str(root)],
+            ["ip", "netns", "exec", self.ns(host), sys.executable, "-m", "vrrp.lab_web",
+             str(WEB_PORT), str(root)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_until(lambda: self.http_get(host, "127.0.0.1", "/whoami") == host, 10, 0.05)
         return root / "ready"

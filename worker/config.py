@@ -68,6 +68,9 @@ class WorkerConfig:
     triton_start_timeout_s: float = 120.0  # load a big checkpoint before giving up
     run_dir: str = ""  # managed Triton's model repository and backend dir; empty = a temp dir
     idle_timeout_s: float = 300.0  # a sequence untouched this long is released
+    # SIGTERM: the APIs are told to pause and close their streams once the steps already sent
+    # are answered; the worker exits when they have, or after this long
+    drain_timeout_s: float = 10.0
     # A broken stream's sequences (with a resume key) wait this long for the standby API to
     # adopt them (worker/orphans.py); 0 = released with the stream
     orphan_grace_s: float = 30.0
@@ -105,6 +108,7 @@ class WorkerConfig:
             "triton_model_name": self.triton_model_name.isidentifier(),
             "triton_start_timeout_s": self.triton_start_timeout_s > 0,
             "idle_timeout_s": self.idle_timeout_s > 0,
+            "drain_timeout_s": self.drain_timeout_s >= 0,
             "orphan_grace_s": 0 <= self.orphan_grace_s <= 3600,
             "max_message_bytes": 1024 <= self.max_message_bytes < 2**31,
             "tls_key_file": bool(self.tls_cert_file) == bool(self.tls_key_file),

@@ -81,6 +81,8 @@ class Worker:
         self.server, self.health, self.port = make_server(
             self.service, config.listen, credentials=server_credentials(config))
         self.sweeper: asyncio.Task | None = None
+        self.created_at = time.monotonic()
+        self.startup_s = 0.0  # construction to serving, told to the APIs when draining
 
     async def start(self) -> None:
         """Listen at once (health NOT_SERVING), load the tail, then serve."""
@@ -105,7 +107,26 @@ class Worker:
                  self.config.device, info.dtype, info.kv_capacity_tokens,
                  time.perf_counter() - started_s, self.port, security)
         self.sweeper = asyncio.create_task(self._sweep(), name="idle-sweeper")
+        self.startup_s = time.monotonic() - self.created_at
         await set_serving(self.health, True)
+
+    async def drain(self, timeout_s: float) -> None:
+        """SIGTERM: health NOT_SERVING, every API asked to pause; wait (up to timeout_s) until
+        they have closed their streams, after the steps they had sent are answered."""
+        if self.sweeper:
+            self.sweeper.cancel()  # it would set the health status back
+        await set_serving(self.health, False)
+        streams = len(self.service.open_streams)
+        log.info("draining: %d streams asked to pause, up to %g s (drain_timeout_s)",
+                 streams, timeout_s)
+        self.service.drain(pb.Drain(reason="the worker is stopping (SIGTERM)",
+                                    startup_s=self.startup_s))
+        deadline = time.monotonic() + timeout_s
+        while self.service.open_streams and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self.service.open_streams:
+            log.warning("drain_timeout_s passed: %d streams still open are cut",
+                        len(self.service.open_streams))
 
     async def _sweep(self) -> None:
         """Expire idle sequences; keep the health status in step with the executor."""
@@ -134,16 +155,25 @@ class Worker:
         log.info("worker stopped")
 
 
-async def run_worker(config: WorkerConfig, ready: asyncio.Event | None = None) -> None:
-    """Serve until cancelled (or ExecutorFailed); `ready` is set once the tail is serving."""
+async def run_worker(config: WorkerConfig, ready: asyncio.Event | None = None,
+                     drain: asyncio.Event | None = None) -> None:
+    """Serve until cancelled, `drain` is set (then drain first) or ExecutorFailed; `ready` is
+    set once the tail is serving."""
     worker = Worker(config)
     await worker.start()
     if ready is not None:
         ready.set()
+    failed = asyncio.ensure_future(worker.executor.wait_failed())
+    draining = asyncio.ensure_future((drain or asyncio.Event()).wait())
     try:
-        why = await worker.executor.wait_failed()
-        raise ExecutorFailed(f"{why}; exiting so that a supervisor restarts the worker")
+        await asyncio.wait({failed, draining}, return_when=asyncio.FIRST_COMPLETED)
+        if failed.done():
+            raise ExecutorFailed(f"{failed.result()}; exiting so that a supervisor restarts "
+                                 "the worker")
+        await worker.drain(config.drain_timeout_s)
     finally:
+        failed.cancel()
+        draining.cancel()
         await asyncio.shield(worker.stop())
 
 
@@ -151,16 +181,19 @@ async def _serve_until_signal(config: WorkerConfig) -> None:
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
 
+    ready, drain = asyncio.Event(), asyncio.Event()
+
     def stop() -> None:  # once: a second signal must not cut the orderly stop short
-        if not task.cancelling():
-            task.cancel()
+        if ready.is_set():
+            drain.set()  # serving: the APIs pause and hand their streams to the next worker
+        elif not task.cancelling():
+            task.cancel()  # still loading: nothing to hand over
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
-    ready = asyncio.Event()
     systemd = asyncio.create_task(supervise(ready, "worker serving"))
     try:
-        await run_worker(config, ready)
+        await run_worker(config, ready, drain)
     except asyncio.CancelledError:
         pass
     finally:

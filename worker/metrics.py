@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
+                               start_http_server)
 
 from proto import pipeline_pb2 as pb
 
@@ -19,6 +20,7 @@ class WorkerMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = r = registry or CollectorRegistry()
+        ProcessCollector(registry=r)  # process_resident_memory_bytes etc. (duet load)
         self.steps = Counter("duet_worker_steps", "Steps run by the executor.", registry=r)
         self.failed = Counter("duet_worker_step_failures", "Steps the executor could not run.",
                               registry=r)

@@ -44,11 +44,25 @@ class PipelineService(pb_grpc.PipelineServicer):
         self.stream_ids = itertools.count(1)
         self.open_streams: set[str] = set()
         self._releasing: set[asyncio.Task] = set()
+        self.drain_notice: pb.Drain | None = None  # set once: every stream is told, once
+        self._draining = asyncio.Event()
+
+    def drain(self, notice: pb.Drain) -> None:
+        """SIGTERM: tell every open stream to pause (a StepReply with only `drain`), answer
+        the steps already sent, refuse new streams; the APIs close theirs when done."""
+        self.drain_notice = notice
+        self._draining.set()
+
+    async def _refuse_unready(self, context) -> None:
+        if self.info is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the worker is still loading")
+        if self.drain_notice is not None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"the worker is draining: {self.drain_notice.reason}")
 
     async def Handshake(self, request, context) -> pb.HandshakeReply:
         await self.names.check(context)
-        if self.info is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the worker is still loading")
+        await self._refuse_unready(context)
         theirs = handshake_identity(request)
         mismatch = describe_mismatch(handshake_identity(self.info),
                                      {k: v for k, v in theirs.items() if v})
@@ -61,14 +75,17 @@ class PipelineService(pb_grpc.PipelineServicer):
 
     async def Step(self, requests, context):
         await self.names.check(context)
-        if self.info is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the worker is still loading")
+        await self._refuse_unready(context)
         stream = stream_name(next(self.stream_ids), self.names.identity(context))
         self.open_streams.add(stream)
         log.info("stream %s opened by %s", stream, context.peer())
         last_step_id = -1
         try:
-            async for request in _parsed(requests, context):
+            async for request in _until_drained(_parsed(requests, context), self._draining):
+                if request is None:
+                    log.info("stream %s: asking its API to pause (draining)", stream)
+                    yield pb.StepReply(drain=self.drain_notice)
+                    continue
                 if request.step_id <= last_step_id:
                     yield await self._reject(stream, request, f"step id {request.step_id} "
                                              f"is not above the previous {last_step_id}")
@@ -158,6 +175,31 @@ async def _parsed(requests, context):
     except DecodeError as e:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                             f"step message is not a StepRequest: {e}")
+
+
+async def _until_drained(requests, draining: asyncio.Event):
+    """The stream's requests, with one None in between when the worker starts draining (at
+    once if it already is). A request being read is never cancelled: it is awaited next."""
+    pending = requests.__aiter__()
+    drain_wait = asyncio.ensure_future(draining.wait())
+    read, told = None, False
+    try:
+        while True:
+            read = asyncio.ensure_future(pending.__anext__())
+            if not told:  # the drain may have begun while the caller ran a step
+                if not drain_wait.done():
+                    await asyncio.wait({read, drain_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if drain_wait.done():
+                    told = True
+                    yield None
+            try:
+                yield await read
+            except StopAsyncIteration:
+                return
+    finally:  # the stream ended or was cancelled
+        drain_wait.cancel()
+        if read is not None:
+            read.cancel()
 
 
 def _failed_reply(request: pb.StepRequest, code: grpc.StatusCode, why: str) -> pb.StepReply:

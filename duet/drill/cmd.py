@@ -23,7 +23,7 @@ def register(subparsers) -> None:
                    help="tokens per completion (default 8; crash-a-resume: 200)")
     p.add_argument("--timeout-s", type=float, default=120.0, help="longest wait for any step")
     p.add_argument("--settle-s", type=float, default=1.0,
-                   help="clients keep running this long after each recovery (2x after 503s)")
+                   help="clients keep running this long after each recovery")
     p.add_argument("--json", default="", metavar="FILE",
                    help="report file (default drill-SCENARIO-TIME.json here)")
     real = p.add_argument_group("a real pair instead of the lab (faults over ssh + systemctl)")

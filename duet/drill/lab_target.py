@@ -21,11 +21,12 @@ class LabTarget:
         self.model = Path(self.state.model_dir).name
 
     def start_load(self, out: Path, clients: int, max_tokens: int,
-                   module: str = "duet.drill.load") -> subprocess.Popen:
+                   module: str = "duet.drill.load", extra: tuple[str, ...] = ()
+                   ) -> subprocess.Popen:
         """The clients, in the client namespace (they reach the API only through the VIP)."""
         argv = [sys.executable, "-m", module, "--url", self.url, "--model",
                 self.model, "--clients", str(clients), "--max-tokens", str(max_tokens),
-                "--out", str(out)]
+                "--out", str(out), *extra]
         return subprocess.Popen(["ip", "netns", "exec", self.state.ns("c"), *argv],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 

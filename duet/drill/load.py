@@ -21,9 +21,16 @@ BACKOFF_MAX_S = 0.25  # an eager client: the figures measure the system, not the
 RETRY_AFTER_MAX_S = 1.0  # the server's Retry-After is honoured up to this
 
 
-async def attempt(client: httpx.AsyncClient, url: str, body: dict) -> dict:
-    """One streamed completion: ok only with status 200, tokens and the final [DONE]."""
-    rec: dict = {"start": time.monotonic(), "ok": False, "tokens": 0}
+async def attempt(client: httpx.AsyncClient, url: str, body: dict,
+                  keep_gaps: bool = False) -> dict:
+    """One streamed completion: ok only with status 200, tokens and the final [DONE]. Keeps
+    its text and its longest wait for a token (`max_gap_s`, ending at `gap_end`): a stream
+    rebuilt on a restarted worker pauses there. `keep_gaps`: every wait between two token
+    events too (`gaps_s`, for inter-token latency), and the server's `usage` if it sends one."""
+    rec: dict = {"start": time.monotonic(), "ok": False, "tokens": 0, "text": "",
+                 "max_gap_s": 0.0}
+    if keep_gaps:
+        rec["gaps_s"] = []
     try:
         async with client.stream("POST", f"{url}/v1/completions", json=body) as resp:
             rec["status"] = resp.status_code
@@ -35,15 +42,31 @@ async def attempt(client: httpx.AsyncClient, url: str, body: dict) -> dict:
                     if line == "data: [DONE]":
                         rec["ok"] = rec["tokens"] > 0
                     elif line.startswith("data: "):
-                        if '"error"' in line:
+                        event = json.loads(line[6:])
+                        if "error" in event:  # not the raw line: a token's text may say "error"
                             rec["error"] = "sse error event"
                             break
-                        rec["tokens"] += 1
-                        rec.setdefault("first_token", time.monotonic())
+                        _token(rec, event)
     except httpx.HTTPError as e:
         rec["error"] = type(e).__name__
     rec["end"] = time.monotonic()
     return rec
+
+
+def _token(rec: dict, event: dict) -> None:
+    now = time.monotonic()
+    if event.get("usage") and not event.get("choices"):  # stream_options.include_usage
+        rec["usage"] = event["usage"]
+        return
+    gap_s = now - rec.get("last_token", rec["start"])
+    if "gaps_s" in rec and rec["tokens"]:
+        rec["gaps_s"].append(round(gap_s, 5))
+    if gap_s > rec["max_gap_s"]:  # the wait for the first token counts too
+        rec["max_gap_s"], rec["gap_end"] = round(gap_s, 4), now
+    rec["tokens"] += 1
+    rec["text"] += "".join(c.get("text") or "" for c in event.get("choices", []))
+    rec.setdefault("first_token", now)
+    rec["last_token"] = now
 
 
 # A streaming client keeps its connection and waits up to 3 s for the next token: a stream
@@ -61,8 +84,10 @@ def _record(out, rec: dict, **ids) -> None:
     out.flush()
 
 
-async def one_client(index: int, url: str, body: dict, out, stop: asyncio.Event) -> None:
-    async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT, trust_env=False) as client:
+async def one_client(index: int, url: str, body: dict, out, stop: asyncio.Event,
+                     read_timeout_s: float = CLIENT_TIMEOUT.read) -> None:
+    timeout = CLIENT_TIMEOUT.as_dict() | {"read": read_timeout_s}
+    async with httpx.AsyncClient(timeout=httpx.Timeout(**timeout), trust_env=False) as client:
         request = 0
         while not stop.is_set():
             request += 1
@@ -102,7 +127,7 @@ async def main_async(args: argparse.Namespace) -> None:
             "temperature": 0, "stream": True}
     with open(args.out, "a") as out:
         await asyncio.gather(probe(args.url, dict(body, max_tokens=1), out, stop),
-                             *(one_client(i, args.url, body, out, stop)
+                             *(one_client(i, args.url, body, out, stop, args.read_timeout_s)
                                for i in range(args.clients)))
 
 
@@ -113,6 +138,8 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--max-tokens", type=int, default=8)
     p.add_argument("--out", required=True, help="JSON lines, one per attempt")
+    p.add_argument("--read-timeout-s", type=float, default=CLIENT_TIMEOUT.read,
+                   help="a stream waits this long for its next byte (longer than a pause)")
     asyncio.run(main_async(p.parse_args()))
 
 

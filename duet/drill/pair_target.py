@@ -56,10 +56,11 @@ class PairTarget:
         return res.stdout if res.returncode == 0 else ""
 
     def start_load(self, out: Path, clients: int, max_tokens: int,
-                   module: str = "duet.drill.load") -> subprocess.Popen:
+                   module: str = "duet.drill.load", extra: tuple[str, ...] = ()
+                   ) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", module, "--url", self.url,
                                  "--model", self.model, "--clients", str(clients),
-                                 "--max-tokens", str(max_tokens), "--out", str(out)],
+                                 "--max-tokens", str(max_tokens), "--out", str(out), *extra],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def agent_state(self, host: str) -> str:

@@ -19,7 +19,9 @@ class Scenario:
     inject: Callable
     repair: Callable
     prepare: Callable | None = None  # before the clients start (return-a: A is down)
-    fails_fast: bool = False  # the APIs answer 503 at once while the fault lasts
+    # Streams pause and complete (recovery_budget_s): the repair follows the fault at once, as
+    # a supervisor's restart would, and the streams in flight must end with the usual text.
+    pauses: bool = False
     resuming: bool = False  # clients resume with Last-Event-ID (duet/drill/resume_drill.py)
 
 
@@ -34,9 +36,9 @@ SCENARIOS = {s.name: s for s in (
              "advertisement)", "b", lambda t: t.stop_host("a"), lambda t: t.start_dead("a")),
     Scenario("cut-a-link", "take host A's link down (its processes keep running)", "b",
              lambda t: t.cut("a"), lambda t: t.reconnect("a")),
-    Scenario("kill-worker", "SIGKILL the worker on host B: both APIs answer 503 fast until "
-             "it is back", "", lambda t: t.kill("worker"), lambda t: t.start_dead("b"),
-             fails_fast=True),
+    Scenario("kill-worker", "SIGKILL the worker on host B and restart it (systemd's "
+             "Restart=): both APIs rebuild their streams on it, clients see a pause", "",
+             lambda t: t.kill("worker"), lambda t: t.start_dead("b"), pauses=True),
     Scenario("return-a", "host A comes back after a graceful stop and takes the VIP back "
              "(preemption) once its API is ready", "a",
              lambda t: t.start_dead("a"), lambda t: None,

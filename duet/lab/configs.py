@@ -77,6 +77,8 @@ def api_config(role: str, model: Path, k: int, opt: LabOptions, tls: Path) -> st
     fields = dict(model_dir=str(model), host="0.0.0.0", port=API_PORT, head_layer_end=k,
                   dtype="float32", kv_cache_bytes=opt.kv_cache_bytes,
                   worker_address=f"{worker_ip}:{WORKER_PORT}", reconnect_max_s=0.5,
+                  # a Triton worker restarting on a busy 2-core VM can take a minute
+                  recovery_budget_s=120.0,
                   torch_threads=opt.torch_threads, role=role,
                   tls_ca_file=str(tls / "ca.pem"), tls_cert_file=str(tls / f"{name}.pem"),
                   tls_key_file=str(tls / f"{name}.key"))

@@ -102,12 +102,16 @@ def test_worker_sigkill_during_16_streams_loses_nothing(stack, uninterrupted):
     wait_kv_free(stack.url, stack.port)
 
 
-def test_worker_sigterm_hands_its_streams_to_the_next_worker(stack, uninterrupted):
+def test_worker_sigterm_asks_the_api_to_pause_and_hands_over_its_streams(stack, uninterrupted):
     streams = Streams(stack.url, stack.model.name, count=4)
     streams.wait_under_way(min_chunks=3)
-    assert stack.worker.stop(signal.SIGTERM) == 0
+    old = stack.worker
+    assert old.stop(signal.SIGTERM) == 0
+    log = old.log()
+    assert "asking its API to pause" in log and "streams still open are cut" not in log, log
     stack.restart_worker("worker-after-sigterm")
     assert streams.join() == uninterrupted[:4]
+    assert "the worker asks to pause" in stack.master.log()
 
 
 def test_master_sigterm_drains_running_streams_and_refuses_new_ones(stack, uninterrupted):
@@ -117,11 +121,13 @@ def test_master_sigterm_drains_running_streams_and_refuses_new_ones(stack, unint
     streams.wait_under_way(min_chunks=2)
     master.proc.send_signal(signal.SIGTERM)
     wait_not_ready(url, "draining")
+    assert httpx.get(f"{url}/ready").json()["draining"] is True  # the VRRP agent resigns
     r = httpx.post(f"{url}/v1/completions", json=dict(model=stack.model.name, prompt="hi",
                                                        max_tokens=2), timeout=10)
     assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
     assert streams.join() == uninterrupted[:4]
     assert master.stop() == 0 and "draining: 4 requests running" in master.log()
+    assert "/ready's poller (the VRRP agent) was told" in master.log()
 
 
 def test_recovery_budget_expiry_fails_streams_and_answers_503(stack):

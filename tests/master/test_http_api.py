@@ -191,7 +191,8 @@ async def test_models_health_ready_and_metrics(bundle):
         models = (await c.get("/v1/models")).json()
         assert models["data"][0]["id"] == "tiny" and models["object"] == "list"
         assert (await c.get("/health")).status_code == 200
-        assert (await c.get("/ready")).json() == {"ready": True, "reason": "ready"}
+        assert (await c.get("/ready")).json() == {"ready": True, "reason": "ready",
+                                                  "draining": False}
         await c.post("/v1/chat/completions", json=CHAT)
         metrics = (await c.get("/metrics")).text
     tokens = len(gen.reply_ids(gen.requests[0])) + 1

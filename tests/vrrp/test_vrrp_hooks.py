@@ -22,6 +22,7 @@ class TinyHttp:
 
     def __init__(self):
         self.code = 200
+        self.body = b""
         self.requests: list[tuple[str, bytes]] = []
 
     async def __aenter__(self):
@@ -39,7 +40,8 @@ class TinyHttp:
                        if line.lower().startswith(b"content-length")), 0)
         body = await reader.readexactly(length) if length else b""
         self.requests.append((head.split(b" ")[1].decode(), body))
-        writer.write(f"HTTP/1.0 {self.code} X\r\nContent-Length: 0\r\n\r\n".encode())
+        writer.write(f"HTTP/1.0 {self.code} X\r\nContent-Length: {len(self.body)}\r\n\r\n"
+                     .encode() + self.body)
         await writer.drain()
         writer.close()
 
@@ -69,6 +71,27 @@ async def test_health_rise_and_fall_against_http():
         finally:
             task.cancel()
     assert all(path == "/ready" for path, _ in srv.requests)
+
+
+async def test_a_draining_api_is_failing_at_once_and_told_once():
+    changes, drains = [], []
+    async with TinyHttp() as srv:
+        cfg = HealthConfig(url=f"http://127.0.0.1:{srv.port}/ready", interval_s=0.01,
+                           timeout_s=0.5, rise=2, fall=100)  # a plain failure: never here
+        check = HealthCheck(cfg, changes.append, lambda: drains.append(len(srv.requests)))
+        task = asyncio.create_task(check.run())
+        try:
+            await _until(lambda: len(srv.requests) >= 2)
+            srv.code, srv.body = 503, b'{"ready": false, "draining": true}'
+            draining_from = len(srv.requests) + 1
+            await _until(lambda: changes == [False])
+            assert drains and drains[0] <= draining_from + 1  # at the first draining answer
+            await _until(lambda: len(srv.requests) > draining_from + 5)
+            srv.code, srv.body = 200, b""
+            await _until(lambda: changes == [False, True])
+        finally:
+            task.cancel()
+    assert len(drains) == 1 and not check.draining
 
 
 def test_health_hysteresis_counts_consecutive_results():

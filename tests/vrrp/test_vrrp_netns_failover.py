@@ -130,6 +130,32 @@ def test_failing_health_moves_vip_and_recovery_moves_it_back(lab):
     assert lab.http_get("c", VIP, "/whoami") == "a"
 
 
+def test_a_draining_api_makes_its_agent_resign_at_once(lab):
+    """/ready answering "draining" (an API after SIGTERM): a priority-0 advertisement at the
+    next probe, so B takes over after its skew time; a failing API would need `fall` probes
+    and then B's whole master-down interval."""
+    interval_s = 0.2
+    health = {"url": "http://127.0.0.1:8080/ready", "interval_s": interval_s,
+              "timeout_s": 0.2, "rise": 2, "fall": 3, "weight": -60}
+    a, b = _elect(lab, a={"health": health}, b={"health": health})
+    web = lab.dir / "web-a"
+    sniff = lab.sniffer()
+    try:
+        (web / "draining").write_text("")
+        drained = time.monotonic()
+        (web / "ready").unlink()
+        garp = sniff.wait_for(lambda: sniff.first_garp(MAC["b"], VIP, drained), 5)
+    finally:
+        sniff.close()
+    assert garp is not None, b.log()
+    failing_path_s = (health["fall"] - 1) * interval_s + master_down_s(100, ADVERT_S)
+    assert garp - drained < interval_s + skew_s(100, ADVERT_S) + 0.15 < failing_path_s
+    assert "FAULT (drain)" in a.log() and a.status()["state"] == "FAULT"
+    wait_until(lambda: lab.http_get("c", VIP, "/whoami") == "b", 2)
+    (web / "ready").write_text("ok\n")  # the API is back: A preempts again
+    wait_until(lambda: a.status().get("state") == "MASTER" and lab.neigh_mac("c") == MAC["a"], 5)
+
+
 def test_link_down_is_fault_and_recovery_preempts(lab):
     a, b = _elect(lab)
     lab.port("a", up=False)
