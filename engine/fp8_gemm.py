@@ -1,14 +1,18 @@
 """Block-scaled FP8 GEMMs: FP8 weights, activations quantized per token per 128 channels on the fly.
 
-One Triton kernel (engine/fp8_kernels.py) does the dense linear (one group) and the MoE experts
+One Triton module (engine/fp8_kernels.py) does the dense linear (one group) and the MoE experts
 (one group per expert, rows sorted by expert): activations quantized to e4m3 with one scale per
-row per 128 channels (DeepSeek's `act_quant`) times [128, BLOCK_N] FP8 weight tiles, both
-scales applied per 128-channel step to an fp32 accumulator.
-Decode-sized GEMMs (<= 64 rows per weight) skip the activation quantization and multiply the
-activations, in their own dtype, by the FP8 tile widened in registers: they are bound by weight reads, so FP8
-arithmetic would buy nothing there, and e4m3 activations cost ~2.5% relative error per GEMM
-(measured on random data) that decode tokens would then carry; prefill, which is bound by
-arithmetic, gets the FP8 tensor cores.
+row per 128 channels (DeepSeek's `act_quant`) times FP8 weight tiles on the FP8 tensor cores,
+both scales applied per 128-channel step to an fp32 accumulator.
+Activation modes (`act`):
+  e4m3x2  the default for bf16/fp16: x ~ s1*q1 + s2*q2, q2 the e4m3 quantization of the
+          residual x - s1*q1, two FP8 MMAs per step. ~2^-8 relative error per element (bf16's
+          own is 2^-9), where one e4m3 term costs ~2.5% per GEMM (3.2% per V3 layer at prefill,
+          over the 2e-2 budget: bench/fp8/notes.md). Decode is bound by weight reads, so the
+          second MMA is free there; prefill pays it.
+  e4m3    DeepSeek's single term (kept for comparison).
+  wide    activations in their dtype times the tile widened in registers: fp32 stages (exact
+          tests, the fp32 greedy check) multiply in full fp32 ("ieee").
 Why not torch: cuBLAS's block-scaled `scaled_mm` (torch 2.11) refuses M = 1 and has no grouped
 form (DESIGN.md "FP8 on the H200"). The grid never depends on device values, so a step that
 uses it can be captured in a CUDA graph.
@@ -57,9 +61,19 @@ def max_tiles(rows: int, groups: int, block_m: int) -> int:
     return -(-rows // block_m) + min(groups, rows)
 
 
-def fp8_activations(rows_per_group: float) -> bool:
-    """Whether a GEMM quantizes its activations (compute-bound) or keeps them bf16 (decode)."""
-    return rows_per_group > 64
+ACT_MODES = ("e4m3x2", "e4m3", "wide")
+
+
+def act_mode(dtype: torch.dtype) -> str:
+    """fp32 activations multiply exactly ("wide"); others take two e4m3 terms."""
+    return "wide" if dtype == torch.float32 else "e4m3x2"
+
+
+def act_terms(act: str) -> int:
+    """e4m3 terms per activation (0: not quantized)."""
+    if act not in ACT_MODES:
+        raise ValueError(f"act must be one of {ACT_MODES}, got {act!r}")
+    return {"e4m3x2": 2, "e4m3": 1, "wide": 0}[act]
 
 
 def rows_per_group(rows: int, counts: torch.Tensor | None, groups: int) -> float:
@@ -73,45 +87,49 @@ def fp8_matmul(
     scale_inv: torch.Tensor,
     counts: torch.Tensor | None = None,
     parts: int = 1,
-    act_fp8: bool | None = None,
+    act: str | None = None,
 ) -> torch.Tensor:
     """x [S, K] (rows grouped by counts [G], or one group) @ each group's FP8 weight^T -> [S, N].
 
     weight [G*parts, R, K] float8_e4m3fn, scale_inv [G*parts, ceil(R/128), ceil(K/128)] fp32;
     N = parts * R. Triton on CUDA; the same arithmetic in torch elsewhere (tests, CPU).
-    act_fp8 None: by `fp8_activations` of the rows per weight.
+    act None: `act_mode` of x's dtype.
     """
-    if act_fp8 is None:
-        act_fp8 = fp8_activations(rows_per_group(x.shape[0], counts, weight.shape[0] // parts))
+    act = act or act_mode(x.dtype)
     if x.is_cuda and triton_available():
         from engine.fp8_kernels import fp8_gemm  # imports triton: GPU hosts only
 
-        return fp8_gemm(x, weight, scale_inv, counts, parts, act_fp8)
-    return reference_fp8_matmul(x, weight, scale_inv, counts, parts, act_fp8)
+        return fp8_gemm(x, weight, scale_inv, counts, parts, act_terms(act))
+    return reference_fp8_matmul(x, weight, scale_inv, counts, parts, act)
 
 
-def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [S, K] -> (e4m3 [S, K], fp32 scale [S, ceil(K/128)]): one scale per row per 128 channels."""
+def quantize_activations(x: torch.Tensor, terms: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [S, K] -> (e4m3 [terms, S, K], fp32 scale [terms, S, ceil(K/128)]): one scale per row per
+    128 channels; each term after the first quantizes what the earlier ones left."""
     s, k = x.shape
     kb = -(-k // QUANT_BLOCK)
-    padded = x.float().new_zeros(s, kb * QUANT_BLOCK)
-    padded[:, :k] = x.float()
-    groups = padded.view(s, kb, QUANT_BLOCK)
-    scale = groups.abs().amax(-1).clamp(min=1e-12) / FP8_MAX  # [S, KB]
-    q = (groups / scale[..., None]).to(torch.float8_e4m3fn).view(s, -1)[:, :k]
-    return q, scale
+    rest = x.float().new_zeros(s, kb * QUANT_BLOCK)
+    rest[:, :k] = x.float()
+    qs, scales = [], []
+    for _ in range(terms):
+        groups = rest.view(s, kb, QUANT_BLOCK)
+        scale = groups.abs().amax(-1).clamp(min=1e-12) / FP8_MAX  # [S, KB]
+        q = (groups / scale[..., None]).to(torch.float8_e4m3fn)
+        rest = (groups - q.float() * scale[..., None]).view(s, -1)
+        qs.append(q.view(s, -1)[:, :k])
+        scales.append(scale)
+    return torch.stack(qs), torch.stack(scales)
 
 
 def reference_fp8_matmul(x, weight, scale_inv, counts=None, parts: int = 1,
-                         act_fp8: bool | None = None) -> torch.Tensor:
+                         act: str | None = None) -> torch.Tensor:
     """The kernel's arithmetic in torch: (fake-quantized) activations times dequantized weights."""
     p, r, k = weight.shape
     groups = p // parts
-    if act_fp8 is None:
-        act_fp8 = fp8_activations(rows_per_group(x.shape[0], counts, groups))
-    if act_fp8:
-        q, a_scale = quantize_activations(x)
-        xq = q.float() * a_scale.repeat_interleave(QUANT_BLOCK, dim=1)[:, :k]
+    terms = act_terms(act or act_mode(x.dtype))
+    if terms:
+        q, a_scale = quantize_activations(x, terms)  # [T, S, K], [T, S, KB]
+        xq = (q.float() * a_scale.repeat_interleave(QUANT_BLOCK, dim=2)[..., :k]).sum(0)
     else:
         xq = x.float()
     w_scale = scale_inv.repeat_interleave(QUANT_BLOCK, 1).repeat_interleave(QUANT_BLOCK, 2)

@@ -1,13 +1,20 @@
 """The Triton kernels behind engine.fp8_gemm (imported only where triton is installed).
 
-`_act_quant`: x [S, K] -> e4m3 [S, K] + fp32 scales [S, K/128], one program per (row, block).
-`_gemm`: a BLOCK_M x BLOCK_N tile of one group's rows times its FP8 weight, 128 channels a step:
-  A_FP8   e4m3 activations x e4m3 weights on the FP8 tensor cores, both scales per step;
-  else    activations in their dtype x the weight tile widened in registers (bf16/fp16; fp32
-          stages multiply in full fp32, "ieee", so tests compare exactly).
-Tile widths, warps and pipeline depth are autotuned per (N, K, BLOCK_M, A_FP8) on first use
-(a CUDA-graph capture must come after a warm-up call, as every capture does); BLOCK_M is chosen
-from the host-side row count so that the grid never depends on device values.
+`_act_quant`: x [S, K] -> TERMS e4m3 terms [TERMS, S, K] + fp32 scales [TERMS, S, K/128], one
+  program per (row, 128 channels); term 2 quantizes the residual of term 1.
+`_gemm`: a BLOCK_M x BLOCK_N tile of one group's rows times its FP8 weight, 128 channels a step
+  (prefill-sized row tiles): e4m3 terms x e4m3 weights on the FP8 tensor cores, or (TERMS = 0)
+  activations in their dtype x the tile widened in registers (fp32: full fp32, "ieee").
+`_gemv`: decode-sized row tiles (<= 64 rows of one group), swapped: out^T [BLOCK_N, BLOCK_M] =
+  W tile [BLOCK_N, 128] x x^T [128, BLOCK_M], so the weight fills the MMA's 64-row side and a
+  few rows of activations its narrow side (BLOCK_M = 16 at batch 1, not 16 rows of padding in a
+  64-row wgmma). SPLIT programs share one tile's 128-channel steps when the tiles alone would
+  leave SMs idle (o_proj, kv_a, q_a at batch 1); their fp32 partials are summed afterwards.
+Tile widths, warps and pipeline depth are autotuned per shape on first use (a CUDA-graph
+capture must come after a warm-up call, as every capture does); BLOCK_M and SPLIT come from
+host-side shapes only, so the grid never depends on device values. Compiling is the cost of
+first use (~8 s per new shape on the H200 with 3-5 configs: bench/fp8/notes.md), so the row
+count S is not specialized on (one compile serves every batch size) and the config lists are short.
 """
 from __future__ import annotations
 
@@ -17,14 +24,17 @@ import triton.language as tl
 
 from engine.fp8_gemm import QUANT_BLOCK, block_table, max_tiles, rows_per_group
 
+BUSY_PROGRAMS = 264  # ~2 programs per SM on an H200 (132 SMs): below it, split K
+MIN_SPLIT_STEPS = 4  # 128-channel steps each split keeps at least (pipeline depth)
+
 
 def _configs(shapes):
     return [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=st) for bn, w, st in shapes]
 
 
-# Decode-sized tiles stream weights: narrow tiles and deep pipelines keep loads in flight.
-SMALL_M = _configs([(32, 4, 4), (64, 4, 4), (64, 4, 6), (128, 4, 4)])
 LARGE_M = _configs([(64, 4, 3), (128, 4, 3), (128, 8, 3), (128, 8, 4)])
+WIDE_SMALL_M = _configs([(64, 4, 4), (128, 4, 4)])
+GEMV = _configs([(64, 4, 4), (128, 4, 4), (64, 4, 6)])
 
 
 def block_m(rows: float) -> int:
@@ -34,18 +44,28 @@ def block_m(rows: float) -> int:
     return 128
 
 
-def act_quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [S, K] -> (e4m3 [S, K], fp32 scales [S, ceil(K/128)]): DeepSeek's act_quant."""
+def act_quant(x: torch.Tensor, terms: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [S, K] -> (e4m3 [terms, S, K], fp32 scales [terms, S, ceil(K/128)])."""
     s, k = x.shape
     kb = triton.cdiv(k, QUANT_BLOCK)
-    q = torch.empty(s, k, dtype=torch.float8_e4m3fn, device=x.device)
-    scale = torch.empty(s, kb, dtype=torch.float32, device=x.device)
-    _act_quant[(s, kb)](x, q, scale, k, x.stride(0), kb, BLOCK=QUANT_BLOCK)
+    q = torch.empty(terms, s, k, dtype=torch.float8_e4m3fn, device=x.device)
+    scale = torch.empty(terms, s, kb, dtype=torch.float32, device=x.device)
+    _act_quant[(s, kb)](x, q, scale, s, k, x.stride(0), kb, TERMS=terms, BLOCK=QUANT_BLOCK)
     return q, scale
 
 
-def fp8_gemm(x, weight, scale_inv, counts, parts: int, act_fp8: bool) -> torch.Tensor:
-    """See engine.fp8_gemm.fp8_matmul."""
+def split_k(active_tiles: int, n: int, kb: int) -> int:
+    """Programs per tile along K: double while the grid is short of BUSY_PROGRAMS (splits of
+    equal length, each at least MIN_SPLIT_STEPS)."""
+    split = 1
+    while (active_tiles * triton.cdiv(n, 64) * split < BUSY_PROGRAMS
+           and kb % (2 * split) == 0 and kb // (2 * split) >= MIN_SPLIT_STEPS):
+        split *= 2
+    return split
+
+
+def fp8_gemm(x, weight, scale_inv, counts, parts: int, terms: int) -> torch.Tensor:
+    """See engine.fp8_gemm.fp8_matmul; terms 0 = activations not quantized ("wide")."""
     assert weight.dtype == torch.float8_e4m3fn and scale_inv.dtype == torch.float32
     x = x.contiguous()
     s, k = x.shape
@@ -58,42 +78,46 @@ def fp8_gemm(x, weight, scale_inv, counts, parts: int, act_fp8: bool) -> torch.T
     groups = p // parts
     bm = block_m(rows_per_group(s, counts, groups))
     if counts is None:
-        num_m = triton.cdiv(s, bm)
+        num_m, active = triton.cdiv(s, bm), triton.cdiv(s, bm)
         table = torch.empty(3, 1, dtype=torch.int32, device=x.device)  # unused when DENSE
     else:
-        num_m = max_tiles(s, groups, bm)
+        num_m, active = max_tiles(s, groups, bm), min(groups, s)
         table = block_table(counts, bm, num_m)
-    a, a_scale = act_quant(x) if act_fp8 else (x, x)  # a_scale unused without A_FP8
-    kernel = _gemm_small if bm <= 32 else _gemm_large
+    a, a_scale = act_quant(x, terms) if terms else (x[None], x)  # a_scale unused without terms
+    kb = scale_inv.shape[2]
+    args = (a, a_scale, weight, scale_inv)
+    shape = dict(PARTS=parts, DENSE=counts is None, TERMS=terms, BLOCK_M=bm, BLOCK_K=QUANT_BLOCK)
+    if terms and bm <= 64:
+        split = split_k(active, n, kb)
+        dst = out if split == 1 else torch.empty(split, s, n, dtype=torch.float32, device=x.device)
+        grid = lambda meta: (num_m, triton.cdiv(n, meta["BLOCK_N"]), split)  # noqa: E731
+        _gemv[grid](*args, dst, table, s, n, k, r, scale_inv.shape[1], kb, kb // split,
+                    n * s, table.stride(0), SPLIT=split, **shape)
+        return out if split == 1 else out.copy_(dst.sum(0))
+    kernel = _gemm_large if bm > 32 or terms else _gemm_wide_small
     grid = lambda meta: (num_m, triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
-    kernel[grid](
-        a, a_scale, weight, scale_inv, out, table, s, n, k, r, scale_inv.shape[1],
-        scale_inv.shape[2], a.stride(0), out.stride(0), table.stride(0),
-        PARTS=parts, DENSE=counts is None, A_FP8=act_fp8, BLOCK_M=bm, BLOCK_K=QUANT_BLOCK,
-    )
+    kernel[grid](*args, out, table, s, n, k, r, scale_inv.shape[1], kb, table.stride(0), **shape)
     return out
 
 
-@triton.jit
-def _act_quant(x_ptr, q_ptr, s_ptr, K, stride_x, KB, BLOCK: tl.constexpr):
+@triton.jit(do_not_specialize=["S"])
+def _act_quant(x_ptr, q_ptr, s_ptr, S, K, stride_x, KB, TERMS: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     kb = tl.program_id(1)
     cols = kb * BLOCK + tl.arange(0, BLOCK)
     x = tl.load(x_ptr + row * stride_x + cols, mask=cols < K, other=0.0).to(tl.float32)
-    scale = tl.maximum(tl.max(tl.abs(x)), 1e-12) / 448.0
-    tl.store(q_ptr + row * K + cols, (x / scale).to(q_ptr.dtype.element_ty), mask=cols < K)
-    tl.store(s_ptr + row * KB + kb, scale)
+    for t in tl.static_range(TERMS):
+        scale = tl.maximum(tl.max(tl.abs(x)), 1e-12) / 448.0
+        q = (x / scale).to(q_ptr.dtype.element_ty)
+        tl.store(q_ptr + (t * S + row) * K + cols, q, mask=cols < K)
+        tl.store(s_ptr + (t * S + row) * KB + kb, scale)
+        x = x - q.to(tl.float32) * scale  # what the next term quantizes
 
 
 @triton.jit
-def _gemm_body(
-    a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, table_ptr,
-    S, N, K, R, RB, KB, stride_am, stride_cm, stride_t,
-    PARTS: tl.constexpr, DENSE: tl.constexpr, A_FP8: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
+def _tile_rows(table_ptr, stride_t, S, BLOCK_M: tl.constexpr, DENSE: tl.constexpr):
+    """(group, rows [BLOCK_M], row mask) of this program's row tile; group -1: nothing to do."""
     pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
     if DENSE:
         group = 0
         row0 = pid_m * BLOCK_M
@@ -102,31 +126,77 @@ def _gemm_body(
         group = tl.load(table_ptr + pid_m)
         row0 = tl.load(table_ptr + stride_t + pid_m)
         row_end = tl.load(table_ptr + 2 * stride_t + pid_m)
+    rm = row0 + tl.arange(0, BLOCK_M)
+    return group, rm, rm < row_end
+
+
+@triton.jit
+def _weight_rows(group, N, R, RB, KB, PARTS: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr):
+    """Output columns of this program: their weight rows and their scale rows' offsets."""
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    part = group * PARTS + rn // R  # [BLOCK_N] weight part of each output column
+    w_row = (part * R + rn % R).to(tl.int64)
+    s_row = (part * RB + (rn % R) // BLOCK_K) * KB
+    return rn, rn < N, w_row, s_row
+
+
+@triton.jit(do_not_specialize=["S"])
+def _gemv_body(
+    a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, table_ptr, S, N, K, R, RB, KB, KB_PER, stride_split,
+    stride_t, SPLIT: tl.constexpr, PARTS: tl.constexpr, DENSE: tl.constexpr, TERMS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    group, rm, m_mask = _tile_rows(table_ptr, stride_t, S, BLOCK_M, DENSE)
     if group >= 0:
-        rm = row0 + tl.arange(0, BLOCK_M)
-        m_mask = rm < row_end
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_mask = rn < N
-        part = group * PARTS + rn // R  # [BLOCK_N] weight part of each output column
-        w_row = (part * R + rn % R).to(tl.int64)
-        s_row = (part * RB + (rn % R) // BLOCK_K) * KB
+        rn, n_mask, w_row, s_row = _weight_rows(group, N, R, RB, KB, PARTS, BLOCK_N, BLOCK_K)
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        for step in range(0, KB_PER):
+            kb = tl.program_id(2) * KB_PER + step
+            rk = kb * BLOCK_K + tl.arange(0, BLOCK_K)
+            k_mask = rk < K
+            w = tl.load(b_ptr + w_row[:, None] * K + rk[None, :],
+                        mask=n_mask[:, None] & k_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_K]
+            w_s = tl.load(bs_ptr + s_row + kb, mask=n_mask, other=0.0)
+            for t in tl.static_range(TERMS):
+                x_t = tl.load(a_ptr + (t * S + rm[None, :]) * K + rk[:, None],
+                              mask=m_mask[None, :] & k_mask[:, None], other=0.0)  # [BLOCK_K, BLOCK_M]
+                x_s = tl.load(as_ptr + (t * S + rm) * KB + kb, mask=m_mask, other=0.0)
+                acc += tl.dot(w, x_t) * (w_s[:, None] * x_s[None, :])
+        c = c_ptr + tl.program_id(2) * stride_split + rm[None, :].to(tl.int64) * N + rn[:, None]
+        tl.store(c, acc.to(c_ptr.dtype.element_ty), mask=m_mask[None, :] & n_mask[:, None])
+
+
+@triton.jit(do_not_specialize=["S"])
+def _gemm_body(
+    a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, table_ptr, S, N, K, R, RB, KB, stride_t,
+    PARTS: tl.constexpr, DENSE: tl.constexpr, TERMS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    group, rm, m_mask = _tile_rows(table_ptr, stride_t, S, BLOCK_M, DENSE)
+    if group >= 0:
+        rn, n_mask, w_row, s_row = _weight_rows(group, N, R, RB, KB, PARTS, BLOCK_N, BLOCK_K)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for kb in range(0, KB):
             rk = kb * BLOCK_K + tl.arange(0, BLOCK_K)
             k_mask = rk < K
-            a = tl.load(a_ptr + rm[:, None] * stride_am + rk[None, :],
-                        mask=m_mask[:, None] & k_mask[None, :], other=0.0)
             b = tl.load(b_ptr + w_row[None, :] * K + rk[:, None],
                         mask=n_mask[None, :] & k_mask[:, None], other=0.0)  # [BLOCK_K, BLOCK_N]
             b_s = tl.load(bs_ptr + s_row + kb, mask=n_mask, other=0.0)
-            if A_FP8:
-                a_s = tl.load(as_ptr + rm * KB + kb, mask=m_mask, other=0.0)
-                acc += tl.dot(a, b) * a_s[:, None] * b_s[None, :]
-            elif a.dtype == tl.float32:
-                acc += tl.dot(a, b.to(tl.float32), input_precision="ieee") * b_s[None, :]
+            if TERMS == 0:
+                a = tl.load(a_ptr + rm[:, None] * K + rk[None, :],
+                            mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+                if a.dtype == tl.float32:
+                    acc += tl.dot(a, b.to(tl.float32), input_precision="ieee") * b_s[None, :]
+                else:
+                    acc += tl.dot(a, b.to(a.dtype)) * b_s[None, :]
             else:
-                acc += tl.dot(a, b.to(a.dtype)) * b_s[None, :]
-        c = c_ptr + rm[:, None].to(tl.int64) * stride_cm + rn[None, :]
+                for t in tl.static_range(TERMS):
+                    a = tl.load(a_ptr + (t * S + rm[:, None]) * K + rk[None, :],
+                                mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+                    a_s = tl.load(as_ptr + (t * S + rm) * KB + kb, mask=m_mask, other=0.0)
+                    acc += tl.dot(a, b) * (a_s[:, None] * b_s[None, :])
+        c = c_ptr + rm[:, None].to(tl.int64) * N + rn[None, :]
         tl.store(c, acc.to(c_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
 
@@ -136,6 +206,7 @@ def _quick_bench(fn, quantiles):
     return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
 
 
-_KEY = ["N", "K", "BLOCK_M", "A_FP8", "PARTS"]
-_gemm_small = triton.autotune(configs=SMALL_M, key=_KEY, do_bench=_quick_bench)(_gemm_body)
+_KEY = ["N", "K", "BLOCK_M", "TERMS", "PARTS"]
 _gemm_large = triton.autotune(configs=LARGE_M, key=_KEY, do_bench=_quick_bench)(_gemm_body)
+_gemm_wide_small = triton.autotune(configs=WIDE_SMALL_M, key=_KEY, do_bench=_quick_bench)(_gemm_body)
+_gemv = triton.autotune(configs=GEMV, key=_KEY + ["SPLIT"], do_bench=_quick_bench)(_gemv_body)

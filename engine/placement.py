@@ -10,18 +10,44 @@ import dataclasses
 import torch
 
 from engine.batch import ForwardContext
+from engine.checkpoint_plan import footprint
 from engine.models.base import LayerKV, StageModel
+from engine.split_plan import Host, gpu_ranges
+
+PLAN_RESERVE_BYTES = 4 * 10**9  # per GPU, for activations and the CUDA context (`duet checkpoint plan`'s --reserve-gb)
 
 
-def layer_devices(layer_start: int, layer_end: int, device: str) -> dict[int, torch.device]:
-    """"cuda" with several GPUs: equal contiguous shares per GPU; anything else: one device."""
+def layer_devices(layer_start: int, layer_end: int, device: str,
+                  ranges: list[tuple[int, int]] | None = None) -> dict[int, torch.device]:
+    """"cuda" with several GPUs: GPU g runs layers ranges[g] (the split planner's per-GPU
+    placement, engine/split_plan.py), else equal contiguous shares; anything else: one device."""
     layers = list(range(layer_start, layer_end))
     dev = _checked_device(device)
     if device != "cuda" or torch.cuda.device_count() <= 1:
         return {i: dev for i in layers}
+    if ranges is not None:
+        return devices_for_ranges(ranges)
     gpus = torch.cuda.device_count()
     per_gpu = -(-len(layers) // gpus)
     return {i: torch.device("cuda", k // per_gpu) for k, i in enumerate(layers)}
+
+
+def devices_for_ranges(ranges: list[tuple[int, int]]) -> dict[int, torch.device]:
+    """[(start, end) per GPU, contiguous] -> layer -> cuda:g."""
+    return {i: torch.device("cuda", g) for g, (a, b) in enumerate(ranges) for i in range(a, b)}
+
+
+def planned_ranges(model_dir, layer_start: int, layer_end: int, device: str, dtype: str,
+                   fp8: str) -> list[tuple[int, int]] | None:
+    """The split planner's layer range per GPU on a host of several (engine/split_plan.py:
+    near-equal bytes per GPU, the embedding and head counted where they live); None elsewhere."""
+    gpus = torch.cuda.device_count() if device == "cuda" and torch.cuda.is_available() else 0
+    if gpus <= 1:
+        return None
+    smallest = min(torch.cuda.get_device_properties(g).total_memory for g in range(gpus))
+    native = fp8 == "native" and torch.cuda.get_device_capability(0) >= (8, 9)
+    host = Host(gpus, smallest, PLAN_RESERVE_BYTES)
+    return gpu_ranges(footprint(model_dir, dtype), layer_start, layer_end, host, native)
 
 
 def _checked_device(device: str) -> torch.device:

@@ -76,6 +76,13 @@ def place(fp: ModelFootprint, start: int, end: int, host: Host, native: bool) ->
     return plans
 
 
+def gpu_ranges(fp: ModelFootprint, start: int, end: int, host: Host, native: bool
+               ) -> list[tuple[int, int]] | None:
+    """The layer range each of a host's GPUs loads for stage [start, end) (None: no fit)."""
+    plans = place(fp, start, end, host, native)
+    return None if plans is None else [g.layers for g in plans]
+
+
 def plan_split(fp: ModelFootprint, host_a: Host, host_b: Host, native: bool) -> SplitPlan:
     """The k that minimizes the slower stage's bytes among the splits that fit."""
     layers = len(fp.layers)

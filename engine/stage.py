@@ -19,7 +19,7 @@ from engine.models import model_class
 from engine.models.base import StageModel
 from engine.packed_linear import pack_linears
 from engine.parallel import TPGroup
-from engine.placement import forward_spread, layer_devices, place
+from engine.placement import forward_spread, layer_devices, place, planned_ranges
 from engine.weights import fp8_block, load_weights
 
 log = logging.getLogger("duet.engine.load")
@@ -97,7 +97,8 @@ class Stage:
         config = ModelConfig.from_dir(model_dir)
         _check_range(config, model_dir, layer_start, layer_end)
         tp = tp or TPGroup.single()
-        devices = _stage_devices(layer_start, layer_end, device, tp)
+        devices = _stage_devices(layer_start, layer_end, device, tp,
+                                 lambda: planned_ranges(model_dir, layer_start, layer_end, device, dtype, fp8))
         with torch.device("meta"):  # no memory and no random init for weights about to be loaded
             model = _shard(model_class(config.architecture)(config, layer_start, layer_end), tp)
             fp8_note = _fp8_setup(model, model_dir, fp8, devices[layer_start], load_format)
@@ -195,10 +196,11 @@ def _check_range(config: ModelConfig, model_dir, layer_start: int, layer_end: in
         )
 
 
-def _stage_devices(layer_start: int, layer_end: int, device: str, tp: TPGroup):
-    """Each layer's device: the tensor-parallel rank's own, or layer_devices' spread."""
+def _stage_devices(layer_start: int, layer_end: int, device: str, tp: TPGroup, planned_ranges):
+    """Each layer's device: the tensor-parallel rank's own, or layer_devices' spread over the
+    GPU ranges planned_ranges() gives (None: equal shares)."""
     if tp.is_single:
-        return layer_devices(layer_start, layer_end, device)
+        return layer_devices(layer_start, layer_end, device, planned_ranges())
     return dict.fromkeys(range(layer_start, layer_end), tp.device)
 
 

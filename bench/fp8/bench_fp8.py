@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bench.fp8 import accuracy, measure, tiny_greedy
+from bench.fp8 import accuracy, kernels, measure, tiny_greedy
 from engine.fp8_writer import write_fp8_checkpoint
 
 V3_CONFIG = Path(__file__).parents[2] / "tests" / "fixtures" / "deepseek_v3_config.json"
@@ -71,6 +71,10 @@ def run_mode(folder: Path, mode: str, layers: int, cases: dict, feed: dict | Non
     log(mode, "graph", out["graph"])
     out["prefill"] = measure.prefill(stage, 2000)
     log(mode, "prefill", out["prefill"])
+    stage.enable_decode_graphs(max(BATCHES))  # the engine's own decode graphs (engine/decode_graphs.py)
+    out["engine_graphs"] = {b: measure.decode_ms(stage, b) for b in BATCHES}
+    out["engine_graphs_error"] = stage.decode_graphs.capture_error
+    log(mode, "engine graphs", out["engine_graphs"], out["engine_graphs_error"])
     out["experts_used"] = {b: measure.experts_used(stage, b) for b in BATCHES}
     del stage
     free()
@@ -83,15 +87,17 @@ def main() -> None:
     parser.add_argument("--dir", default="/tmp/v3fp8")
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--skip-write", action="store_true")
+    parser.add_argument("--skip-kernel-speed", action="store_true",
+                        help="no per-projection kernel table (each new shape x mode compiles: ~1-2 min)")
     args = parser.parse_args()
     results = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(),
                "host": platform.platform(), "torch": torch.__version__}
     save = lambda: Path(args.out).write_text(json.dumps(results, indent=1, default=str))  # noqa: E731
     results["copy_bytes_per_s"] = measure.copy_rate()
     log("copy rate", results["copy_bytes_per_s"] / 1e12, "TB/s")
-    results["kernel_check"] = measure.kernel_checks()
+    results["kernel_check"] = kernels.kernel_checks()
     log("kernel check", results["kernel_check"])
-    results["kernel_speed"] = measure.kernel_speed()
+    results["kernel_speed"] = [] if args.skip_kernel_speed else kernels.kernel_speed()
     log("kernel speed", results["kernel_speed"])
     results["tiny_greedy"] = tiny_greedy.tiny_greedy(Path(args.dir) / "tiny")
     log("tiny greedy", results["tiny_greedy"])

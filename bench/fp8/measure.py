@@ -49,60 +49,6 @@ def copy_rate() -> float:
     return 2 * src.numel() / (ms / 1e3)
 
 
-def _fp8_weight(groups: int, n: int, k: int):
-    w = torch.randn(groups, n, k, device="cuda") / k**0.5
-    qs = [quantize_block_fp8(w[g]) for g in range(groups)]
-    return torch.stack([q for q, _ in qs]), torch.stack([s for _, s in qs])
-
-
-def kernel_checks() -> list[dict]:
-    """Triton vs its torch reference and vs the dequantized bf16 matmul, fresh random inputs."""
-    out = []
-    for m, n, k in [(1, 576, 7168), (16, 7168, 2048), (100, 1000, 300), (300, 4096, 7168)]:
-        q, s = _fp8_weight(1, n, k)
-        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        got = fp8_matmul(x, q, s)
-        deq = F.linear(x.float(), dequantize_block_fp8(q[0], s[0])).bfloat16()
-        out.append({"m": m, "n": n, "k": k, "finite": bool(got.isfinite().all()),
-                    "vs_reference": rel(got, reference_fp8_matmul(x, q, s)),
-                    "vs_dequantized": rel(got, deq)})
-    for t in (1, 40, 300):  # grouped: 8 experts + a shared one, gate and up stacked (parts=2)
-        q, s = _fp8_weight(2 * 9, 256, 512)
-        counts = torch.randint(0, 2 * t, (9,), device="cuda")
-        counts[3] = 0
-        x = torch.randn(int(counts.sum()), 512, device="cuda", dtype=torch.bfloat16)
-        got = fp8_matmul(x, q, s, counts, parts=2)
-        ref = reference_fp8_matmul(x, q, s, counts, parts=2)
-        out.append({"grouped_rows": x.shape[0], "finite": bool(got.isfinite().all()),
-                    "vs_reference": rel(got, ref)})
-    return out
-
-
-def kernel_speed() -> list[dict]:
-    """A 36864x7168 projection (DESIGN.md's) at several M: Triton FP8 with bf16 or e4m3
-    activations vs bf16 F.linear; then one MoE layer's gate_up over 257 slots at batch 1."""
-    q, s = _fp8_weight(1, 36864, H)
-    w16 = dequantize_block_fp8(q[0], s[0]).bfloat16()
-    out = []
-    for m in (1, 16, 64, 256, 2000):
-        x = torch.randn(m, H, device="cuda", dtype=torch.bfloat16)
-        row = {"m": m, "weight_bytes": q.numel(), "bf16_us": 1e3 * events_ms(lambda: F.linear(x, w16))}
-        for act in (False, True):
-            row[f"fp8_act{int(act)}_us"] = 1e3 * events_ms(lambda: fp8_matmul(x, q, s, act_fp8=act))
-        out.append(row)
-    del q, s, w16
-    qe, se = _fp8_weight(2 * 257, 2048, H)
-    x = torch.randn(9, H, device="cuda", dtype=torch.bfloat16)
-    counts = torch.zeros(257, dtype=torch.long, device="cuda")
-    counts[torch.randperm(256)[:8]] = 1
-    counts[256] = 1
-    for act in (False, True):
-        us = 1e3 * events_ms(lambda: fp8_matmul(x, qe, se, counts, parts=2, act_fp8=act))
-        out.append({"moe_gate_up_rows": 9, "active_weight_bytes": 9 * 2 * 2048 * H,
-                    f"fp8_act{int(act)}_us": us})
-    return out
-
-
 def profile_decode(stage, batch: int = 1) -> str:
     """The top host-side costs of one eager decode step (why eager steps are slow)."""
     from torch.profiler import ProfilerActivity, profile

@@ -19,18 +19,22 @@ def floor_ms(r: dict, mode: str, batch: str) -> float:
     return 1e3 * (lb["dense"] + used * lb["per_slot"]) / r["copy_bytes_per_s"]
 
 
-def decode_table(r: dict) -> list[str]:
+def decode_table(r: dict, before: dict | None) -> list[str]:
     nat, deq = r["modes"]["native"], r["modes"]["dequantize"]
     layers = nat["layers"]
-    rows = ["| batch | experts used | FP8 floor ms | native graph ms | x floor | bf16 graph ms "
-            "| bf16 engine ms (today) | native engine ms | bf16 today / native graph |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| batch | experts used | FP8 floor ms | native graph ms | x floor | before (v2) graph ms "
+            "| bf16 graph ms | bf16 engine ms (eager) | bf16 engine, graphs | native engine, graphs "
+            "| bf16 eager / native graph |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for b in nat["decode"]:
         g_nat, g_deq = nat["graph"][b]["layer_ms"], deq["graph"][b]["layer_ms"]
-        e_nat, e_deq = nat["decode"][b] / layers, deq["decode"][b] / layers
+        e_deq = deq["decode"][b] / layers
         fl = floor_ms(r, "native", b)
+        prev = before["modes"]["native"]["graph"][b]["layer_ms"] if before else float("nan")
+        eg = [m.get("engine_graphs", {}).get(b, float("nan")) / layers for m in (deq, nat)]
         rows.append(f"| {b} | {nat['experts_used'][b]} | {fl:.3f} | {g_nat:.3f} | {g_nat / fl:.1f} "
-                    f"| {g_deq:.3f} | {e_deq:.2f} | {e_nat:.2f} | {e_deq / g_nat:.2f}x |")
+                    f"| {prev:.3f} | {g_deq:.3f} | {e_deq:.2f} | {eg[0]:.2f} | {eg[1]:.2f} "
+                    f"| {e_deq / g_nat:.2f}x |")
     return rows
 
 
@@ -85,6 +89,47 @@ def targets(r: dict) -> list[str]:
     ]
 
 
+def kernel_tables(r: dict) -> list[str]:
+    """Per-GEMM error and speed of each activation mode, side by side in this run."""
+    acts = ("wide", "e4m3", "e4m3x2")
+    speed = [k for k in r["kernel_speed"] if "shape" in k]
+    if not speed:  # a results.json of version 2 (before the activation modes)
+        return legacy_kernel_table(r)
+    moe = [k for k in r["kernel_speed"] if "moe_batch" in k]
+    fmt = lambda v: f"{v:.0f}" if isinstance(v, float) else "n/a"  # noqa: E731
+    return [
+        "## Per-GEMM error vs the exact (float64) product of the dequantized weight", "",
+        "| M | N | K | outlier channels | bf16 x dequantized bf16 | wide | e4m3 | e4m3x2 |",
+        "|---:|---:|---:|---|---:|---:|---:|---:|",
+        *[f"| {k['m']} | {k['n']} | {k['k']} | {k['outliers']} | {k['bf16_dequantized']:.4f} | "
+          + " | ".join(f"{k[a]['vs_exact']:.4f}" for a in acts) + " |"
+          for k in r["kernel_check"] if "m" in k], "",
+        "## Kernel speed (us; TB/s = FP8 weight bytes / e4m3x2 time)", "",
+        "| projection | M | bf16 cuBLAS | wide (v2 decode) | e4m3 | e4m3x2 (now) | TB/s | torch block-scaled |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *[f"| {k['shape']} | {k['m']} | {k['bf16_us']:.0f} | {k['wide_us']:.0f} | {k['e4m3_us']:.0f} "
+          f"| {k['e4m3x2_us']:.0f} | {k['weight_bytes'] / k['e4m3x2_us'] / 1e6:.2f} "
+          f"| {fmt(k['torch_blockwise_us'])} |" for k in speed], "",
+        *[f"torch block-scaled, M = {k['m']}, {k['shape']}: {k['torch_blockwise_us']}"
+          for k in speed if not isinstance(k["torch_blockwise_us"], float)][:2], "",
+        "| MoE gate_up + down | slots | wide (v2) us | e4m3 us | e4m3x2 us | TB/s (e4m3x2) |",
+        "|---|---:|---:|---:|---:|---:|",
+        *[f"| batch {k['moe_batch']} | {k['slots']} | {k['wide_us']:.0f} | {k['e4m3_us']:.0f} "
+          f"| {k['e4m3x2_us']:.0f} | {k['active_weight_bytes'] / k['e4m3x2_us'] / 1e6:.2f} |"
+          for k in moe], "",
+    ]
+
+
+def legacy_kernel_table(r: dict) -> list[str]:
+    return [
+        "## Kernel (one 36864 x 7168 FP8 projection, 264 MB; us)", "",
+        "| M | bf16 cuBLAS (528 MB) | FP8, bf16 activations | FP8, e4m3 activations |",
+        "|---:|---:|---:|---:|",
+        *[f"| {k['m']} | {k['bf16_us']:.0f} | {k['fp8_act0_us']:.0f} | {k['fp8_act1_us']:.0f} |"
+          for k in r["kernel_speed"] if "m" in k], "",
+    ]
+
+
 def measured_tables(r: dict) -> list[str]:
     """Accuracy per layer, the kernel's speed and the tiny checkpoint's greedy agreement."""
     return [
@@ -94,11 +139,7 @@ def measured_tables(r: dict) -> list[str]:
         *[f"| {case} | {idx} | {v['layer']:.4f} | {v['experts_same_routing']:.4f} | "
           f"{v['tokens_rerouted']:.3f} |" for case, per in r["accuracy"].items()
           for idx, v in per.items()], "",
-        "## Kernel (one 36864 x 7168 FP8 projection, 264 MB; us)", "",
-        "| M | bf16 cuBLAS (528 MB) | FP8, bf16 activations | FP8, e4m3 activations |",
-        "|---:|---:|---:|---:|",
-        *[f"| {k['m']} | {k['bf16_us']:.0f} | {k['fp8_act0_us']:.0f} | {k['fp8_act1_us']:.0f} |"
-          for k in r["kernel_speed"] if "m" in k], "",
+        *kernel_tables(r),
         "## Tiny FP8 checkpoint: greedy tokens equal of 32 (native vs dequantize)", "",
         "| prompt | bf16 free | bf16 forced | fp32 free | fp32 forced | bf16 vs fp32 dequantize, forced |",
         "|---:|---:|---:|---:|---:|---:|",
@@ -108,8 +149,9 @@ def measured_tables(r: dict) -> list[str]:
     ]
 
 
-def main(path: str) -> None:
+def main(path: str, before_path: str | None = None) -> None:
     r = json.loads(open(path).read())
+    before = json.loads(open(before_path).read()) if before_path else None
     nat, deq = r["modes"]["native"], r["modes"]["dequantize"]
     ck = r["checkpoint_bytes_per_layer"]
     lines = [
@@ -131,9 +173,10 @@ def main(path: str) -> None:
         f"({deq['gpu_bytes_per_layer'] / ck:.2f}x) |",
         "", "## Decode, ms per MoE layer", "",
         "Graph = one decoder layer's decode step replayed as a CUDA graph (32-token contexts); "
-        "engine = `Stage.forward` eager step time / layers (what the engine does today, host-bound). "
+        "engine = `Stage.forward` step time / layers, eager (host-bound) or with the engine's "
+        "decode graphs (`engine/decode_graphs.py`); before (v2) = version 2's kernels, an earlier run. "
         "Floor = (attention + router + shared bytes + experts used x expert bytes) / copy rate.", "",
-        *decode_table(r), "",
+        *decode_table(r, before), "",
         "## Prefill, one 2,000-token prompt", "",
         f"- native: {nat['prefill']['ms']:.1f} ms for {nat['layers']} layers "
         f"({nat['prefill']['tok_per_s']:.0f} tok/s through them); dequantized bf16: "
@@ -146,4 +189,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "bench/fp8/results.json")
+    main(*(sys.argv[1:] or ["bench/fp8/results.json"]))

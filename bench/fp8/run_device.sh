@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# On the lent GPU machine, from the repository root: the GPU-only tests, then the benchmark.
-#   OUT=/some/dir bash bench/fp8/run_device.sh
+# On the lent GPU machine, from the repository root: the benchmark, then the GPU-only tests.
+#   OUT=/some/dir bash bench/fp8/run_device.sh [--layers N]
+# Budget: Triton compiles every new shape x config on first use (~8 s a test shape on the
+# H200, 2026-12-02: the 41 CUDA tests alone took > 330 s), so the benchmark runs first and
+# writes results.json after each part; the tests come last.
 set -u
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv,noheader
-python3 -m pytest -q -p no:cacheprovider tests/engine/test_fp8_native_cuda.py 2>&1 | tail -25
+python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
 python3 -m bench.fp8.bench_fp8 --out "$OUT/results.json" --dir /tmp/v3fp8 "$@" 2>&1 | tee "$OUT/bench.log"
+python3 -m pytest -q -p no:cacheprovider tests/engine/test_fp8_native_cuda.py 2>&1 | tee "$OUT/pytest.log" | tail -25

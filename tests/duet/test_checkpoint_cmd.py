@@ -10,7 +10,8 @@ import pytest
 
 from duet.cli import main
 from engine.checkpoint_plan import footprint
-from engine.split_plan import Host, plan_split
+from engine.placement import devices_for_ranges
+from engine.split_plan import Host, gpu_ranges, plan_split
 from engine.tiny_model import write_tiny_model
 
 V3_CONFIG = Path(__file__).parents[1] / "fixtures" / "deepseek_v3_config.json"
@@ -69,6 +70,21 @@ def test_v3_split_over_two_hosts(v3_footprint):
     assert all(g.weight_bytes <= 76 * GB for gpus in plan.hosts for g in gpus)
     with pytest.raises(ValueError, match="dequantized weights need 1342 GB"):
         plan_split(fp, host, host, native=False)  # 2 bytes a weight: 1.34 TB > 1.28 TB
+
+
+def test_a_stage_loads_on_the_planned_gpus(v3_footprint):
+    """Stage.load on a host of several GPUs places layers as the planner prints them: the
+    worker's [32, 61) on 8 x 80 GB is 29 layers of 11.53 GB plus the 1.85 GB head, ~42 GB a GPU,
+    so 3 or 4 layers each (equal shares of ceil(29 / 8) = 4 would leave the last GPU one)."""
+    ranges = gpu_ranges(v3_footprint, 32, 61, Host(8, 80 * GB, 4 * GB), native=True)
+    counts = [b - a for a, b in ranges]
+    assert ranges[0][0] == 32 and ranges[-1][1] == 61 and sum(counts) == 29
+    assert all(a == b for (_, a), (b, _) in zip(ranges, ranges[1:]))  # contiguous, in order
+    assert set(counts) == {3, 4}
+    devices = devices_for_ranges(ranges)
+    assert sorted(devices) == list(range(32, 61))
+    assert [devices[a].index for a, _ in ranges] == list(range(8))
+    assert gpu_ranges(v3_footprint, 0, 61, Host(8, 80 * GB, 4 * GB), native=True) is None  # 674 GB
 
 
 def test_inspect_and_plan_print_the_figures(v3, capsys):

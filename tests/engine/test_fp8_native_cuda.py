@@ -28,18 +28,20 @@ def fp8_weights(groups: int, n: int, k: int):
     return torch.stack([q for q, _ in pairs]), torch.stack([s for _, s in pairs])
 
 
-@pytest.mark.parametrize("m", [1, 3, 7, 64, 65, 300])
+@pytest.mark.parametrize("m", [1, 7, 64, 65, 300])  # each new shape compiles (~seconds)
 @pytest.mark.parametrize("n,k", [(576, 7168), (200, 300)])
-@pytest.mark.parametrize("act_fp8", [None, True])
-def test_kernel_matches_reference_and_dequantized(m, n, k, act_fp8):
+@pytest.mark.parametrize("act,dtype,budget", [(None, torch.bfloat16, 1e-2), ("e4m3", torch.bfloat16, 4e-2),
+                                              (None, torch.float32, 1e-5)])
+def test_kernel_matches_reference_and_dequantized(m, n, k, act, dtype, budget):
+    """Two e4m3 activation terms (bf16's default) stay within bf16's own error of the dequantized
+    product, one term (DeepSeek's) within ~3%; fp32 activations multiply exactly."""
     q, s = fp8_weights(1, n, k)
-    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-    out = fp8_matmul(x, q, s, act_fp8=act_fp8)
+    x = torch.randn(m, k, device="cuda", dtype=dtype)
+    out = fp8_matmul(x, q, s, act=act)
     assert out.isfinite().all()
-    assert rel(out, reference_fp8_matmul(x, q, s, act_fp8=act_fp8)) < 1e-2
-    deq = torch.nn.functional.linear(x.float(), dequantize_block_fp8(q[0], s[0]))
-    e4m3_activations = act_fp8 or m > 64
-    assert rel(out, deq) < (4e-2 if e4m3_activations else 1e-2)
+    assert rel(out, reference_fp8_matmul(x, q, s, act=act)) < max(budget / 2, 1e-5)
+    deq = torch.nn.functional.linear(x.double(), dequantize_block_fp8(q[0], s[0]).double())
+    assert rel(out, deq) < budget
 
 
 @pytest.mark.parametrize("rows", [1, 9, 200, 2000])
