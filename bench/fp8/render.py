@@ -156,9 +156,10 @@ def main(path: str, before_path: str | None = None) -> None:
     ck = r["checkpoint_bytes_per_layer"]
     lines = [
         "# FP8-native vs dequantized-bf16 DeepSeek-V3 layers (real dimensions)", "",
-        "Produced by `bash bench/fp8/run_device.sh --layers 2` (= `python -m bench.fp8.bench_fp8`) "
-        "on a lent GPU machine, rendered by `python -m bench.fp8.render`. A random FP8 checkpoint "
-        "of V3's layers 3-4 (`engine/fp8_writer.py`: shards + index + `weight_scale_inv`, real "
+        f"Produced by `python -m bench.fp8.bench_fp8 --layers {nat['layers']}` (what "
+        "`bench/fp8/run_device.sh` runs first) on a lent GPU machine, rendered by "
+        "`python -m bench.fp8.render`. A random FP8 checkpoint of V3's MoE layers from layer 3 "
+        "(`engine/fp8_writer.py`: shards + index + `weight_scale_inv`, real "
         f"config) written on the device in {r.get('write_s', 0):.0f} s. Layers written: bounded "
         "by this session's device time and the machine's 64 GiB disk (4 at most), not by the "
         "GPU (a native layer is 11.5 GB: one H200 would hold 11); all figures are per layer.",
