@@ -216,12 +216,6 @@ def make_server(service: PipelineService, listen: str, *, credentials=None) -> t
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
         ("grpc.so_reuseport", 0),
-        # A master whose host died sends no FIN: HTTP/2 pings find its stream dead within
-        # ~20 s, so its sequences go to the orphan table (orphan_grace_s) instead of
-        # holding KV until idle_timeout_s. Pings may go out while no step flows.
-        ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.keepalive_permit_without_calls", 1),
     ], interceptors=[_BadHandshakeBytes()])
     pb_grpc.add_PipelineServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
