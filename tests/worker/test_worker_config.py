@@ -144,5 +144,5 @@ def test_write_model_repo_renders_a_valid_triton_config(tmp_path, ckpt):
     params = {k: v.string_value for k, v in config.parameters.items()}
     assert config.name == "duet_tail" and config.backend == "python"
     assert params["model_dir"] == str(ckpt) and params["kv_cache_bytes"] == "12345"
-    assert [i.name for i in config.input] == ["OP", "STREAM", "STEP"]
+    assert [i.name for i in config.input] == ["OP", "STREAM", "STEP", "HIDDEN"]
     assert (model / "1" / "model.py").is_file()
