@@ -35,7 +35,11 @@ class LabTarget:
 
     # --- faults ---------------------------------------------------------------------
     def kill(self, name: str) -> float:
-        return svc.signal_service(self.state, name, signal.SIGKILL)
+        """SIGKILL, then wait until the process is gone: a restart right after (kill-worker's
+        repair) must not find it still exiting and take it for alive."""
+        t = svc.signal_service(self.state, name, signal.SIGKILL)
+        svc.wait_gone([self.state.services[name].pid], 10.0)
+        return t
 
     def crash(self, host: str) -> float:
         """A host crash: its processes and its kernel stop at once. The namespace's kernel
