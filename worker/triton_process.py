@@ -50,8 +50,16 @@ class ManagedTriton:
         return f"127.0.0.1:{self.grpc_port}"
 
     async def start(self) -> None:
-        """Start and wait until the model is ready; then watch it in the background."""
-        await self._spawn_until_ready()
+        """Start and wait until the model is ready; then watch it in the background. A server
+        that dies while starting gets one more try (its gRPC poller was seen aborting half a
+        second in, once in many starts); one not ready in time does not."""
+        try:
+            await self._spawn_until_ready()
+        except TritonStartError:
+            if self.proc is None or self.proc.returncode is None:
+                raise
+            log.warning("tritonserver died while starting; starting it once more")
+            await self._spawn_until_ready()
         self.supervisor = asyncio.create_task(self._supervise(), name="triton-supervisor")
 
     async def _spawn_until_ready(self) -> None:
