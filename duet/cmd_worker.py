@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers) -> None:
@@ -18,6 +19,13 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from worker.config import WorkerConfig
+
+    try:  # before torch is imported: a bad file fails in a blink, not after seconds of imports
+        config = WorkerConfig.from_toml(args.config)
+    except ValueError as e:
+        print(f"duet worker: {e}", file=sys.stderr)
+        return 2
     from worker.main import run_cli
 
-    return run_cli(args.config, args.write_model_repo)
+    return run_cli(config, args.write_model_repo)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from engine.dtype_choices import DTYPE_CHOICES
 from master.api_keys import parse_api_keys
 from runtime.settings import load_settings
 from master.tool_formats import PARSERS
@@ -111,13 +112,11 @@ class MasterConfig:
 
 def _checks(c: MasterConfig) -> dict[str, tuple[bool, str]]:
     """Field -> (valid, what a valid value looks like)."""
-    from engine.dtypes import DTYPES  # torch: only once the file parsed (bad keys fail fast)
-
     return {
         "model_dir": (bool(c.model_dir), "a checkpoint directory"),
         "port": (0 <= c.port <= 65535, "0..65535"),
         "head_layer_end": (c.head_layer_end >= 1, "k >= 1"),
-        "dtype": (c.dtype in DTYPES, " | ".join(DTYPES)),
+        "dtype": (c.dtype in DTYPE_CHOICES, " | ".join(DTYPE_CHOICES)),
         "device": (bool(c.device), "a torch device such as cpu or cuda:0"),
         "fp8": (c.fp8 in FP8_MODES, " | ".join(FP8_MODES)),
         "kv_cache_bytes": (c.kv_cache_bytes > 0, "a positive number of bytes"),

@@ -1,6 +1,8 @@
 """Fixtures more than one test area needs."""
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,3 +103,19 @@ def tiny_qwen2(tmp_path_factory) -> Path:
 
     return write_tiny_model("qwen2", tmp_path_factory.mktemp("tiny") / "tiny-qwen2",
                             num_layers=4)
+
+
+# `duet ARGS` in a Python where `import torch` raises: a command that must answer before torch
+# loads (a bad config: one line, exit 2) shows a traceback instead if anything imports it.
+_DUET_WITHOUT_TORCH = ("import sys; sys.modules['torch'] = None; "
+                       "from duet.cli import main; sys.exit(main())")
+
+
+@pytest.fixture(scope="session")
+def duet_without_torch():
+    """duet_without_torch(*args, env={}) -> CompletedProcess of `duet ARGS` with torch blocked."""
+    def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", _DUET_WITHOUT_TORCH, *args],
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, **(env or {})})
+    return run

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Mapping
 
 from runtime.settings import load_settings, settings_from_dict
-from engine.dtypes import DTYPES
+from engine.dtype_choices import DTYPE_CHOICES
 
 EXECUTORS = ("triton", "local")
 FP8_MODES = ("native", "dequantize")
@@ -91,7 +91,7 @@ class WorkerConfig:
         checks = {
             "model_dir": bool(self.model_dir),
             "layer_start": self.layer_start >= 1,
-            "dtype": self.dtype in DTYPES,
+            "dtype": self.dtype in DTYPE_CHOICES,
             "device": bool(self.device),
             "fp8": self.fp8 in FP8_MODES,
             "kv_cache_bytes": self.kv_cache_bytes > 0,
@@ -152,7 +152,7 @@ class WorkerConfig:
 
 _HINTS = {
     "layer_start": " (must be >= 1: the API runs at least the embedding and one layer)",
-    "dtype": f" (one of {', '.join(DTYPES)})",
+    "dtype": f" (one of {', '.join(DTYPE_CHOICES)})",
     "executor": f" (one of {', '.join(EXECUTORS)})",
     "fp8": f" (one of {', '.join(FP8_MODES)})",
     "listen": " (host:port)",

@@ -200,14 +200,10 @@ async def _serve_until_signal(config: WorkerConfig) -> None:
         systemd.cancel()
 
 
-def run_cli(config_path: str, write_model_repo_dir: str | None = None) -> int:
-    """What `duet worker` does; returns the exit code (2: bad config or checkpoint, 1: failed
-    to start for another reason, such as a port in use or Triton failing)."""
-    try:
-        config = WorkerConfig.from_toml(config_path)
-    except ValueError as e:
-        print(f"duet worker: {e}", file=sys.stderr)
-        return 2
+def run_cli(config: WorkerConfig, write_model_repo_dir: str | None = None) -> int:
+    """What `duet worker` does with a parsed config (duet/cmd_worker.py reads it before torch
+    loads); returns the exit code (2: bad checkpoint, 1: failed to start for another reason,
+    such as a port in use or Triton failing)."""
     if write_model_repo_dir:
         path = write_model_repo(config, write_model_repo_dir)
         print(f"wrote {path}; mount {write_model_repo_dir} as Triton's --model-repository")

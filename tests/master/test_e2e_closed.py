@@ -1,11 +1,8 @@
 """Closed by default, probed as an attacker would: a second gRPC client built from the
 project's stubs tries to take the worker's KV cache, a user's key tries /admin, forged headers
 and control characters try the log. Real `duet worker` and `duet master` processes."""
-import os
 import queue
 import socket
-import subprocess
-import sys
 import threading
 import time
 from urllib.parse import urlsplit
@@ -158,12 +155,6 @@ def test_metrics_count_real_traffic(stack):
     assert after[("vllm:num_requests_running", labels)] == 0
 
 
-def duet_master(tmp_path, env: dict, **fields) -> subprocess.CompletedProcess:
-    config = tmp_path / "master.toml"
-    config.write_text(toml_text({"model_dir": str(tmp_path / "unused"), **fields}))
-    return subprocess.run([sys.executable, "-m", "duet.cli", "master", "--config", str(config)],
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **env})
 
 
 @pytest.mark.parametrize("env, fields, named", [
@@ -174,8 +165,11 @@ def duet_master(tmp_path, env: dict, **fields) -> subprocess.CompletedProcess:
     ({}, {"api_keys": []}, "api_keys: set but empty"),
     ({}, {"port": 70000}, "port: expected 0..65535"),
 ])
-def test_empty_or_malformed_settings_stop_duet_master_with_exit_2(tmp_path, env, fields, named):
-    result = duet_master(tmp_path, env, **fields)
+def test_empty_or_malformed_settings_stop_duet_master_with_exit_2_before_torch_loads(
+        tmp_path, duet_without_torch, env, fields, named):
+    config = tmp_path / "master.toml"
+    config.write_text(toml_text({"model_dir": str(tmp_path / "unused"), **fields}))
+    result = duet_without_torch("master", "--config", str(config), env=env)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
     assert named in result.stderr

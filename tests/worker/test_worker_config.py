@@ -72,9 +72,10 @@ def duet_worker(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-def test_cli_bad_config_is_one_line_and_exit_2(tmp_path):
+def test_cli_bad_config_is_one_line_and_exit_2_before_torch_loads(tmp_path,
+                                                                   duet_without_torch):
     path = write_config(tmp_path / "w.toml", model_dir="/m", layer_start=2, dtype="fp8")
-    result = duet_worker("--config", str(path))
+    result = duet_without_torch("worker", "--config", str(path))
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "dtype" in result.stderr
     assert "Traceback" not in result.stderr
@@ -105,9 +106,9 @@ def test_client_names_from_env_are_a_comma_list():
     assert config.tls_client_names == ("master.internal", "standby.internal")
 
 
-def test_cli_plaintext_on_the_network_is_one_line_and_exit_2(tmp_path):
+def test_cli_plaintext_on_the_network_is_one_line_and_exit_2(tmp_path, duet_without_torch):
     path = write_config(tmp_path / "w.toml", model_dir="/m", layer_start=2, listen="0.0.0.0:0")
-    result = duet_worker("--config", str(path))
+    result = duet_without_torch("worker", "--config", str(path))
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
     assert "allow_plaintext_from_network" in result.stderr
