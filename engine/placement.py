@@ -11,6 +11,7 @@ import torch
 
 from engine.batch import ForwardContext
 from engine.checkpoint_plan import footprint
+from engine.materialize import to_empty
 from engine.models.base import LayerKV, StageModel
 from engine.split_plan import Host, gpu_ranges
 
@@ -69,18 +70,18 @@ def place(model: StageModel, devices: dict[int, torch.device], dtype: torch.dtyp
     first, last = devices[model.layer_start], devices[model.layer_end - 1]
     model.to(dtype)
     if len(set(devices.values())) == 1:
-        return model.to_empty(device=first)
+        return to_empty(model, first)
     if model.is_first:
-        model.model.embed_tokens.to_empty(device=first)
+        to_empty(model.model.embed_tokens, first)
     for idx, layer in model.model.layers.items():
-        layer.to_empty(device=devices[int(idx)])
+        to_empty(layer, devices[int(idx)])
     if model.is_last:
-        model.model.norm.to_empty(device=last)
-        model.lm_head.to_empty(device=last)
+        to_empty(model.model.norm, last)
+        to_empty(model.lm_head, last)
     for module in model.modules():  # anything an architecture adds outside those: first device
         tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
         if any(t.is_meta for t in tensors):
-            module.to_empty(device=first, recurse=False)
+            to_empty(module, first, recurse=False)
     return model
 
 

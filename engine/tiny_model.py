@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from engine.checkpoint import INDEX_FILE
 from engine.config import ModelConfig
+from engine.materialize import to_empty
 from engine.models import model_class
 from engine.random_init import fill_random_
 from engine.tiny_configs import TOKENIZER_PACKAGE, generation_config, tiny_config
@@ -63,7 +64,7 @@ def random_tensors(config: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
     """Checkpoint name -> seeded random tensor in SAVE_DTYPE, for every layer."""
     with torch.device("meta"):
         model = model_class(config.architecture)(config, 0, config.num_hidden_layers)
-    model.to_empty(device="cpu")
+    to_empty(model, torch.device("cpu"))
     out = {}
     for name, target in stage_tensors(model).items():
         names = source_names(model, name, None)

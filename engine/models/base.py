@@ -53,7 +53,11 @@ class StageModel(nn.Module):
         self.is_last = layer_end == config.num_hidden_layers
         self.model = nn.Module()
         if self.is_first:
-            self.model.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+            # Given its weight, the embedding skips its random init: on the meta device that
+            # init (normal_) imports torch._dynamo, ~3 s of every first stage's start-up.
+            self.model.embed_tokens = nn.Embedding(
+                config.vocab_size, config.hidden_size,
+                _weight=torch.empty(config.vocab_size, config.hidden_size))
         self.model.layers = nn.ModuleDict(
             {str(i): self.make_layer(i) for i in range(layer_start, layer_end)}
         )
