@@ -7,6 +7,7 @@ import torch
 from sampler_reference import sample_rowwise
 
 from engine.sampler import SamplerState, sample
+from engine.sampling_ops import sort_candidates
 from engine.sampling_params import SamplingParams
 
 VOCAB = 300
@@ -60,3 +61,30 @@ def test_a_nan_row_takes_its_best_real_logit_and_leaves_the_others_alone():
     want = [r.token_id for r in sample_rowwise(logits, [SamplerState.create(p) for p in params])]
     got = [r.token_id for r in sample(logits, [SamplerState.create(p) for p in params])]
     assert got == want and got[1] == 42
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_batch_truncated_by_top_k_gives_the_row_wise_tokens(seed):
+    """Every sampled row that ranks has a top_k (a greedy row with the checkpoint's top_p
+    takes the argmax): only the best top_k are ordered, not the vocabulary."""
+    g = torch.Generator().manual_seed(seed)
+    options = [{"top_k": 5}, {"top_k": 1, "temperature": 0.8}, {"top_k": 40, "top_p": 0.7},
+               {"top_k": 3, "min_p": 0.2}, {"top_k": 400, "min_p": 0.05, "top_p": 0.9},
+               {"temperature": 0.9}, {"temperature": 0, "top_p": 0.95}]  # greedy: top_p unused
+    params = [SamplingParams(**opts, seed=10 * seed + i) for i, opts in enumerate(options)]
+    rowwise = [SamplerState.create(p) for p in params]
+    batched = [SamplerState.create(p) for p in params]
+    for _ in range(6):
+        logits = torch.randn(len(params), VOCAB, generator=g) * 3
+        assert outcome(sample(logits, batched)) == outcome(sample_rowwise(logits, rowwise))
+
+
+def test_the_best_top_k_come_in_the_full_sorts_order_ties_by_lower_id():
+    g = torch.Generator().manual_seed(0)
+    probs = torch.randint(0, 4, (5, VOCAB), generator=g).float() / 8  # ties everywhere
+    probs[1] = 0.0
+    masked = torch.where(torch.rand(5, VOCAB, generator=g) < 0.3, -1.0, probs)  # min_p's drops
+    full_values, full_ids = masked.sort(dim=1, descending=True, stable=True)
+    for width in (1, 7, 64, VOCAB - 1):
+        values, ids = sort_candidates(masked, width)
+        assert torch.equal(ids, full_ids[:, :width]) and torch.equal(values, full_values[:, :width])
