@@ -45,6 +45,7 @@ def test_toml_with_table_and_env_override(tmp_path):
     (dict(tensor_parallel_size=0), "tensor_parallel_size"),
     (dict(tensor_parallel_size=2), "tensor_parallel_size 2 needs executor = \"local\""),
     (dict(tp_timeout_s=0), "tp_timeout_s"),
+    (dict(triton_server_args=["log-verbose=1"]), "triton_server_args: every flag must start"),
     (dict(colour="blue"), "colour"),
 ])
 def test_each_bad_field_is_named(changes, field):
@@ -103,6 +104,15 @@ def test_client_names_from_env_are_a_comma_list():
         {**BASE, "tls_cert_file": "/c", "tls_key_file": "/k", "tls_client_ca_file": "/a"},
         environ={"DUET_WORKER_TLS_CLIENT_NAMES": "master.internal, standby.internal"})
     assert config.tls_client_names == ("master.internal", "standby.internal")
+
+
+def test_triton_server_args_from_toml_list_or_env_string(tmp_path):
+    path = tmp_path / "w.toml"
+    path.write_text('model_dir = "/m"\nlayer_start = 3\ntriton_server_args = ["--log-verbose=1"]\n')
+    assert WorkerConfig.from_toml(path, environ={}).triton_server_args == ("--log-verbose=1",)
+    config = WorkerConfig.from_toml(path, environ={
+        "DUET_WORKER_TRITON_SERVER_ARGS": "--a=1  --b=2", "DUET_WORKER_TRITON_HIDE_GPUS": "true"})
+    assert (config.triton_server_args, config.triton_hide_gpus) == (("--a=1", "--b=2"), True)
 
 
 def test_cli_plaintext_on_the_network_is_one_line_and_exit_2(tmp_path):
