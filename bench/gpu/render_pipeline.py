@@ -53,6 +53,19 @@ def spy_rows(p: dict, top: int = 6) -> list[str]:
     return rows
 
 
+def cure_rows(c: dict) -> list[str]:
+    """bench/gpu/triton_cure.py's variants, in the order tried, with what each showed."""
+    rows = [f"Managed-tritonserver settings tried on this host ({c['date']}; /dev/shm: "
+            f"{c['shm']['fs_type']}, two-process mapping check: {c['shm']['coherence']}); the "
+            "first that works is the one the triton runs above used:", "",
+            "| variant | extra flags | server without GPUs | outcome |", "|---|---|---|---|"]
+    for name, v in c["variants"].items():
+        outcome = "works: inputs intact" if v["ok"] else f"fails: {v['why'].splitlines()[0][:200]}"
+        rows.append(f"| {name} | {' '.join(v['server_args']) or '(none)'} | "
+                    f"{'yes' if v['hide_gpus'] else 'no'} | {outcome} |")
+    return rows
+
+
 def main() -> None:
     p = json.loads((HERE / "pipeline.json").read_text())
     lines = ["# The two-stage pipeline on one GPU through the HTTP API", "",
@@ -69,6 +82,10 @@ def main() -> None:
                   f"re-measured: batch 1 {t['in_process']['batch_1']['tok_s']:.0f} tok/s, batch 64 "
                   f"{t['in_process']['batch_64']['tok_s']:.0f}):", "",
                   *pipeline_table(t)[2:], ""]
+    cure = HERE / "triton_cure.json"
+    if cure.exists():
+        lines += ["## The Python-backend stub on the GPU host", "",
+                  *cure_rows(json.loads(cure.read_text())), ""]
     lines += ["## Python stacks at concurrency 64 (py-spy, 4 s)", "", *spy_rows(p), ""]
     notes = HERE / "pipeline_notes.md"
     tail = notes.read_text() if notes.exists() else ""
