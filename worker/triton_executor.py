@@ -100,11 +100,14 @@ class TritonExecutor:
             raise ExecutorUnavailable("tritonserver died and is restarting")
         inputs = []
         for name, value in ((INPUT_OP, op.value.encode()), (INPUT_STREAM, stream.encode()),
-                            (INPUT_STEP, payload), (INPUT_HIDDEN, hidden)):
-            if value or name != INPUT_HIDDEN:  # HIDDEN is optional; the others may be empty
-                tensor = InferInput(name, [len(value)], "UINT8")
-                tensor.set_data_from_numpy(np.frombuffer(value, dtype=np.uint8))
-                inputs.append(tensor)
+                            (INPUT_STEP, payload)):
+            tensor = InferInput(name, [1], "BYTES")
+            tensor.set_data_from_numpy(np.array([value], dtype=np.object_))
+            inputs.append(tensor)
+        if hidden:
+            tensor = InferInput(INPUT_HIDDEN, [len(hidden)], "UINT8")
+            tensor.set_data_from_numpy(np.frombuffer(hidden, dtype=np.uint8))
+            inputs.append(tensor)
         if self.stream is None or self.stream.broken:
             self.stream = TritonStream(self.client, self.model)
         try:
@@ -113,7 +116,7 @@ class TritonExecutor:
             raise ExecutorUnavailable(f"Triton: {e}") from None
         if error is not None:
             raise TailModelError(f"the tail model in Triton failed: {error.message()}")
-        return result.as_numpy(OUTPUT_RESULT).tobytes()
+        return result.as_numpy(OUTPUT_RESULT)[0]
 
     async def step(self, stream: str, request: pb.StepRequest) -> pb.StepReply:
         """The request's hidden bytes move to the HIDDEN input (the request is spent)."""

@@ -1,12 +1,10 @@
 """The calls the worker makes to its tail model inside Triton, and how the model answers.
 
-Every call is one inference with four UINT8 inputs -- OP (what to do, as text), STREAM (the
-pipeline stream it is for), STEP (a serialized StepRequest whose hidden tensor carries dtype
-and shape but no bytes) and the optional HIDDEN (the hidden states' raw bytes, so that they
-are not serialized into STEP a second time) -- and one UINT8 output, RESULT (a serialized
-StepReply, or a HandshakeReply for "info"). No BYTES tensors: they cost a length prefix and
-a Python loop in the stub each way, and on the H200 host the Python backend handed its stub
-fill bytes for every BYTES input (bench/gpu/pipeline.md).
+Every call is one inference with three BYTES inputs -- OP (what to do), STREAM (the pipeline
+stream it is for) and STEP (a serialized StepRequest whose hidden tensor carries dtype and
+shape but no bytes) -- the optional UINT8 input HIDDEN (the hidden states' raw bytes, passed
+as a tensor so that they are not serialized into STEP a second time), and one BYTES output,
+RESULT (a serialized StepReply, or a HandshakeReply for "info").
 """
 from __future__ import annotations
 

@@ -55,19 +55,14 @@ def spy_rows(p: dict, top: int = 6) -> list[str]:
 
 def cure_rows(c: dict) -> list[str]:
     """bench/gpu/triton_cure.py's variants, in the order tried, with what each showed."""
-    def outcome(r: dict) -> str:
-        return "intact" if r.get("ok") else f"fails: {r.get('why', '').splitlines()[0][:160]}"
-
     rows = [f"Managed-tritonserver settings tried on this host ({c['date']}; /dev/shm: "
-            f"{c['shm']['fs_type']}, two-process mapping check: {c['shm']['coherence']}); "
-            f"winner: {c['winner']} (what the triton runs above used):", "",
-            "| variant | extra flags | server without GPUs | UINT8 step (the protocol now) | "
-            "BYTES step (the old one) |", "|---|---|---|---|---|"]
+            f"{c['shm']['fs_type']}, two-process mapping check: {c['shm']['coherence']}); the "
+            "first that works is the one the triton runs above used:", "",
+            "| variant | extra flags | server without GPUs | outcome |", "|---|---|---|---|"]
     for name, v in c["variants"].items():
-        u8 = outcome(v["echo_u8"]) if "echo_u8" in v else outcome(v)
+        outcome = "works: inputs intact" if v["ok"] else f"fails: {v['why'].splitlines()[0][:200]}"
         rows.append(f"| {name} | {' '.join(v['server_args']) or '(none)'} | "
-                    f"{'yes' if v['hide_gpus'] else 'no'} | {u8} | "
-                    f"{outcome(v['echo']) if 'echo' in v else '-'} |")
+                    f"{'yes' if v['hide_gpus'] else 'no'} | {outcome} |")
     return rows
 
 

@@ -27,18 +27,18 @@ class TritonPythonModel:
         return [self._answer(request) for request in requests]
 
     def _answer(self, request):
-        def data(name) -> bytes:  # every input is UINT8 (worker/triton_protocol.py)
-            return pb_utils.get_input_tensor_by_name(request, name).as_numpy().tobytes()
+        def text(name):
+            return pb_utils.get_input_tensor_by_name(request, name).as_numpy()[0]
 
         hidden = pb_utils.get_input_tensor_by_name(request, INPUT_HIDDEN)
         if hidden is not None:  # zero-copy view of the request's buffer
             hidden = torch.from_dlpack(hidden.to_dlpack())
         try:
-            result = handle(self.tail, parse_op(data(INPUT_OP).decode()),
-                            data(INPUT_STREAM).decode(), data(INPUT_STEP), hidden)
+            result = handle(self.tail, parse_op(text(INPUT_OP).decode()),
+                            text(INPUT_STREAM).decode(), text(INPUT_STEP), hidden)
         except Exception as e:  # answer with the reason; the worker turns it into statuses
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(e).__name__}: {e}"))
-        out = pb_utils.Tensor(OUTPUT_RESULT, np.frombuffer(result, dtype=np.uint8))
+        out = pb_utils.Tensor(OUTPUT_RESULT, np.array([result], dtype=np.object_))
         return pb_utils.InferenceResponse(output_tensors=[out])
 
     def finalize(self):
