@@ -55,14 +55,18 @@ def spy_rows(p: dict, top: int = 6) -> list[str]:
 
 def cure_rows(c: dict) -> list[str]:
     """bench/gpu/triton_cure.py's variants, in the order tried, with what each showed."""
+    def outcome(r: dict) -> str:
+        return "intact" if r.get("ok") else f"fails: {r.get('why', '').splitlines()[0][:160]}"
+
     rows = [f"Managed-tritonserver settings tried on this host ({c['date']}; /dev/shm: "
-            f"{c['shm']['fs_type']}, two-process mapping check: {c['shm']['coherence']}); the "
-            "first that works is the one the triton runs above used:", "",
-            "| variant | extra flags | server without GPUs | outcome |", "|---|---|---|---|"]
+            f"{c['shm']['fs_type']}, two-process mapping check: {c['shm']['coherence']}); "
+            f"winner: {c['winner']} (what the triton runs above used):", "",
+            "| variant | extra flags | server without GPUs | BYTES step (the tail's protocol) | "
+            "UINT8 only (no BYTES tensor) |", "|---|---|---|---|---|"]
     for name, v in c["variants"].items():
-        outcome = "works: inputs intact" if v["ok"] else f"fails: {v['why'].splitlines()[0][:200]}"
         rows.append(f"| {name} | {' '.join(v['server_args']) or '(none)'} | "
-                    f"{'yes' if v['hide_gpus'] else 'no'} | {outcome} |")
+                    f"{'yes' if v['hide_gpus'] else 'no'} | {outcome(v.get('echo', v))} | "
+                    f"{outcome(v['echo_u8']) if 'echo_u8' in v else '-'} |")
     return rows
 
 

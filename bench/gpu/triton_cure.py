@@ -1,14 +1,15 @@
 """Which managed-tritonserver setting lets the Python-backend stub read its inputs on this host.
 
-On the H200 host the stub read fill bytes (0x23) instead of every BYTES input, so each call
-killed it (bench/gpu/pipeline.md); the same files work on the CPU host. This tries the
-candidate cures in order and stops at the first whose real inferences come back intact: a
-Python-backend model echoes the length and MD5 of a BYTES input (7,207 bytes as a decode
-step's message; 40; 500,000) and of a UINT8 input (7,168 bytes, one bf16 hidden row), and
-says how many GPUs torch sees inside the stub (the tail needs them, also when the server is
-started without any). On failure the server's log (with the stub's lines) goes into the JSON.
-Before the variants: what /dev/shm is here, and whether two processes see each other's writes
-through a file mapped from it (also after it grows, as the backend's region does).
+On the H200 host the stub read fill bytes instead of every BYTES input, so each call killed it
+(bench/gpu/pipeline.md); the same files work on the CPU host. This tries candidate cures in
+order: Python-backend models echo the length and MD5 of a step input (7,207 bytes as a decode
+step's message; 40; 500,000) and of a UINT8 input (7,168 bytes, one bf16 hidden row), and say
+how many GPUs torch sees inside the stub (the tail needs them, also when the server is started
+without any) and which numpy it imported. The step goes once as BYTES (the tail's protocol)
+and once as UINT8 (no BYTES tensor anywhere, the answer included). The first variant where
+both come back intact wins (--env-out); a variant that fails puts the server's log (with the
+stub's lines) into the JSON. Before the variants: what /dev/shm is here, and whether two
+processes see each other's writes through a file mapped from it (also after it grows).
 
     python -m bench.gpu.triton_cure --out cure.json [--env-out cure.env]
 """
@@ -43,16 +44,19 @@ VARIANTS = {
     "d_small_shm_region": ((NO_CUDA_POOL, "--backend-config=python,shm-default-byte-size=4194304",
                             "--backend-config=python,shm-growth-byte-size=1048576"), False),
 }
-CONFIG = """name: "echo"
+# "echo" takes the step as BYTES (as the tail model does); "echo_u8" has no BYTES tensor at
+# all (its step and its answer are UINT8): whether only the BYTES path is broken here.
+CONFIG = """name: "$name"
 backend: "python"
 max_batch_size: 0
 input [
-  { name: "STEP" data_type: TYPE_STRING dims: [ 1 ] },
+  { name: "STEP" data_type: $step_type dims: [ -1 ] },
   { name: "HIDDEN" data_type: TYPE_UINT8 dims: [ -1 ] }
 ]
-output [ { name: "RESULT" data_type: TYPE_STRING dims: [ 1 ] } ]
+output [ { name: "RESULT" data_type: $step_type dims: [ -1 ] } ]
 instance_group [ { kind: KIND_CPU count: 1 } ]
 """
+MODELS = {"echo_u8": "TYPE_UINT8", "echo": "TYPE_STRING"}
 MODEL_PY = '''
 import hashlib
 import os
@@ -63,6 +67,7 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def initialize(self, args):
+        print(f"duet echo stub: numpy {np.__version__} from {np.__file__}", flush=True)
         self.gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if self.gpus:
             torch.ones(1, device="cuda").sum().item()  # the stub can really use one
@@ -71,13 +76,16 @@ class TritonPythonModel:
         return [self.one(r) for r in requests]
 
     def one(self, r):
-        step = pb_utils.get_input_tensor_by_name(r, "STEP").as_numpy()[0]
+        step = pb_utils.get_input_tensor_by_name(r, "STEP").as_numpy()
+        step = step[0] if step.dtype == np.object_ else step.tobytes()
         hidden = pb_utils.get_input_tensor_by_name(r, "HIDDEN").as_numpy().tobytes()
         text = (f"{len(step)} {hashlib.md5(step).hexdigest()} "
                 f"{len(hidden)} {hashlib.md5(hidden).hexdigest()} gpus={self.gpus} "
-                f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}")
-        return pb_utils.InferenceResponse(output_tensors=[
-            pb_utils.Tensor("RESULT", np.array([text.encode()], dtype=np.object_))])
+                f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')} numpy={np.__version__}")
+        as_bytes = pb_utils.get_input_tensor_by_name(r, "STEP").as_numpy().dtype == np.object_
+        out = (np.array([text.encode()], dtype=np.object_) if as_bytes
+               else np.frombuffer(text.encode(), dtype=np.uint8))
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("RESULT", out)])
 '''
 
 
@@ -116,19 +124,27 @@ def _coherence(path: Path) -> str:
     return f"first mapping saw {small!r}; after growing, {big!r} (want b'written' twice)"
 
 
-async def check(url: str) -> list[str]:
+async def check(url: str, model: str) -> list[str]:
     """Three calls; raises on the first whose echo is not what was sent."""
     client = triton_grpc.InferenceServerClient(url)
     out = []
     try:
+        for _ in range(100):  # the other model may still be loading
+            if await client.is_model_ready(model):
+                break
+            await asyncio.sleep(0.2)
         for size in (7207, 40, 500_000):
             step, hidden = np.random.bytes(size), np.random.bytes(7168)
-            a = InferInput("STEP", [1], "BYTES")
-            a.set_data_from_numpy(np.array([step], dtype=np.object_))
+            if model == "echo":
+                a = InferInput("STEP", [1], "BYTES")
+                a.set_data_from_numpy(np.array([step], dtype=np.object_))
+            else:
+                a = InferInput("STEP", [size], "UINT8")
+                a.set_data_from_numpy(np.frombuffer(step, dtype=np.uint8))
             b = InferInput("HIDDEN", [len(hidden)], "UINT8")
             b.set_data_from_numpy(np.frombuffer(hidden, dtype=np.uint8))
-            result = await asyncio.wait_for(client.infer("echo", [a, b]), 60)
-            got = result.as_numpy("RESULT")[0].decode()
+            result = (await asyncio.wait_for(client.infer(model, [a, b]), 60)).as_numpy("RESULT")
+            got = (result[0] if result.dtype == np.object_ else result.tobytes()).decode()
             want = (f"{size} {hashlib.md5(step).hexdigest()} 7168 "
                     f"{hashlib.md5(hidden).hexdigest()}")
             if not got.startswith(want):
@@ -141,24 +157,33 @@ async def check(url: str) -> list[str]:
 
 async def try_variant(tmp: Path, args: tuple[str, ...], hide_gpus: bool) -> dict:
     repo = tmp / "models"
-    (repo / "echo" / "1").mkdir(parents=True, exist_ok=True)
-    (repo / "echo" / "config.pbtxt").write_text(CONFIG)
-    (repo / "echo" / "1" / "model.py").write_text(MODEL_PY)
+    for name, step_type in MODELS.items():
+        (repo / name / "1").mkdir(parents=True, exist_ok=True)
+        (repo / name / "config.pbtxt").write_text(
+            CONFIG.replace("$name", name).replace("$step_type", step_type))
+        (repo / name / "1" / "model.py").write_text(MODEL_PY)
     server = ManagedTriton(TritonInstall.find(), repo, tmp, "echo", start_timeout_s=90,
                            server_args=args, hide_gpus=hide_gpus)
-    started = time.perf_counter()
+    started, out = time.perf_counter(), {}
     try:
         await server.start()
-        echoes = await check(server.url)
-        ok = "gpus=0" not in echoes[0] or not torch.cuda.is_available()  # GPUs seen here
-        return {"ok": ok, "echoes": echoes, "seconds": time.perf_counter() - started,
-                **({} if ok else {"why": "inputs intact, but the stub sees no GPU",
-                                  "log": server.log_tail(60)})}
-    except Exception as e:  # TritonStartError, a dead stub, a wrong echo: all findings
-        return {"ok": False, "why": f"{type(e).__name__}: {str(e)[-1500:]}",
-                "seconds": time.perf_counter() - started, "log": server.log_tail(80)}
+        for model in MODELS:  # UINT8 first: a stub killed by BYTES is the other model's
+            try:
+                out[model] = {"ok": True, "echoes": await check(server.url, model)}
+            except Exception as e:  # a dead stub, a wrong echo: findings
+                out[model] = {"ok": False, "why": f"{type(e).__name__}: {str(e)[-1500:]}"}
+        ok = out["echo"]["ok"] and out["echo_u8"]["ok"]
+        if ok and "gpus=0" in out["echo"]["echoes"][0] and torch.cuda.is_available():
+            ok, out["why"] = False, "inputs intact, but the stub sees no GPU"
+        out["why"] = out.get("why") or out["echo"].get("why") or out["echo_u8"].get("why", "")
+    except Exception as e:  # TritonStartError
+        ok, out["why"] = False, f"{type(e).__name__}: {str(e)[-1500:]}"
     finally:
         await server.stop()
+    out.update(ok=ok, seconds=time.perf_counter() - started)
+    if not ok:
+        out["log"] = server.log_tail(80)
+    return out
 
 
 def main() -> None:
@@ -178,14 +203,14 @@ def main() -> None:
         print(name, json.dumps({k: v for k, v in result.items() if k != "log"}), flush=True)
         if not result["ok"]:
             print(result.get("log", ""), flush=True)
-        Path(args.out).write_text(json.dumps(results, indent=2))
-        if result["ok"]:
+        if result["ok"] and not results["winner"]:
             results["winner"] = name
-            Path(args.out).write_text(json.dumps(results, indent=2))
             if args.env_out:
                 Path(args.env_out).write_text(
                     f"export DUET_WORKER_TRITON_SERVER_ARGS='{' '.join(flags)}'\n"
                     f"export DUET_WORKER_TRITON_HIDE_GPUS={str(hide).lower()}\n")
+        Path(args.out).write_text(json.dumps(results, indent=2))
+        if result["ok"]:
             break
     sys.exit(0 if results["winner"] else 1)
 

@@ -10,6 +10,7 @@ from tritonclient.grpc import model_config_pb2
 
 from pipeline_driver import write_config
 from worker.config import WorkerConfig
+from worker.triton_repo import TritonNotInstalled, check_numpy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE = dict(model_dir="/models/x", layer_start=2)
@@ -113,6 +114,15 @@ def test_triton_server_args_from_toml_list_or_env_string(tmp_path):
     config = WorkerConfig.from_toml(path, environ={
         "DUET_WORKER_TRITON_SERVER_ARGS": "--a=1  --b=2", "DUET_WORKER_TRITON_HIDE_GPUS": "true"})
     assert (config.triton_server_args, config.triton_hide_gpus) == (("--a=1", "--b=2"), True)
+
+
+def test_bundled_tritonserver_is_refused_with_numpy_2():
+    """Its stub would get garbage for every input (seen on the H200 host): say why at start."""
+    check_numpy("0.7.0", "1.26.4")
+    check_numpy("0.8.0", "2.5.2")  # a later bundle is given the benefit of the doubt
+    for pytriton in ("0.7.0", ""):  # "" = unpacked without metadata
+        with pytest.raises(TritonNotInstalled, match="numpy 2.5.2: install numpy<2"):
+            check_numpy(pytriton, "2.5.2")
 
 
 def test_cli_plaintext_on_the_network_is_one_line_and_exit_2(tmp_path):
