@@ -79,9 +79,6 @@ class WorkerConfig:
     triton_start_timeout_s: float = 120.0  # load a big checkpoint before giving up
     # Extra flags for the managed tritonserver, after duet's own (a later flag wins).
     triton_server_args: tuple[str, ...] = field(default=(), metadata={"parse": parse_args})
-    # Start the managed tritonserver with no GPU visible; the tail inside it still gets the
-    # worker's GPUs (its stub is started with them). See bench/gpu/pipeline.md.
-    triton_hide_gpus: bool = False
     run_dir: str = ""  # managed Triton's model repository and backend dir; empty = a temp dir
     idle_timeout_s: float = 300.0  # a sequence untouched this long is released
     # SIGTERM: the APIs are told to pause and close their streams once the steps already sent

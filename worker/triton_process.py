@@ -68,6 +68,7 @@ class ManagedTriton:
         env = self.install.environment(dict(os.environ))
         stub_env = None
         if self.hide_gpus:  # the server sees no GPU; its stub (the tail) gets ours back
+            #                 (a candidate cure bench/gpu/triton_cure.py tries)
             stub_env = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")}
             env["CUDA_VISIBLE_DEVICES"] = ""
         backends = self.install.assemble_backends(self.run_dir / "backends", stub_env)
@@ -77,10 +78,7 @@ class ManagedTriton:
             f"--grpc-port={self.grpc_port}", "--http-address=127.0.0.1",
             f"--http-port={self.http_port}", "--allow-metrics=false",
             "--model-control-mode=none", "--strict-readiness=true", "--exit-timeout-secs=5",
-            # The tail moves its tensors itself, so Triton needs no pinned staging pool. On the
-            # H200 host, where Triton makes one of 256 MiB, the stub read fill bytes instead
-            # of its inputs (bench/gpu/pipeline.md); whether this flag cures that is not yet
-            # measured there (on the CPU host it changes nothing).
+            # The tail moves its tensors itself: no 256 MiB pinned staging pool on GPU hosts.
             "--pinned-memory-pool-byte-size=0", *self.server_args,
         ]
         with open(self.log_path, "ab") as out:

@@ -83,6 +83,7 @@ def compare(test: list[dict], ref: list[dict]) -> dict:
     out = {"equal": equal, "of": min(len(test), len(ref)), "first_difference": first}
     if first is not None:
         top = ref[first]["top"]
+        out["ref_top1_logprob_at_first_difference"] = top[0][1]
         out["ref_top2_margin_at_first_difference"] = top[0][1] - top[1][1] if len(top) > 1 else None
         out["test_token_rank_in_ref_top2"] = next(
             (k for k, (b, _) in enumerate(top) if b == test[first]["bytes"]), None)

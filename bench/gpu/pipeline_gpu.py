@@ -6,9 +6,9 @@ pipeline_load.py) stream completions (32-token prompts, 128 output tokens, greed
 concurrency 1, 16 and 64, and one 2,000-token prompt for its time to first token. In the same
 run: the engine in one process (batch 1 and 64, CUDA graphs), then each run named: by default
 the `triton` executor and the `local` one, each with 1 micro-batch in flight (both stages share
-the one GPU: bench/gpu/pipeline.md). The managed tritonserver takes the worker's settings from
-the environment (DUET_WORKER_TRITON_SERVER_ARGS, DUET_WORKER_TRITON_HIDE_GPUS: what
-bench/gpu/triton_cure.py found to work on this host); the JSON records them. During each
+the one GPU: bench/gpu/pipeline.md). The worker takes extra tritonserver flags from the
+environment (DUET_WORKER_TRITON_SERVER_ARGS: what bench/gpu/triton_cure.py found to work on
+this host); the JSON records them. During each
 concurrency-64 level the master's and worker's counters and (with py-spy) their Python stacks
 say where the time goes (pipeline_probe.py). The checkpoint is the R1-Distill-Qwen-7B shape
 with seeded random weights, written as safetensors. Needs the API's packages (fastapi,
@@ -163,8 +163,7 @@ def main() -> None:
                "split": f"{SPLIT} | {SPLIT}",
                "prompt_tokens": load.PROMPT_TOKENS, "output_tokens": load.OUTPUT_TOKENS,
                "cpu_cores": os.cpu_count(), "runs": {},
-               "triton_server": {k: os.environ.get(f"DUET_WORKER_TRITON_{k.upper()}", "")
-                                 for k in ("server_args", "hide_gpus")}}
+               "triton_server_args": os.environ.get("DUET_WORKER_TRITON_SERVER_ARGS", "")}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         model = dry_checkpoint(Path(tmp)) if dry else write_checkpoint(Path(tmp) / "qwen7b")

@@ -206,9 +206,10 @@ def main() -> None:
         if result["ok"] and not results["winner"]:
             results["winner"] = name
             if args.env_out:
+                if hide:  # ManagedTriton can, the worker's settings cannot: none needed it yet
+                    print("the winner hides the GPUs: no worker setting does that", flush=True)
                 Path(args.env_out).write_text(
-                    f"export DUET_WORKER_TRITON_SERVER_ARGS='{' '.join(flags)}'\n"
-                    f"export DUET_WORKER_TRITON_HIDE_GPUS={str(hide).lower()}\n")
+                    f"export DUET_WORKER_TRITON_SERVER_ARGS='{' '.join(flags)}'\n")
         Path(args.out).write_text(json.dumps(results, indent=2))
         if result["ok"]:
             break

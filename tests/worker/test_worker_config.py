@@ -111,9 +111,8 @@ def test_triton_server_args_from_toml_list_or_env_string(tmp_path):
     path = tmp_path / "w.toml"
     path.write_text('model_dir = "/m"\nlayer_start = 3\ntriton_server_args = ["--log-verbose=1"]\n')
     assert WorkerConfig.from_toml(path, environ={}).triton_server_args == ("--log-verbose=1",)
-    config = WorkerConfig.from_toml(path, environ={
-        "DUET_WORKER_TRITON_SERVER_ARGS": "--a=1  --b=2", "DUET_WORKER_TRITON_HIDE_GPUS": "true"})
-    assert (config.triton_server_args, config.triton_hide_gpus) == (("--a=1", "--b=2"), True)
+    config = WorkerConfig.from_toml(path, environ={"DUET_WORKER_TRITON_SERVER_ARGS": "--a=1  --b=2"})
+    assert config.triton_server_args == ("--a=1", "--b=2")
 
 
 def test_bundled_tritonserver_is_refused_with_numpy_2():
