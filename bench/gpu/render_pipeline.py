@@ -86,7 +86,8 @@ def main() -> None:
     for name, title in (("triton_cure_numpy2.json", "With the machine's numpy 2.5.2"),
                         ("triton_cure.json", "With numpy 1.26.4 carried (the run above)")):
         if (HERE / name).exists():
-            lines += [f"{title} ({name}):", "", *cure_rows(json.loads((HERE / name).read_text())), ""]
+            cure = json.loads((HERE / name).read_text())
+            lines += [f"{title} ({name}):", "", *cure_rows(cure), ""]
     lines += ["## Python stacks at concurrency 64 (py-spy, 4 s)", "", *spy_rows(p), ""]
     notes = HERE / "pipeline_notes.md"
     tail = notes.read_text() if notes.exists() else ""

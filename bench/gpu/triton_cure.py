@@ -81,7 +81,8 @@ class TritonPythonModel:
         hidden = pb_utils.get_input_tensor_by_name(r, "HIDDEN").as_numpy().tobytes()
         text = (f"{len(step)} {hashlib.md5(step).hexdigest()} "
                 f"{len(hidden)} {hashlib.md5(hidden).hexdigest()} gpus={self.gpus} "
-                f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')} numpy={np.__version__}")
+                f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')} "
+                f"numpy={np.__version__}")
         as_bytes = pb_utils.get_input_tensor_by_name(r, "STEP").as_numpy().dtype == np.object_
         out = (np.array([text.encode()], dtype=np.object_) if as_bytes
                else np.frombuffer(text.encode(), dtype=np.uint8))
@@ -92,7 +93,8 @@ class TritonPythonModel:
 def shm_facts() -> dict:
     """What /dev/shm is, and a two-process coherence check of a file mapped from it."""
     run = lambda *cmd: subprocess.run(cmd, capture_output=True, text=True).stdout.strip()  # noqa
-    facts = {"df": run("df", "-h", "/dev/shm"), "fs_type": run("stat", "-f", "-c", "%T", "/dev/shm"),
+    facts = {"df": run("df", "-h", "/dev/shm"),
+             "fs_type": run("stat", "-f", "-c", "%T", "/dev/shm"),
              "mounts": [m for m in run("cat", "/proc/mounts").splitlines() if " / " in m
                         or "shm" in m]}
     path = Path("/dev/shm") / f"duet_cure_{os.getpid()}"
