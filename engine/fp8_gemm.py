@@ -93,14 +93,9 @@ def fp8_matmul(
 
     weight [G*parts, R, K] float8_e4m3fn, scale_inv [G*parts, ceil(R/128), ceil(K/128)] fp32;
     N = parts * R. Triton on CUDA; the same arithmetic in torch elsewhere (tests, CPU).
-    act None: `act_mode` of x's dtype. A dense product of a few bf16 rows takes the weight-only
-    GEMV (engine/wo_gemv.py), which does not quantize activations.
+    act None: `act_mode` of x's dtype.
     """
-    from engine import wo_gemv  # imports this module's QUANT_BLOCK
-
     act = act or act_mode(x.dtype)
-    if counts is None and parts == 1 and weight.shape[0] == 1 and wo_gemv.usable(x, weight[0]):
-        return wo_gemv.linear(x, weight[0], scale_inv[0])  # few rows: bf16 activations, exact
     if x.is_cuda and triton_available():
         from engine.fp8_kernels import fp8_gemm  # imports triton: GPU hosts only
 

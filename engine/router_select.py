@@ -3,8 +3,8 @@
 In torch the choice is ~14 small kernels (sigmoid, bias, two top-ks per group, group top-k,
 scatter, mask, expert top-k, gather, normalise, scale); in a batch-1 decode graph each costs
 a launch slot (~2 µs) while the work is 256 numbers a token. Here one program per token does it
-all in registers, and the router logits come from the weight-only GEMV (bf16 weight, fp32
-products and sums, as `F.linear(x.float(), w.float())`). Same rules as engine/models/moe.py's
+all in registers, and the router logits come from engine/gemv.py's GEMV, one launch a token
+(bf16 weight, fp32 products and sums, as `F.linear(x.float(), w.float())`). Same rules as engine/models/moe.py's
 Router: sigmoid scores; choice = scores + e_score_correction_bias; groups ranked by the sum of
 their two best choices; top-k experts of the best `topk_groups` groups; weights = the unbiased
 scores, optionally normalised, times routed_scaling_factor.
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from engine import wo_gemv
-from engine.wo_gemv import triton
+from engine import gemv, moe_gemv
+from engine.moe_gemv import triton
 
 if triton is not None:
     import triton.language as tl
@@ -24,21 +24,24 @@ def usable(x: torch.Tensor, router) -> bool:
     """A few bf16 tokens on CUDA through a noaux_tc router of power-of-two sizes."""
     s = router.spec
     per_group = s.num_experts // s.num_groups
-    return (s.method == "noaux_tc" and wo_gemv.usable(x, router.weight)
-            and all(v & (v - 1) == 0 for v in (s.num_experts, s.num_groups, per_group, s.top_k))
+    return (s.method == "noaux_tc" and moe_gemv.usable(x, router.weight)
+            and gemv.usable(x[:1], router.weight) and all(v & (v - 1) == 0 for v in (s.num_experts, s.num_groups, per_group, s.top_k))
             and per_group >= 2)
 
 
 def route(x: torch.Tensor, router) -> tuple[torch.Tensor, torch.Tensor]:
     """x [T, H] -> (weights [T, K] fp32, expert ids [T, K] long), as Router.forward."""
     s = router.spec
-    logits = wo_gemv.linear(x, router.weight, None, out_dtype=torch.float32)  # [T, E]
     t = x.shape[0]
+    logits = torch.empty(t, s.num_experts, dtype=torch.float32, device=x.device)
+    for i in range(t):  # fp32 products and sums of the bf16 values, as F.linear in fp32
+        gemv.launch(router.weight, x[i], None, logits[i])
     weights = torch.empty(t, s.top_k, dtype=torch.float32, device=x.device)
     ids = torch.empty(t, s.top_k, dtype=torch.int64, device=x.device)
     _noaux_tc_kernel[(t,)](logits, router.e_score_correction_bias, weights, ids,
                            s.routed_scaling_factor, E=s.num_experts, G=s.num_groups,
-                           TOPK_GROUPS=s.topk_groups, K=s.top_k, NORM=s.norm_topk_prob)
+                           TOPK_GROUPS=s.topk_groups, K=s.top_k, NORM=s.norm_topk_prob,
+                           num_warps=1)  # 256 scores: one warp, reductions by shuffles alone
     return weights, ids
 
 

@@ -1,12 +1,14 @@
-"""Where a batch-1 V3 MoE layer's time goes, and the small-M kernels against the MMA ones.
+"""Where a batch-1 V3 MoE layer's time goes, and the few-token expert paths against the sorted one.
 
-One V3 MoE layer (real dimensions, random FP8 checkpoint), native and dequantized: the layer and
-its MoE block as CUDA graphs at batch 1, 4, 16, 64 with the few-row GEMVs (engine/wo_gemv.py,
-engine/moe_gemv.py) on and off; a per-kernel profile of the batch-1 graph replay (device time
-per kernel and each weight's achieved bytes/s); each FP8 projection alone at M = 1 and 4 (MMA
-kernel vs GEMV tiles), as CUDA graphs of 10 calls. One JSON, written after each part.
+One V3 MoE layer (real dimensions, random FP8 checkpoint), native and/or dequantized: the layer
+and its MoE block as CUDA graphs at batch 1 and 4 with the few-token paths (engine/moe_gemv.py,
+engine/router_select.py) on and off; a per-kernel profile of the batch-1 graph replay (device
+time per kernel per step); the FP8 experts at batch 1 through the pairs-mode MMA kernel vs the
+streaming GEMV, as CUDA graphs of 10 calls, and both against their torch reference. One JSON,
+written after each part. (Its first run, runs/2026-12-02-probe-small-m.json, was made at commit
+676d39c, whose engine/wo_gemv.py held a 4-D-tile GEMV for dense FP8 projections too.)
 
-    python -m bench.fp8.probe_small_m --out probe.json [--dir /tmp/v3fp8]
+    python -m bench.fp8.probe_small_m --out probe.json [--dir /tmp/v3fp8] [--skip-write] [--modes native]
 """
 from __future__ import annotations
 
@@ -19,16 +21,15 @@ import torch
 
 from bench.fp8 import measure
 from bench.fp8.bench_fp8 import FIRST_MOE, V3_CONFIG, free, log
-from engine import moe_gemv, wo_gemv
+from engine import moe_gemv
 from engine.fp8_writer import write_fp8_checkpoint
 
-BATCHES = (1, 4)  # 16 and 64 take the unchanged MMA path (bench_fp8 measures them)
-TILES = ((4, 8, 4), (8, 4, 4), (2, 16, 4))  # (BLOCK_N, KSUB, warps) tried at M = 1
+BATCHES = (1, 4)  # 16 and 64 take the unchanged sorted path (bench_fp8 measures them)
 
 
 def set_small_m(on: bool) -> None:
-    """The few-row paths on (their committed limits) or off (every size takes the MMA kernels)."""
-    wo_gemv.MAX_ROWS, moe_gemv.MAX_TOKENS = (4, 4) if on else (0, 0)
+    """The few-token paths on (their committed limit) or off (every size sorts by expert)."""
+    moe_gemv.MAX_TOKENS = 4 if on else 0
 
 
 def kernel_profile(stage, batch: int, replays: int = 20) -> list[dict]:
@@ -59,43 +60,27 @@ def graph_us(fn, calls: int = 10) -> float:
     return 1e3 * measure.graph_ms(lambda: [fn() for _ in range(calls)]) / calls
 
 
-def projections(stage) -> list[dict]:
-    """Each FP8 projection of the layer at M = 1 and 4: MMA kernel vs GEMV tiles, GB/s."""
-    from engine.fp8_kernels import fp8_gemm
-
-    attn = stage.model.model.layers[str(stage.layer_start)].self_attn
-    out = []
-    for name in ("q_a_proj", "kv_a_proj_with_mqa", "q_b_proj", "o_proj"):
-        lin = getattr(attn, name)
-        w, s = lin.weight, lin.weight_scale_inv
-        nbytes = w.numel()
-        for m in (1, 4):
-            x = torch.randn(m, w.shape[1], device="cuda").bfloat16()
-            row = {"name": name, "shape": list(w.shape), "m": m, "bytes": nbytes}
-            row["mma_us"] = graph_us(lambda: fp8_gemm(x, w[None], s[None], None, 1, 2))
-            for tile in TILES if m == 1 else TILES[:1]:
-                row[f"gemv_{tile}_us"] = graph_us(lambda: wo_gemv.linear(x, w, s, tile))
-            row["gemv_rel_err"] = measure.rel(wo_gemv.linear(x, w, s), wo_gemv.reference_linear(x, w, s))
-            out.append(row)
-            log(row)
-    return out
-
-
 def moe_check(stage, tokens: int) -> dict:
-    """The grouped GEMV against its torch reference on the layer's own experts."""
+    """The few-token experts (pairs-mode MMA, and the streaming GEMV for FP8 stacks) against
+    their torch reference and the sorted path, on the layer's own experts and routing."""
     layer = stage.model.model.layers[str(stage.layer_start)]
     ex = layer.mlp.experts
     x = measure.hidden_states(tokens, 9, stage.config.hidden_size)
+    out = {"tokens": tokens}
     with torch.inference_mode():
         weights, ids = layer.mlp.gate(x)
         args = (x, weights, ids, ex.gate_up_proj, getattr(ex, "gate_up_proj_scale_inv", None),
                 ex.down_proj, getattr(ex, "down_proj_scale_inv", None), ex.num_experts)
-        got = moe_gemv.experts(*args)
         want = moe_gemv.reference_experts(*args)
         set_small_m(False)
-        mma = ex(x, weights, ids)
+        out["sorted_vs_reference"] = measure.rel(ex(x, weights, ids), want)
         set_small_m(True)
-    return {"tokens": tokens, "vs_reference": measure.rel(got, want), "vs_mma": measure.rel(got, mma)}
+        kernels = ("mma", "gemv") if ex.fp8 else ("gemv",)
+        for kernel in kernels:
+            fn = lambda: moe_gemv.experts(*args, fp8_kernel=kernel)  # noqa: E731
+            out[f"{kernel}_vs_reference"] = measure.rel(fn(), want)
+            out[f"{kernel}_us"] = graph_us(fn)
+    return out
 
 
 def run_mode(folder: Path, mode: str, results: dict, save) -> None:
@@ -115,8 +100,6 @@ def run_mode(folder: Path, mode: str, results: dict, save) -> None:
     set_small_m(True)
     r["moe_check"] = [moe_check(stage, t) for t in (1, 4)]
     log(mode, r["moe_check"])
-    if mode == "native":
-        r["projections"] = projections(stage)
     save()
     del stage
     free()
@@ -126,16 +109,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True)
     parser.add_argument("--dir", default="/tmp/v3fp8")
+    parser.add_argument("--skip-write", action="store_true", help="the checkpoint is in --dir already")
+    parser.add_argument("--modes", nargs="+", default=["native", "dequantize"])
     args = parser.parse_args()
     results = {"date": time.strftime("%Y-%m-%d %H:%M"), "device": torch.cuda.get_device_name(),
                "torch": torch.__version__}
     save = lambda: Path(args.out).write_text(json.dumps(results, indent=1, default=str))  # noqa: E731
     results["copy_bytes_per_s"] = measure.copy_rate()
     folder = Path(args.dir) / "v3"
-    write_fp8_checkpoint(json.loads(V3_CONFIG.read_text()), folder, FIRST_MOE, FIRST_MOE + 1,
-                         device="cuda")
-    log("written")
-    for mode in ("native", "dequantize"):
+    if not args.skip_write:
+        write_fp8_checkpoint(json.loads(V3_CONFIG.read_text()), folder, FIRST_MOE, FIRST_MOE + 1,
+                             device="cuda")
+        log("written")
+    for mode in args.modes:
         try:
             run_mode(folder, mode, results, save)
         except Exception as e:  # noqa: BLE001 - recorded; the other mode still runs

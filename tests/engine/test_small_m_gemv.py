@@ -1,16 +1,15 @@
-"""The few-row decode paths (engine/wo_gemv.py, moe_gemv.py, router_select.py): which shapes
-take them, and their arithmetic through the torch references the GPU tests hold the kernels to
+"""The few-token expert paths (engine/moe_gemv.py, router_select.py): which batches take them,
+and their arithmetic through the torch reference the GPU tests hold the kernels to
 (tests/engine/test_fp8_native_cuda.py). On the CPU the kernels never run; a test stands the
-reference in for the kernel to check that the model passes them the right tensors.
+reference in for them to check that the model hands them the right tensors.
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
-from engine import moe_gemv, wo_gemv
+from engine import moe_gemv
 from engine.fp8 import dequantize_block_fp8, quantize_block_fp8
-from engine.fp8_gemm import fp8_matmul
 from engine.models.moe import Experts, MoESpec
 
 SPEC = MoESpec(hidden_size=256, num_experts=6, top_k=2, expert_intermediate_size=160,
@@ -22,27 +21,14 @@ def fp8_stack(parts: int, n: int, k: int, gen: torch.Generator):
     return torch.stack([q for q, _ in pairs]), torch.stack([s for _, s in pairs])
 
 
-def test_few_rows_take_the_gemv_and_more_take_the_mma_kernels():
+def test_few_tokens_take_the_pairs_path_and_more_sort_by_expert():
     fp8, bf16 = torch.float8_e4m3fn, torch.bfloat16
-    assert [wo_gemv.fits(m, bf16, fp8) for m in (0, 1, 4, 5, 64)] == [False, True, True, False, False]
-    assert [moe_gemv.fits(t, bf16, fp8) for t in (1, 4, 5)] == [True, True, False]
-    assert wo_gemv.fits(1, bf16, bf16) and moe_gemv.fits(1, bf16, bf16)
-    # fp32 activations multiply exactly in the MMA kernel's "wide" mode: they stay there
-    assert not wo_gemv.fits(1, torch.float32, fp8) and not moe_gemv.fits(1, torch.float32, fp8)
-    assert not wo_gemv.fits(1, bf16, torch.float16)
+    assert [moe_gemv.fits(t, bf16, fp8) for t in (0, 1, 4, 5, 64)] == [False, True, True, False, False]
+    assert moe_gemv.fits(1, bf16, bf16) and moe_gemv.fits(2, torch.float16, torch.float16)
+    # fp32 activations multiply exactly in the MMA kernel's "wide" mode: they keep the sorted path
+    assert not moe_gemv.fits(1, torch.float32, fp8) and not moe_gemv.fits(1, bf16, torch.float16)
     x = torch.randn(1, 256).bfloat16()  # CPU tensors never take the Triton paths
-    assert not wo_gemv.usable(x, torch.empty(8, 256, dtype=fp8))
-
-
-def test_gemv_reference_is_the_dequantized_product_on_partial_blocks():
-    gen = torch.Generator().manual_seed(0)
-    q, s = fp8_stack(1, 200, 300, gen)  # 2 x 3 scale blocks, the last ones partial
-    x = torch.randn(3, 300, generator=gen)
-    want = x @ dequantize_block_fp8(q[0], s[0]).T
-    torch.testing.assert_close(wo_gemv.reference_linear(x, q[0], s[0]), want, rtol=1e-5, atol=1e-5)
-    w = torch.randn(50, 300, generator=gen).bfloat16()  # unscaled bf16 weights (the router's)
-    torch.testing.assert_close(wo_gemv.reference_linear(x.bfloat16(), w, None),
-                               (x.bfloat16().float() @ w.float().T).bfloat16())
+    assert not moe_gemv.usable(x, torch.empty(8, 16, 256, dtype=fp8))
 
 
 @pytest.mark.parametrize("fp8", [True, False])
@@ -70,17 +56,10 @@ def test_grouped_gemv_reference_equals_the_grouped_gemm_path(fp8):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_batch1_experts_and_linears_hand_the_kernels_their_tensors(monkeypatch):
-    """With the kernels standing in as their references, a batch-1 FP8 product and expert sum
-    give what the MMA path gives: the right weights, scales, shared slot and routing weights."""
+def test_batch1_experts_hand_the_kernels_their_tensors(monkeypatch):
+    """With the kernels standing in as their reference, a batch-1 FP8 expert sum gives what the
+    sorted path gives: the right stacks, scales, shared slot and routing weights."""
     gen = torch.Generator().manual_seed(2)
-    q, s = fp8_stack(1, 96, 256, gen)
-    x = torch.randn(1, 256, generator=gen)
-    want = fp8_matmul(x, q, s)
-    monkeypatch.setattr(wo_gemv, "usable", lambda x, w: True)
-    monkeypatch.setattr(wo_gemv, "linear", lambda x, w, scale: wo_gemv.reference_linear(x, w, scale))
-    torch.testing.assert_close(fp8_matmul(x, q, s), want, rtol=1e-5, atol=1e-5)
-
     experts = Experts(SPEC)
     experts.use_fp8()
     slots, i, h = experts.num_slots, SPEC.expert_intermediate_size, SPEC.hidden_size
