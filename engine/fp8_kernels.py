@@ -9,7 +9,9 @@
   W tile [BLOCK_N, 128] x x^T [128, BLOCK_M], so the weight fills the MMA's 64-row side and a
   few rows of activations its narrow side (BLOCK_M = 16 at batch 1, not 16 rows of padding in a
   64-row wgmma). SPLIT programs share one tile's 128-channel steps when the tiles alone would
-  leave SMs idle (o_proj, kv_a, q_a at batch 1); their fp32 partials are summed afterwards.
+  leave SMs idle (o_proj, kv_a, q_a at batch 1); `_split_sum` adds their fp32 partials.
+  Pairs mode (PAIR_KP > 0, engine/moe_gemv.py): tile p is one (token, expert choice) pair,
+  its expert read from the router's ids on the device (no sorting, no block table).
 Tile widths, warps and pipeline depth are autotuned per shape on first use (a CUDA-graph
 capture must come after a warm-up call, as every capture does); BLOCK_M and SPLIT come from
 host-side shapes only, so the grid never depends on device values. Compiling is the cost of
@@ -88,7 +90,7 @@ def fp8_gemm(x, weight, scale_inv, counts, parts: int, terms: int) -> torch.Tens
     args = (a, a_scale, weight, scale_inv)
     shape = dict(PARTS=parts, DENSE=counts is None, TERMS=terms, BLOCK_M=bm, BLOCK_K=QUANT_BLOCK)
     if terms and bm <= 64:
-        return _small_m(args, out, table, (s, n, k, r, scale_inv.shape[1], kb), active,
+        return small_m(args, out, table, (s, n, k, r, scale_inv.shape[1], kb), active,
                         (table.stride(0), 0, 0, s), dict(shape, PAIR_KP=0, IN_DIV=1))
     kernel = _gemm_large if bm > 32 or terms else _gemm_wide_small
     grid = lambda meta: (num_m, triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
@@ -96,29 +98,7 @@ def fp8_gemm(x, weight, scale_inv, counts, parts: int, terms: int) -> torch.Tens
     return out
 
 
-def fp8_gemm_pairs(x, weight, scale_inv, ids, shared: int | None, parts: int, per_token: bool,
-                   terms: int = 2) -> torch.Tensor:
-    """Each (token, choice) pair of ids [T, C] (+ the shared slot `shared` as choice C) times its
-    expert's weights: -> [T * KP, parts * R], row p for token p // KP, choice p % KP. x is [T, K]
-    (per_token: every pair of a token reads its row) or [T * KP, K] (one row per pair). One
-    16-row tile per pair, its group read from ids on the device: no sorting, no block table."""
-    x = x.contiguous()
-    t, c = ids.shape
-    kp = c + (shared is not None)
-    pairs = t * kp
-    _, r, k = weight.shape
-    n = parts * r
-    out = x.new_empty(pairs, n)
-    a, a_scale = act_quant(x, terms)
-    kb = scale_inv.shape[2]
-    shape = dict(PARTS=parts, DENSE=False, TERMS=terms, BLOCK_M=16, BLOCK_K=QUANT_BLOCK,
-                 PAIR_KP=kp, IN_DIV=kp if per_token else 1)
-    return _small_m((a, a_scale, weight, scale_inv), out, ids.contiguous(),
-                    (pairs, n, k, r, scale_inv.shape[1], kb), pairs,
-                    (c, c, -1 if shared is None else shared, x.shape[0]), shape)
-
-
-def _small_m(args, out, table, dims, active: int, extra, shape) -> torch.Tensor:
+def small_m(args, out, table, dims, active: int, extra, shape) -> torch.Tensor:
     """The swapped small-M kernel over dims (S, N, K, R, RB, KB); split K when short of
     programs; extra = (table stride, choices per token, shared slot, activation rows)."""
     s, n, k, r, rb, kb = dims

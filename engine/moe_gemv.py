@@ -73,7 +73,6 @@ def experts(x, weights, ids, gate_up, gate_up_scale, down, down_scale, shared_sl
 
 def _fp8_pairs(x, weights, ids, gate_up, gate_up_scale, down, down_scale, shared_slot):
     from engine import fused
-    from engine.fp8_kernels import fp8_gemm_pairs
 
     t, k = ids.shape
     inter = down.shape[2]
@@ -83,6 +82,30 @@ def _fp8_pairs(x, weights, ids, gate_up, gate_up_scale, down, down_scale, shared
     if shared_slot is not None:  # the shared expert: one more choice of weight 1
         weights = F.pad(weights, (0, 1), value=1.0)
     return torch.bmm(weights.to(x.dtype)[:, None, :], y.view(t, weights.shape[1], -1))[:, 0]
+
+
+def fp8_gemm_pairs(x, weight, scale_inv, ids, shared: int | None, parts: int, per_token: bool,
+                   terms: int = 2) -> torch.Tensor:
+    """Each (token, choice) pair of ids [T, C] (+ the shared slot `shared` as choice C) times its
+    expert's weights: -> [T * KP, parts * R], row p for token p // KP, choice p % KP. x is [T, K]
+    (per_token: every pair of a token reads its row) or [T * KP, K] (one row per pair). One
+    16-row tile per pair, its group read from ids on the device: no sorting, no block table."""
+    from engine.fp8_kernels import act_quant, small_m  # imports triton: GPU hosts only
+
+    x = x.contiguous()
+    t, c = ids.shape
+    kp = c + (shared is not None)
+    pairs = t * kp
+    _, r, k = weight.shape
+    n = parts * r
+    out = x.new_empty(pairs, n)
+    a, a_scale = act_quant(x, terms)
+    kb = scale_inv.shape[2]
+    shape = dict(PARTS=parts, DENSE=False, TERMS=terms, BLOCK_M=16, BLOCK_K=QUANT_BLOCK,
+                 PAIR_KP=kp, IN_DIV=kp if per_token else 1)
+    return small_m((a, a_scale, weight, scale_inv), out, ids.contiguous(),
+                    (pairs, n, k, r, scale_inv.shape[1], kb), pairs,
+                    (c, c, -1 if shared is None else shared, x.shape[0]), shape)
 
 
 def _dequantized(w: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
