@@ -1,7 +1,8 @@
 """Which managed-tritonserver setting lets the Python-backend stub read its inputs on this host.
 
-On the H200 host the stub read fill bytes instead of every BYTES input, so each call killed it
-(bench/gpu/pipeline.md); the same files work on the CPU host. This tries candidate cures in
+On the H200 host the stub read fill bytes instead of every BYTES input, so each call killed it;
+the same files work on the CPU host (found: numpy 2 in the stub's environment, bench/gpu/
+pipeline.md). This tries candidate cures in
 order: Python-backend models echo the length and MD5 of a step input (7,207 bytes as a decode
 step's message; 40; 500,000) and of a UINT8 input (7,168 bytes, one bf16 hidden row), and say
 how many GPUs torch sees inside the stub (the tail needs them, also when the server is started
