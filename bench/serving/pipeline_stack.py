@@ -1,5 +1,13 @@
 """The processes and the baseline of the serving benchmark: checkpoint, in-process engine, a
-worker and a master on loopback."""
+worker and a master on loopback.
+
+The checkpoint has 8,000 embedding rows (a full 151,936-row LM head would cost more than its 8
+layers and make the bench a measure of the LM head). The Qwen tokenizer as shipped has its
+special tokens (151,643..151,645) and most text ids past those rows: chat requests were
+refused and end-of-text could never be produced. write_checkpoint cuts the tokenizer to the
+vocabulary: every id the model can produce decodes, every text encodes to ids it can embed
+(the 256 byte-level symbols are ids 0..255), and the special tokens take the last rows.
+"""
 from __future__ import annotations
 
 import json
@@ -26,13 +34,64 @@ DTYPE = "bfloat16"  # as checkpoints ship; on this CPU (avx512_bf16) batches run
 
 
 def write_checkpoint(out: Path) -> Path:
+    """Random weights of SHAPE, and the Qwen tokenizer cut to its vocabulary (its special
+    tokens and their ids in config.json and generation_config.json moved with it)."""
     raw = {**tiny_config("qwen2", LAYERS), **SHAPE}
     out.mkdir(parents=True, exist_ok=True)
-    write_shards(random_tensors(ModelConfig.from_dict(raw), seed=0), out, LAYERS)
-    (out / "config.json").write_text(json.dumps(raw, indent=2))
-    (out / "generation_config.json").write_text(json.dumps(generation_config(raw), indent=2))
     copy_tokenizer("qwen_tokenizer", out)
+    remap = trim_tokenizer(out, SHAPE["vocab_size"])
+    tensors = random_tensors(ModelConfig.from_dict(raw), seed=0)
+    # The special tokens' LM-head rows are zero: a logit of 0 all but never tops the best of
+    # 8,000 random ones, so every greedy request runs to max_tokens (what the bench times),
+    # as a model that has not finished its answer would.
+    tensors["lm_head.weight"][min(remap.values()):] = 0
+    write_shards(tensors, out, LAYERS)
+    raw["bos_token_id"], raw["eos_token_id"] = remap[raw["bos_token_id"]], remap[raw["eos_token_id"]]
+    generation = generation_config(raw)
+    generation["eos_token_id"] = [remap.get(i, i) for i in [151645, 151643]]  # <|im_end|>, eot
+    (out / "config.json").write_text(json.dumps(raw, indent=2))
+    (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
     return out
+
+
+def trim_tokenizer(folder: Path, vocab_size: int) -> dict[int, int]:
+    """Rewrite the tokenizer files in `folder` (as engine.tiny_model.copy_tokenizer wrote them)
+    for `vocab_size` ids; returns old -> new id of each special token."""
+    data = json.loads((folder / "tokenizer.json").read_text())
+    specials = data["added_tokens"]
+    base = vocab_size - len(specials)  # BPE ids below this stay, specials follow
+    model = data["model"]
+    vocab = {token: i for token, i in model["vocab"].items() if i < base}
+    model["vocab"] = vocab
+    model["merges"] = [m for m in model["merges"] if _merge_within(m, vocab)]
+    remap = {}
+    for i, token in enumerate(specials):
+        remap[token["id"]], token["id"] = base + i, base + i
+    _write(folder / "tokenizer.json", data)
+    _write(folder / "vocab.json", vocab)
+    (folder / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(" ".join(_pair(m)) + "\n" for m in model["merges"]))
+    added = json.loads((folder / "added_tokens.json").read_text())
+    _write(folder / "added_tokens.json", {text: remap[i] for text, i in added.items()})
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["added_tokens_decoder"] = {str(remap[int(i)]): token for i, token
+                                      in config["added_tokens_decoder"].items()}
+    _write(folder / "tokenizer_config.json", config)
+    return remap
+
+
+def _pair(merge) -> list[str]:
+    """A merge as tokenizer.json writes it: "a b" (older files) or ["a", "b"]."""
+    return merge.split(" ") if isinstance(merge, str) else list(merge)
+
+
+def _merge_within(merge, vocab: dict[str, int]) -> bool:
+    a, b = _pair(merge)
+    return a in vocab and b in vocab and a + b in vocab
+
+
+def _write(path: Path, data) -> None:
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 
 def prompt(i: int) -> list[int]:

@@ -9,8 +9,8 @@ and writes bench/serving/results.md with the ratios against the issue's targets:
 
 The checkpoint is qwen2-shaped with random weights (hidden 1024, 8 layers, 8k vocabulary:
 107 M parameters, 215 MB in bf16 on disk and in memory), big enough that compute, not
-Python, dominates a step. Its vocabulary is cut below the tokenizer's end-of-text id, so
-every request runs to max_tokens. The c1 comparison alternates in-process and pipeline
+Python, dominates a step. Its tokenizer is cut to those 8k ids (pipeline_stack.py), and the
+special tokens' LM-head rows are zero, so every greedy request runs to max_tokens. The c1 comparison alternates in-process and pipeline
 requests, so both see the same machine load.
 
     python bench/serving/serve_bench.py [--out bench/serving/results.md]
