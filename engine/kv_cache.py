@@ -115,6 +115,9 @@ class KVCache:
     # --- allocation -----------------------------------------------------------------------
     def reserve(self, seq_id: str, end_pos: int) -> None:
         """Grow a sequence's blocks to hold positions [0, end_pos); KVCacheFull changes nothing."""
+        table = self._tables.get(seq_id)
+        if table is not None and len(table) * self.block_size >= end_pos:
+            return  # most decode steps: the last block has room
         self.reserve_all([(seq_id, end_pos)])
 
     def reserve_all(self, wants: Iterable[tuple[str, int]]) -> None:
