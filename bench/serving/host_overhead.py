@@ -26,15 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from bench.gpu.pipeline_probe import breakdown, scrape, summarize
 from bench.serving.pipeline_stack import Stack
-from engine.batch import SeqChunk, StepBatch
 from engine.config import ModelConfig
-from engine.sampler import SamplerState, sample
-from engine.sampling_params import SamplingParams
-from engine.stage import Stage
 from engine.tiny_configs import TOKENIZER_PACKAGE, generation_config, tiny_config
 from engine.tiny_model import copy_tokenizer, random_tensors, write_shards
 from runtime.children import free_port
@@ -165,24 +159,13 @@ def level(stack: TreeStack, model: str, users: int, rounds: int, max_tokens: int
     return out
 
 
-def tail_forward_ms(model: Path, batch: int, steps: int = 50) -> float:
-    """The tail's decode forward + LM head + greedy sample at `batch` sequences, in-process:
-    what a worker step costs without any of its host work around the engine."""
-    torch.set_num_threads(1)
-    stage = Stage.load(str(model), SPLIT, LAYERS, dtype="float32", kv_cache_bytes=2**26)
-    hidden_size = stage.config.hidden_size
-    seqs = [f"s{i}" for i in range(batch)]
-    states = [SamplerState.create(SamplingParams(temperature=0)) for _ in seqs]
-    chunks = tuple(SeqChunk(s, 0, PROMPT_TOKENS) for s in seqs)
-    stage.forward(StepBatch(chunks), torch.randn(batch * PROMPT_TOKENS, hidden_size))
-    times = []
-    for pos in range(PROMPT_TOKENS, PROMPT_TOKENS + steps):
-        start = time.process_time()
-        out = stage.forward(StepBatch(tuple(SeqChunk(s, pos, 1) for s in seqs)),
-                            torch.randn(batch, hidden_size))
-        sample(stage.compute_logits(out), states)
-        times.append(time.process_time() - start)
-    return statistics.median(times) * 1e3
+def engine_split(model: Path, tree: Path, repeats: int) -> dict:
+    """tail_split.py on `tree`'s code, `repeats` times: medians of each figure."""
+    script = Path(__file__).with_name("tail_split.py")
+    runs = [json.loads(subprocess.run(
+        [sys.executable, str(script), str(model), str(SPLIT)], check=True, capture_output=True,
+        text=True, env={**os.environ, "PYTHONPATH": str(tree)}).stdout) for _ in range(repeats)]
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
 def measure(trees: list[Path], model: Path, tmp: Path, args) -> dict:
@@ -235,9 +218,14 @@ def main() -> None:
                                 f"{LAYERS - SPLIT}, vocab {VOCAB}, float32, 1 torch thread",
                   "load": f"{args.users} streams x {args.rounds}, {PROMPT_TOKENS}-token prompts, "
                           f"{args.tokens} tokens, greedy, {args.inflight} in flight",
-                  "tail_forward_ms_b64": tail_forward_ms(model, 64)}
+                  "in_process": {str(t): engine_split(model, t, args.repeats) for t in trees}}
         result["runs"] = measure(trees, model, Path(tmp), args)
     result["median"] = medians(result["runs"])
+    for name, m in result["median"].items():  # the host work: CPU per step minus the engine
+        split = result["in_process"][name]
+        m["master_host_ms"] = m["master_cpu_ms"] - split["head_forward_ms"]
+        m["worker_host_ms"] = m["worker_cpu_ms"] - split["engine_ms"]  # gRPC included
+        m["tail_runner_host_ms"] = split["worker_host_ms"]  # TailRunner.step alone
     print(json.dumps(result["median"], indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
