@@ -93,7 +93,9 @@ class TailRunner:
         buffer from Triton), else they are request.hidden.data."""
         start_s = time.perf_counter()
         data = request.hidden.data if hidden_data is None else hidden_data
-        results = [pb.SeqResult(seq_id=s.seq_id) for s in request.seqs]
+        reply = pb.StepReply(step_id=request.step_id)
+        add = reply.results.add  # filled in place: a list passed in would be copied
+        results = [add(seq_id=s.seq_id) for s in request.seqs]
         in_step = {s.seq_id for s in request.seqs}
         released_now = [i for i in request.release if i not in in_step]
         self.table.apply_cache_ops(stream, request, released_now)
@@ -112,7 +114,7 @@ class TailRunner:
                 self._run(stream, request, hidden, results)
         for seq_id in in_step.intersection(request.release):
             self.table.release(stream, seq_id, "released")
-        return self._reply(request.step_id, results, time.perf_counter() - start_s)
+        return self._counters(reply, time.perf_counter() - start_s)
 
     def _check_layout(self, request: pb.StepRequest, nbytes: int) -> None:
         """Message-level checks: without them no row of `hidden` can be attributed."""
@@ -202,11 +204,12 @@ class TailRunner:
                                       f"released after {self.idle_timeout_s:g} s idle"
                                       ) + self.table.expire_orphans()
 
-    def _reply(self, step_id: int, results, compute_s: float) -> pb.StepReply:
+    def _counters(self, reply: pb.StepReply, compute_s: float) -> pb.StepReply:
         kv = self.stage.kv
-        return pb.StepReply(step_id=step_id, results=results, kv_used_tokens=kv.used_tokens,
-                            kv_capacity_tokens=kv.capacity_tokens, worker_compute_s=compute_s)
+        reply.kv_used_tokens, reply.kv_capacity_tokens = kv.used_tokens, kv.capacity_tokens
+        reply.worker_compute_s = compute_s
+        return reply
 
     def status(self) -> pb.StepReply:
         """A reply with no results: the KV counters, for lifecycle calls."""
-        return self._reply(0, [], 0.0)
+        return self._counters(pb.StepReply(), 0.0)
