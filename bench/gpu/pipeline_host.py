@@ -1,9 +1,10 @@
-"""The host-work changes (bench/serving/host_overhead.md) on the GPU: the two-stage pipeline of
+"""The host-work changes (bench/gpu/host_overhead.md) on the GPU: the two-stage pipeline of
 pipeline_gpu.py (7B shape, 14 | 14 on one GPU, `local` executor, 1 micro-batch in flight,
-concurrency 1, 16 and 64 through the API), once from a base source tree and once from this
-one, in the same run, so the ratios hold on the same machine.
+concurrency 1, 16 and 64 through the API) run from several source trees in the same run (a
+base, this checkout, variants with one change taken out), so the ratios hold on one machine.
 
-    python -m bench.gpu.pipeline_host --base ../base --out pipeline_host.json [--dry-run]
+    python -m bench.gpu.pipeline_host --trees base=../base,this=. --out pipeline_host.json
+        [--concurrency 64] [--dry-run]
 """
 from __future__ import annotations
 
@@ -45,8 +46,9 @@ def run_tree(tmp: Path, model: Path, tree: Path | None, levels, **where) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", required=True, help="the source tree to compare against")
+    parser.add_argument("--trees", required=True, help="name=path,...; '.' is this checkout")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--concurrency", default="", help="only these levels, e.g. 64")
     parser.add_argument("--dry-run", action="store_true", help="small checkpoint, this CPU")
     args = parser.parse_args()
     dry = gpu.DRY if args.dry_run else None
@@ -55,14 +57,19 @@ def main() -> None:
                "split": f"{gpu.SPLIT} | {gpu.SPLIT}", "executor": "local",
                "max_inflight_batches": 1, "prompt_tokens": load.PROMPT_TOKENS,
                "output_tokens": load.OUTPUT_TOKENS, "cpu_cores": os.cpu_count(), "runs": {}}
+    levels = gpu.LEVELS if not dry else dry["levels"][:1]
+    if args.concurrency:
+        wanted = {int(c) for c in args.concurrency.split(",")}
+        levels = tuple(lv for lv in levels if lv[0] in wanted)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         model = (gpu.dry_checkpoint(Path(tmp)) if dry
                  else gpu.write_checkpoint(Path(tmp) / "qwen7b"))
         results["checkpoint_write_s"] = time.perf_counter() - t0
         where = {k: dry[k] for k in ("device", "dtype", "split")} if dry else {}
-        levels = dry["levels"][:1] if dry else gpu.LEVELS
-        for name, tree in (("base", Path(args.base).resolve()), ("this", None)):
+        for item in args.trees.split(","):
+            name, _, path = item.partition("=")
+            tree = None if path in ("", ".") else Path(path).resolve()
             results["runs"][name] = run_tree(Path(tmp), model, tree, levels, **where)
             results["runs"][name]["tree"] = str(tree or Path.cwd())
             Path(args.out).write_text(json.dumps(results, indent=2))
