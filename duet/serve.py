@@ -42,6 +42,9 @@ def register(subparsers) -> None:
                    help="layers the master runs, k (default: half of them)")
     p.add_argument("--device", default="", help="torch device (default cuda if present, else cpu)")
     p.add_argument("--dtype", default="", help="default bfloat16 on cuda, float32 on cpu")
+    p.add_argument("--fp8", choices=("native", "dequantize"), default="native",
+                   help="FP8 checkpoints: keep e4m3 weights on GPUs that can (default), or "
+                   "dequantize them to --dtype at load")
     p.add_argument("--kv-cache-bytes", type=int, default=256 * 2**20,
                    help="KV cache of each stage in bytes (default 256 MiB)")
     p.add_argument("--torch-threads", type=int, default=-1,
@@ -96,7 +99,7 @@ def start_worker(run_dir: Path, model_dir: Path, k: int, port: int, args) -> sub
     fields = dict(model_dir=str(model_dir), layer_start=k, dtype=args.dtype, device=args.device,
                   kv_cache_bytes=args.kv_cache_bytes, listen=f"127.0.0.1:{port}",
                   executor=args.executor, run_dir=str(run_dir / "triton"),
-                  torch_threads=args.threads)
+                  torch_threads=args.threads, fp8=args.fp8)
     toml.write_text("".join(f"{key} = {_toml(value)}\n" for key, value in fields.items()))
     return subprocess.Popen([sys.executable, "-m", "duet.cli", "worker", "--config", str(toml)],
                             start_new_session=True, preexec_fn=die_with_parent)
@@ -156,7 +159,7 @@ async def _serve(args: argparse.Namespace) -> int:
           f"on {args.executor}, {args.device} {args.dtype}", flush=True)
     config = load_master_config(
         model_dir=str(model_dir.resolve()), host=args.host, port=args.port, head_layer_end=k,
-        dtype=args.dtype, device=args.device, kv_cache_bytes=args.kv_cache_bytes,
+        dtype=args.dtype, device=args.device, fp8=args.fp8, kv_cache_bytes=args.kv_cache_bytes,
         worker_address=f"127.0.0.1:{free_port()}", reconnect_max_s=1.0,
         torch_threads=args.threads)
     stop = asyncio.Event()

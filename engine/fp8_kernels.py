@@ -9,7 +9,9 @@
   W tile [BLOCK_N, 128] x x^T [128, BLOCK_M], so the weight fills the MMA's 64-row side and a
   few rows of activations its narrow side (BLOCK_M = 16 at batch 1, not 16 rows of padding in a
   64-row wgmma). SPLIT programs share one tile's 128-channel steps when the tiles alone would
-  leave SMs idle (o_proj, kv_a, q_a at batch 1); their fp32 partials are summed afterwards.
+  leave SMs idle (o_proj, kv_a, q_a at batch 1); `_split_sum` adds their fp32 partials.
+  Pairs mode (PAIR_KP > 0, engine/moe_gemv.py): tile p is one (token, expert choice) pair,
+  its expert read from the router's ids on the device (no sorting, no block table).
 Tile widths, warps and pipeline depth are autotuned per shape on first use (a CUDA-graph
 capture must come after a warm-up call, as every capture does); BLOCK_M and SPLIT come from
 host-side shapes only, so the grid never depends on device values. Compiling is the cost of
@@ -88,15 +90,27 @@ def fp8_gemm(x, weight, scale_inv, counts, parts: int, terms: int) -> torch.Tens
     args = (a, a_scale, weight, scale_inv)
     shape = dict(PARTS=parts, DENSE=counts is None, TERMS=terms, BLOCK_M=bm, BLOCK_K=QUANT_BLOCK)
     if terms and bm <= 64:
-        split = split_k(active, n, kb)
-        dst = out if split == 1 else torch.empty(split, s, n, dtype=torch.float32, device=x.device)
-        grid = lambda meta: (num_m, triton.cdiv(n, meta["BLOCK_N"]), split)  # noqa: E731
-        _gemv[grid](*args, dst, table, s, n, k, r, scale_inv.shape[1], kb, kb // split,
-                    n * s, table.stride(0), SPLIT=split, **shape)
-        return out if split == 1 else out.copy_(dst.sum(0))
+        return small_m(args, out, table, (s, n, k, r, scale_inv.shape[1], kb), active,
+                        (table.stride(0), 0, 0, s), dict(shape, PAIR_KP=0, IN_DIV=1))
     kernel = _gemm_large if bm > 32 or terms else _gemm_wide_small
     grid = lambda meta: (num_m, triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
     kernel[grid](*args, out, table, s, n, k, r, scale_inv.shape[1], kb, table.stride(0), **shape)
+    return out
+
+
+def small_m(args, out, table, dims, active: int, extra, shape) -> torch.Tensor:
+    """The swapped small-M kernel over dims (S, N, K, R, RB, KB); split K when short of
+    programs; extra = (table stride, choices per token, shared slot, activation rows)."""
+    s, n, k, r, rb, kb = dims
+    split = split_k(active, n, kb)
+    dst = out if split == 1 else torch.empty(split, s, n, dtype=torch.float32, device=out.device)
+    num_m = active if shape["PAIR_KP"] else triton.cdiv(s, shape["BLOCK_M"]) if shape["DENSE"] \
+        else table.shape[1]
+    grid = lambda meta: (num_m, triton.cdiv(n, meta["BLOCK_N"]), split)  # noqa: E731
+    _gemv[grid](*args, dst, table, s, n, k, r, rb, kb, kb // split, n * s, *extra, SPLIT=split,
+                **shape)
+    if split > 1:
+        _split_sum[(s, triton.cdiv(n, 1024))](dst, out, split, s * n, n, BLOCK=1024)
     return out
 
 
@@ -115,10 +129,20 @@ def _act_quant(x_ptr, q_ptr, s_ptr, S, K, stride_x, KB, TERMS: tl.constexpr, BLO
 
 
 @triton.jit
-def _tile_rows(table_ptr, stride_t, S, BLOCK_M: tl.constexpr, DENSE: tl.constexpr):
-    """(group, rows [BLOCK_M], row mask) of this program's row tile; group -1: nothing to do."""
+def _tile_rows(table_ptr, stride_t, S, CHOICES, SHARED, BLOCK_M: tl.constexpr,
+               DENSE: tl.constexpr, PAIR_KP: tl.constexpr):
+    """(group, rows [BLOCK_M], row mask) of this program's row tile; group -1: nothing to do.
+    PAIR_KP > 0: tile p is (token, choice) pair p alone, its group the expert id that
+    table_ptr [T, CHOICES] holds (choice CHOICES: the shared slot SHARED)."""
     pid_m = tl.program_id(0)
-    if DENSE:
+    if PAIR_KP > 0:
+        choice = pid_m % PAIR_KP
+        routed = choice < CHOICES
+        expert = tl.load(table_ptr + (pid_m // PAIR_KP) * CHOICES + choice, mask=routed, other=0)
+        group = tl.where(routed, expert, SHARED).to(tl.int32)
+        row0 = pid_m
+        row_end = pid_m + 1
+    elif DENSE:
         group = 0
         row0 = pid_m * BLOCK_M
         row_end = S
@@ -141,15 +165,17 @@ def _weight_rows(group, N, R, RB, KB, PARTS: tl.constexpr, BLOCK_N: tl.constexpr
     return rn, rn < N, w_row, s_row
 
 
-@triton.jit(do_not_specialize=["S"])
+@triton.jit(do_not_specialize=["S", "S_IN"])
 def _gemv_body(
     a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, table_ptr, S, N, K, R, RB, KB, KB_PER, stride_split,
-    stride_t, SPLIT: tl.constexpr, PARTS: tl.constexpr, DENSE: tl.constexpr, TERMS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    stride_t, CHOICES, SHARED, S_IN, SPLIT: tl.constexpr, PARTS: tl.constexpr,
+    DENSE: tl.constexpr, TERMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, PAIR_KP: tl.constexpr, IN_DIV: tl.constexpr,
 ):
-    group, rm, m_mask = _tile_rows(table_ptr, stride_t, S, BLOCK_M, DENSE)
+    group, rm, m_mask = _tile_rows(table_ptr, stride_t, S, CHOICES, SHARED, BLOCK_M, DENSE, PAIR_KP)
     if group >= 0:
         rn, n_mask, w_row, s_row = _weight_rows(group, N, R, RB, KB, PARTS, BLOCK_N, BLOCK_K)
+        rx = rm // IN_DIV  # activation rows: the pair's token when pairs share their token's row
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
         for step in range(0, KB_PER):
             kb = tl.program_id(2) * KB_PER + step
@@ -159,9 +185,9 @@ def _gemv_body(
                         mask=n_mask[:, None] & k_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_K]
             w_s = tl.load(bs_ptr + s_row + kb, mask=n_mask, other=0.0)
             for t in tl.static_range(TERMS):
-                x_t = tl.load(a_ptr + (t * S + rm[None, :]) * K + rk[:, None],
+                x_t = tl.load(a_ptr + (t * S_IN + rx[None, :]) * K + rk[:, None],
                               mask=m_mask[None, :] & k_mask[:, None], other=0.0)  # [BLOCK_K, BLOCK_M]
-                x_s = tl.load(as_ptr + (t * S + rm) * KB + kb, mask=m_mask, other=0.0)
+                x_s = tl.load(as_ptr + (t * S_IN + rx) * KB + kb, mask=m_mask, other=0.0)
                 acc += tl.dot(w, x_t) * (w_s[:, None] * x_s[None, :])
         c = c_ptr + tl.program_id(2) * stride_split + rm[None, :].to(tl.int64) * N + rn[:, None]
         tl.store(c, acc.to(c_ptr.dtype.element_ty), mask=m_mask[None, :] & n_mask[:, None])
@@ -173,7 +199,7 @@ def _gemm_body(
     PARTS: tl.constexpr, DENSE: tl.constexpr, TERMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    group, rm, m_mask = _tile_rows(table_ptr, stride_t, S, BLOCK_M, DENSE)
+    group, rm, m_mask = _tile_rows(table_ptr, stride_t, S, 0, 0, BLOCK_M, DENSE, 0)
     if group >= 0:
         rn, n_mask, w_row, s_row = _weight_rows(group, N, R, RB, KB, PARTS, BLOCK_N, BLOCK_K)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -200,6 +226,18 @@ def _gemm_body(
         tl.store(c, acc.to(c_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
 
+@triton.jit
+def _split_sum(P, OUT, SPLIT, STRIDE, N, BLOCK: tl.constexpr):
+    """OUT [S, N] = the sum of the split-K partials P [SPLIT, S, N] (fp32), one rounding."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < N
+    acc = tl.zeros([BLOCK], tl.float32)
+    for j in range(0, SPLIT):
+        acc += tl.load(P + j * STRIDE + row * N + cols, mask=mask, other=0.0)
+    tl.store(OUT + row * N + cols, acc.to(OUT.dtype.element_ty), mask=mask)
+
+
 def _quick_bench(fn, quantiles):
     """Autotuning timer: 5 ms warm-up, 20 ms of repeats (the default 25 + 100 ms per config
     would add minutes to a stage's first steps)."""
@@ -209,4 +247,5 @@ def _quick_bench(fn, quantiles):
 _KEY = ["N", "K", "BLOCK_M", "TERMS", "PARTS"]
 _gemm_large = triton.autotune(configs=LARGE_M, key=_KEY, do_bench=_quick_bench)(_gemm_body)
 _gemm_wide_small = triton.autotune(configs=WIDE_SMALL_M, key=_KEY, do_bench=_quick_bench)(_gemm_body)
-_gemv = triton.autotune(configs=GEMV, key=_KEY + ["SPLIT"], do_bench=_quick_bench)(_gemv_body)
+_gemv = triton.autotune(configs=GEMV, key=_KEY + ["SPLIT", "PAIR_KP", "IN_DIV"],
+                        do_bench=_quick_bench)(_gemv_body)

@@ -64,12 +64,16 @@ def rope_qkv_to_cache(qkv: torch.Tensor, bias: torch.Tensor | None, cos: torch.T
     return q
 
 
-def rope_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, heads, D], cos/sin [T, D] (two equal halves) -> x rotated (half-split layout)."""
+def rope_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+              interleaved: bool = False) -> torch.Tensor:
+    """x [T, heads, D], cos/sin [T, D] (two equal halves) -> x rotated (half-split layout);
+    interleaved: x holds (even, odd) pairs (DeepSeek), rotated into half-split order as
+    engine.rope.apply_rope_interleaved does (one kernel instead of seven)."""
     t, heads, d = x.shape
-    y = torch.empty_like(x)
+    y = x.new_empty(t, heads, d)
     _rope_half_kernel[(t, heads)](x, cos, sin, y, x.stride(0), x.stride(1), cos.stride(0),
-                                  sin.stride(0), y.stride(0), y.stride(1), HALF=d // 2)
+                                  sin.stride(0), y.stride(0), y.stride(1), HALF=d // 2,
+                                  INTERLEAVED=interleaved)
     return y
 
 
@@ -155,11 +159,16 @@ if triton is not None:
                 tl.store(out + HALF + d, y2.to(KC.dtype.element_ty))
 
     @triton.jit
-    def _rope_half_kernel(X, COS, SIN, Y, sxt, sxh, sct, sst, syt, syh, HALF: tl.constexpr):
+    def _rope_half_kernel(X, COS, SIN, Y, sxt, sxh, sct, sst, syt, syh, HALF: tl.constexpr,
+                          INTERLEAVED: tl.constexpr):
         t, h = tl.program_id(0).to(tl.int64), tl.program_id(1)
         d = tl.arange(0, HALF)
-        x1 = tl.load(X + t * sxt + h * sxh + d).to(tl.float32)
-        x2 = tl.load(X + t * sxt + h * sxh + HALF + d).to(tl.float32)
+        if INTERLEAVED:  # pairs (x[2d], x[2d + 1])
+            x1 = tl.load(X + t * sxt + h * sxh + 2 * d).to(tl.float32)
+            x2 = tl.load(X + t * sxt + h * sxh + 2 * d + 1).to(tl.float32)
+        else:
+            x1 = tl.load(X + t * sxt + h * sxh + d).to(tl.float32)
+            x2 = tl.load(X + t * sxt + h * sxh + HALF + d).to(tl.float32)
         c = tl.load(COS + t * sct + d).to(tl.float32)
         s = tl.load(SIN + t * sst + d).to(tl.float32)
         out = Y + t * syt + h * syh

@@ -130,6 +130,8 @@ def apply_rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     The output order differs from the input's; apply it to both queries and keys so their
     dot products are unchanged (as transformers' `apply_rotary_pos_emb_interleave`).
     """
+    if x.shape[0] and fused.usable(x) and cos.stride(-1) == 1 and sin.stride(-1) == 1:
+        return fused.rope_half(x, cos, sin, interleaved=True)  # one kernel instead of seven
     half = cos.shape[-1] // 2
     cos, sin = cos[:, None, :half], sin[:, None, :half]  # [T, 1, dim / 2]
     even, odd = x[..., 0::2], x[..., 1::2]

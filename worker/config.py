@@ -25,6 +25,17 @@ def _is_loopback(listen: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
+def parse_args(value) -> tuple[str, ...]:
+    """Command-line flags from a TOML list or one space-separated string (env)."""
+    if isinstance(value, str):
+        value = value.split()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError("expected a list of command-line flags")
+    if not all(v.startswith("--") for v in value):
+        raise ValueError("every flag must start with -- (e.g. \"--log-verbose=1\")")
+    return tuple(value)
+
+
 def parse_names(value) -> tuple[str, ...]:
     """Certificate names from a TOML list or a comma-separated string (env)."""
     if isinstance(value, str):
@@ -66,6 +77,8 @@ class WorkerConfig:
     triton_http_port: int = 0
     triton_model_name: str = "duet_tail"
     triton_start_timeout_s: float = 120.0  # load a big checkpoint before giving up
+    # Extra flags for the managed tritonserver, after duet's own (a later flag wins).
+    triton_server_args: tuple[str, ...] = field(default=(), metadata={"parse": parse_args})
     run_dir: str = ""  # managed Triton's model repository and backend dir; empty = a temp dir
     idle_timeout_s: float = 300.0  # a sequence untouched this long is released
     # SIGTERM: the APIs are told to pause and close their streams once the steps already sent

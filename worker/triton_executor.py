@@ -64,6 +64,7 @@ class TritonExecutor:
             install, repo, run_dir, self.model, grpc_port=self.config.triton_grpc_port,
             http_port=self.config.triton_http_port,
             start_timeout_s=self.config.triton_start_timeout_s,
+            server_args=self.config.triton_server_args,
             on_restart=lambda: log.warning("tail restarted inside Triton: every sequence "
                                            "it held is gone; their next steps fail NOT_FOUND"),
         )

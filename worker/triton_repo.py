@@ -3,7 +3,9 @@ for a managed server the tritonserver binary and a Python-backend directory from
 nvidia-pytriton wheel."""
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
+import shlex
 import shutil
 import sys
 import sysconfig
@@ -36,12 +38,41 @@ def write_model_repo(config: WorkerConfig, repo_dir: str | Path) -> Path:
     return model_dir
 
 
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:  # e.g. files unpacked without metadata
+        return ""
+
+
 def _escape(value) -> str:
     return str(value).replace("\\", "\\\\").replace('"', '\\"')
 
 
 class TritonNotInstalled(RuntimeError):
-    """The nvidia-pytriton wheel (which bundles tritonserver) is missing or incomplete."""
+    """The nvidia-pytriton wheel (which bundles tritonserver) is missing, incomplete, or
+    cannot work in this environment."""
+
+
+# nvidia-pytriton up to this version bundles a Python backend (Triton <= 2.51) whose stub
+# passes no tensor data with numpy 2: inputs arrive as garbage (a BYTES input kills the stub),
+# outputs arrive empty. Seen on the H200 host (numpy 2.5.2) and reproduced on the CPU host by
+# installing numpy 2 there (bench/gpu/pipeline.md).
+NUMPY2_BROKEN_UP_TO = (0, 7)
+
+
+def check_numpy(pytriton_version: str, numpy_version: str) -> None:
+    """Raise if the bundled stub cannot exchange tensors with this numpy."""
+    def major_minor(v: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in v.split(".")[:2] if x.isdigit())
+
+    bundled = major_minor(pytriton_version) if pytriton_version else (0, 0)  # unknown: old
+    if int(numpy_version.split(".")[0]) >= 2 and bundled <= NUMPY2_BROKEN_UP_TO:
+        raise TritonNotInstalled(
+            f"the tritonserver of nvidia-pytriton {pytriton_version or '(version unknown)'} "
+            f"cannot pass tensors to its Python-backend stub with numpy {numpy_version}: "
+            "install numpy<2 in the worker's environment (pip install 'duet[triton]' pins "
+            "it), or set executor = \"local\"")
 
 
 @dataclass(frozen=True)
@@ -72,10 +103,14 @@ class TritonInstall:
         for path in (install.binary, install.backend_dir, install.stub):
             if not path.exists():
                 raise TritonNotInstalled(f"nvidia-pytriton is incomplete: {path} is missing")
+        check_numpy(_version("nvidia-pytriton"), _version("numpy"))  # the stub's numpy too
         return install
 
-    def assemble_backends(self, dest: str | Path) -> Path:
-        """A --backend-directory whose python/ holds the backend and this Python's stub."""
+    def assemble_backends(self, dest: str | Path,
+                          stub_env: dict[str, str | None] | None = None) -> Path:
+        """A --backend-directory whose python/ holds the backend and this Python's stub.
+        `stub_env` (name -> value, None = unset) starts the stub through a wrapper script
+        that sets them: the stub's environment otherwise is the server's."""
         python_dir = Path(dest) / "python"
         python_dir.mkdir(parents=True, exist_ok=True)
         links = {f.name: f for f in self.backend_dir.iterdir() if f.is_file()}
@@ -84,8 +119,20 @@ class TritonInstall:
             link = python_dir / name
             if link.is_symlink() or link.exists():
                 link.unlink()
-            link.symlink_to(target)
+            if name == self.stub.name and stub_env is not None:
+                self._write_stub_wrapper(link, stub_env)
+            else:
+                link.symlink_to(target)
         return Path(dest)
+
+    def _write_stub_wrapper(self, path: Path, env: dict[str, str | None]) -> None:
+        # The Python backend starts its stub as `bash -c "exec <stub> <args>"`.
+        lines = ["#!/bin/sh", "# duet: the stub's own environment (worker/triton_repo.py)"]
+        lines += [f"unset {name}" if value is None else f"export {name}={shlex.quote(value)}"
+                  for name, value in sorted(env.items())]
+        lines.append(f'exec {shlex.quote(str(self.stub))} "$@"')
+        path.write_text("\n".join(lines) + "\n")
+        path.chmod(0o755)
 
     def environment(self, base: dict[str, str]) -> dict[str, str]:
         """The server's env: this virtualenv first on PATH (the stub imports duet and torch

@@ -12,10 +12,12 @@ from bench.fp8.measure import hidden_states, rel
 
 
 def accuracy_inputs() -> dict:
-    """Named cases, each a list of steps (chunks, hidden): a 2,000-token prompt; 64 decodes."""
+    """Named cases, each a list of steps (chunks, hidden): a 2,000-token prompt; 1 decode (the
+    few-token expert path); 64 decodes."""
     decode_seqs = [f"a{i}" for i in range(64)]
     return {
         "prefill_2000": [((SeqChunk("acc", 0, 2000),), 20)],
+        "decode_1": [((SeqChunk("one", 0, 16),), 23), ((SeqChunk("one", 16, 1),), 24)],
         "decode_64": [(tuple(SeqChunk(s, 0, 16) for s in decode_seqs), 21),
                       (tuple(SeqChunk(s, 16, 1) for s in decode_seqs), 22)],
     }

@@ -89,18 +89,27 @@ def main() -> None:
     parser.add_argument("--skip-write", action="store_true")
     parser.add_argument("--skip-kernel-speed", action="store_true",
                         help="no per-projection kernel table (each new shape x mode compiles: ~1-2 min)")
+    parser.add_argument("--reuse", metavar="JSON",
+                        help="take kernel_check and tiny_greedy from an earlier results.json (~90 s "
+                             "of compiles on the device) instead of measuring them")
     args = parser.parse_args()
     results = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(),
                "host": platform.platform(), "torch": torch.__version__}
     save = lambda: Path(args.out).write_text(json.dumps(results, indent=1, default=str))  # noqa: E731
     results["copy_bytes_per_s"] = measure.copy_rate()
     log("copy rate", results["copy_bytes_per_s"] / 1e12, "TB/s")
-    results["kernel_check"] = kernels.kernel_checks()
-    log("kernel check", results["kernel_check"])
+    if args.reuse:
+        earlier = json.loads(Path(args.reuse).read_text())
+        results.update({k: earlier[k] for k in ("kernel_check", "tiny_greedy")},
+                       reused={"from": args.reuse, "date": earlier["date"],
+                               "parts": ["kernel_check", "tiny_greedy"]})
+    else:
+        results["kernel_check"] = kernels.kernel_checks()
+        log("kernel check", results["kernel_check"])
+        results["tiny_greedy"] = tiny_greedy.tiny_greedy(Path(args.dir) / "tiny")
+        log("tiny greedy", results["tiny_greedy"])
     results["kernel_speed"] = [] if args.skip_kernel_speed else kernels.kernel_speed()
     log("kernel speed", results["kernel_speed"])
-    results["tiny_greedy"] = tiny_greedy.tiny_greedy(Path(args.dir) / "tiny")
-    log("tiny greedy", results["tiny_greedy"])
     save()
     folder = Path(args.dir) / "v3"
     layers = layers_that_fit(folder, args.layers, 11.6e9)

@@ -111,8 +111,9 @@ def decode_ms(stage, batch: int, context: int = 32, steps: int = 8) -> float:
     return statistics.median(times[3:])
 
 
-def graph_layer_ms(stage, batch: int, context: int = 32) -> dict:
-    """One decoder layer's decode step and its MoE block, each replayed as a CUDA graph."""
+def layer_step(stage, batch: int, context: int = 32) -> tuple[dict, object]:
+    """The first layer's decode step and its MoE block as callables on fixed inputs (after a
+    `context`-token prefill), and the function that releases their sequences."""
     seqs = [f"g{batch}_{i}" for i in range(batch)]
     stage.forward(StepBatch(tuple(SeqChunk(s, 0, context) for s in seqs)), hidden_states(batch * context, 3, stage.config.hidden_size))
     step = StepBatch(tuple(SeqChunk(s, context, 1) for s in seqs))
@@ -121,21 +122,27 @@ def graph_layer_ms(stage, batch: int, context: int = 32) -> dict:
     idx = stage.layer_start
     layer, kv = stage.model.model.layers[str(idx)], stage.kv.layers[idx]
     x = hidden_states(batch, 4, stage.config.hidden_size)
-    out = {}
     runs = {"layer_ms": lambda: layer(x, ctx, kv),
             "moe_ms": lambda: layer.mlp(layer.post_attention_layernorm(x))}
+    return runs, lambda: [stage.release(s) for s in seqs]
+
+
+def graph_layer_ms(stage, batch: int, context: int = 32) -> dict:
+    """One decoder layer's decode step and its MoE block, each replayed as a CUDA graph."""
+    runs, release = layer_step(stage, batch, context)
+    out = {}
     with torch.inference_mode():
         for name, fn in runs.items():
             try:
-                out[name] = _graph_ms(fn)
+                out[name] = graph_ms(fn)
             except Exception as e:  # noqa: BLE001 - recorded: the forward is not capturable
                 out[name] = f"{type(e).__name__}: {str(e)[:160]}"
-    for s in seqs:
-        stage.release(s)
+    release()
     return out
 
 
-def _graph_ms(fn) -> float:
+def capture(fn) -> torch.cuda.CUDAGraph:
+    """fn captured as a CUDA graph after two warm-up calls on a side stream."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -145,7 +152,11 @@ def _graph_ms(fn) -> float:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    return events_ms(graph.replay, reps=30)
+    return graph
+
+
+def graph_ms(fn) -> float:
+    return events_ms(capture(fn).replay, reps=30)
 
 
 def prefill(stage, tokens: int) -> dict:

@@ -2,8 +2,8 @@
 
 The bf16 pairs run as `duet serve` splits the model: a head stage [0, k) (the master's) and a
 tail stage [k, L) (the worker's, with its final norm, LM head and decode graphs), hidden states
-handed from one to the other in process; the API, gRPC and tokenizer around them are not run
-here (the GPU machine lacks their packages; bench/fp8/notes.md).
+handed from one to the other in process. The same comparison through `duet serve` processes,
+the HTTP API and the tokenizer: bench/fp8/serve_greedy.py.
 """
 from __future__ import annotations
 

@@ -4,14 +4,17 @@
 run as two processes on the same GPU over loopback gRPC; openai clients (several processes,
 pipeline_load.py) stream completions (32-token prompts, 128 output tokens, greedy) at
 concurrency 1, 16 and 64, and one 2,000-token prompt for its time to first token. In the same
-run: the engine in one process (batch 1 and 64, CUDA graphs), the `local` executor with 2
-micro-batches in flight and with 1, and the `triton` executor with whichever of those gave
-more at concurrency 64. During each concurrency-64 level the master's and worker's counters
-and (with py-spy) their Python stacks say where the time goes (pipeline_probe.py). The
-checkpoint is the R1-Distill-Qwen-7B shape with seeded random weights, written as safetensors.
-Needs the API's packages (fastapi, uvicorn, pydantic, openai, tritonclient, ...): carry them.
+run: the engine in one process (batch 1 and 64, CUDA graphs), then each run named: by default
+the `triton` executor and the `local` one, each with 1 micro-batch in flight (both stages share
+the one GPU: bench/gpu/pipeline.md). The worker takes extra tritonserver flags from the
+environment (DUET_WORKER_TRITON_SERVER_ARGS: what bench/gpu/triton_cure.py found to work on
+this host); the JSON records them. During each
+concurrency-64 level the master's and worker's counters and (with py-spy) their Python stacks
+say where the time goes (pipeline_probe.py). The checkpoint is the R1-Distill-Qwen-7B shape
+with seeded random weights, written as safetensors. Needs the API's packages (fastapi,
+uvicorn, pydantic, openai, tritonclient, ...): carry them.
 
-    python -m bench.gpu.pipeline_gpu --out pipeline.json [--runs local2,local1,triton]
+    python -m bench.gpu.pipeline_gpu --out pipeline.json [--runs triton1,local1,local2]
     (a run name ending in a digit fixes the micro-batches in flight: triton1, local2, ...)
 """
 from __future__ import annotations
@@ -130,9 +133,12 @@ def run_one(tmp: Path, model: Path, executor: str, inflight: int, levels, ttft: 
         result = {"executor": executor, "max_inflight_batches": inflight,
                   "start_s": time.perf_counter() - started}
         return result | drive(stack, model.name, levels, ttft)
-    except Exception as e:  # record it; the other runs may still work
+    except Exception as e:  # record it (with tritonserver's log); the other runs may still work
+        server_log = tmp / "triton" / "tritonserver.log"
+        tail = server_log.read_text(errors="replace").splitlines()[-40:] if (
+            executor == "triton" and server_log.exists()) else []
         return {"executor": executor, "max_inflight_batches": inflight,
-                "error": f"{type(e).__name__}: {str(e)[-3000:]}"}
+                "error": f"{type(e).__name__}: {str(e)[-3000:]}", "server_log": tail}
     finally:
         if stack is not None:
             stack.stop()
@@ -148,7 +154,7 @@ def best_inflight(runs: dict) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--runs", default="local2,local1,triton")
+    parser.add_argument("--runs", default="triton1,local1")
     parser.add_argument("--dry-run", action="store_true", help="small checkpoint, this CPU")
     args = parser.parse_args()
     dry = DRY if args.dry_run else None
@@ -156,7 +162,8 @@ def main() -> None:
                "device": "cpu (dry run)" if dry else torch.cuda.get_device_name(0),
                "split": f"{SPLIT} | {SPLIT}",
                "prompt_tokens": load.PROMPT_TOKENS, "output_tokens": load.OUTPUT_TOKENS,
-               "cpu_cores": os.cpu_count(), "runs": {}}
+               "cpu_cores": os.cpu_count(), "runs": {},
+               "triton_server_args": os.environ.get("DUET_WORKER_TRITON_SERVER_ARGS", "")}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         model = dry_checkpoint(Path(tmp)) if dry else write_checkpoint(Path(tmp) / "qwen7b")
@@ -169,10 +176,8 @@ def main() -> None:
         for run in args.runs.split(","):
             executor = "triton" if run.startswith("triton") else "local"
             inflight = int(run[-1]) if run[-1].isdigit() else best_inflight(results["runs"])
-            full = run == "local2" or executor == "triton"  # local1 answers the c64 question
-            levels = all_levels if full else (all_levels[0], all_levels[2])
-            results["runs"][run] = run_one(Path(tmp), model, executor, inflight, levels, full,
-                                           **where)
+            results["runs"][run] = run_one(Path(tmp), model, executor, inflight, all_levels,
+                                           True, **where)
             Path(args.out).write_text(json.dumps(results, indent=2))
 
 

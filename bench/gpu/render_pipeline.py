@@ -1,4 +1,4 @@
-"""pipeline.json (+ pipeline_triton.json) of pipeline_gpu.py -> the tables of pipeline.md;
+"""pipeline.json of pipeline_gpu.py and triton_cure*.json -> the tables of pipeline.md;
 run from the repository root: python -m bench.gpu.render_pipeline"""
 from __future__ import annotations
 
@@ -53,6 +53,26 @@ def spy_rows(p: dict, top: int = 6) -> list[str]:
     return rows
 
 
+def cure_rows(c: dict) -> list[str]:
+    """bench/gpu/triton_cure.py's variants, in the order tried, with what each showed."""
+    def outcome(r: dict) -> str:
+        return "intact" if r.get("ok") else f"fails: {r.get('why', '').splitlines()[0][:120]}"
+
+    numpy = {e.rsplit("numpy=", 1)[1] for v in c["variants"].values()
+             for e in v.get("echo_u8", {}).get("echoes", []) if "numpy=" in e}
+    rows = [f"{c['date']}: /dev/shm {c['shm']['fs_type']}; two processes mapping one file "
+            f"there: {c['shm']['coherence']}; numpy in the stub: "
+            f"{', '.join(sorted(numpy)) or 'not reported (no echo came back)'}; winner: "
+            f"{c['winner'] or 'none'}.", "",
+            "| variant | extra flags | server without GPUs | BYTES step (the tail's protocol) | "
+            "UINT8 only (no BYTES tensor) |", "|---|---|---|---|---|"]
+    for name, v in c["variants"].items():
+        rows.append(f"| {name} | {' '.join(v['server_args']) or '(none)'} | "
+                    f"{'yes' if v['hide_gpus'] else 'no'} | {outcome(v.get('echo', v))} | "
+                    f"{outcome(v['echo_u8']) if 'echo_u8' in v else '-'} |")
+    return rows
+
+
 def main() -> None:
     p = json.loads((HERE / "pipeline.json").read_text())
     lines = ["# The two-stage pipeline on one GPU through the HTTP API", "",
@@ -62,13 +82,12 @@ def main() -> None:
              "to the worker's reply; worker step = the TailRunner's time for it (both means over "
              "the level, from the processes' Prometheus counters).", "",
              *pipeline_table(p), ""]
-    extra = HERE / "pipeline_triton.json"
-    if extra.exists():
-        t = json.loads(extra.read_text())
-        lines += [f"Second call ({t['date']}, triton executor only; engine in one process "
-                  f"re-measured: batch 1 {t['in_process']['batch_1']['tok_s']:.0f} tok/s, batch 64 "
-                  f"{t['in_process']['batch_64']['tok_s']:.0f}):", "",
-                  *pipeline_table(t)[2:], ""]
+    lines += ["## The Python-backend stub on the GPU host (`bench/gpu/triton_cure.py`)", ""]
+    for name, title in (("triton_cure_numpy2.json", "With the machine's numpy 2.5.2"),
+                        ("triton_cure.json", "With numpy 1.26.4 carried (the run above)")):
+        if (HERE / name).exists():
+            cure = json.loads((HERE / name).read_text())
+            lines += [f"{title} ({name}):", "", *cure_rows(cure), ""]
     lines += ["## Python stacks at concurrency 64 (py-spy, 4 s)", "", *spy_rows(p), ""]
     notes = HERE / "pipeline_notes.md"
     tail = notes.read_text() if notes.exists() else ""

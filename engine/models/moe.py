@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine import moe_gemv, router_select
 from engine.models.llama import LlamaMLP
 
 ROUTING_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
@@ -78,6 +79,8 @@ class Router(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [T, H] -> (weights [T, K] fp32, expert ids [T, K] long)."""
+        if router_select.usable(x, self):  # a few tokens: the GEMV and one selection kernel
+            return router_select.route(x, self)
         s = self.spec
         logits = F.linear(x.float(), self.weight.float())  # [T, E]
         if s.method == "noaux_tc":
@@ -158,6 +161,11 @@ class Experts(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """x [T, H], weights/ids [T, K] -> sum over k of weight * expert(x) [T, H] (+ shared)."""
+        if moe_gemv.usable(x, self.gate_up_proj):  # a few tokens: two launches, no sorting
+            return moe_gemv.experts(
+                x, weights, ids, self.gate_up_proj, getattr(self, "gate_up_proj_scale_inv", None),
+                self.down_proj, getattr(self, "down_proj_scale_inv", None),
+                self.num_experts if self.num_slots > self.num_experts else None)
         if self.num_slots > self.num_experts:  # the shared expert as one more choice, weight 1
             ids = torch.cat([ids, ids.new_full((ids.shape[0], 1), self.num_experts)], dim=1)
             weights = torch.cat([weights, weights.new_ones(weights.shape[0], 1)], dim=1)

@@ -135,3 +135,31 @@ def test_bf16_native_layer_tracks_dequantize(tiny_checkpoint, native_on_cpu):
     want = branch("dequantize")
     err = {act: ((branch("native", act) - want).norm() / want.norm()).item() for act in ("e4m3", "e4m3x2")}
     assert err["e4m3x2"] < 2e-2 < 5e-2 < err["e4m3"], err
+
+
+def test_fp8_siblings_pack_with_their_block_scales():
+    """q_a and kv_a in native FP8 pack into one product (one activation quantization, one GEMM on
+    the GPU): the siblings' weights and scales become row views of the packed tensors, and the
+    packed product equals the two separate ones. Siblings whose rows would split a 128-row scale
+    block stay apart."""
+    from torch import nn
+
+    from engine.packed_linear import pack_linears, packed
+
+    gen = torch.Generator().manual_seed(4)
+    parent = nn.Module()
+    parent.q_a_proj, parent.kv_a_proj_with_mqa = FP8Linear(300, 256, False), FP8Linear(300, 72, False)
+    assert pack_linears(parent) == 1
+    both = packed(parent, "q_a_proj")
+    for lin in (parent.q_a_proj, parent.kv_a_proj_with_mqa):  # a load copies into the views
+        q, s = quantize_block_fp8(torch.randn(lin.out_features, 300, generator=gen) / 17)
+        lin.weight.data.copy_(q)
+        lin.weight_scale_inv.data.copy_(s)
+    assert both.weight.shape == (328, 300) and both.scale_inv.shape == (3, 3)
+    x = torch.randn(2, 300, generator=gen)
+    q_a, kv_a = both.split(x)
+    torch.testing.assert_close(q_a, parent.q_a_proj(x), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(kv_a, parent.kv_a_proj_with_mqa(x), rtol=1e-6, atol=1e-6)
+    straddling = nn.Module()
+    straddling.q_a_proj, straddling.kv_a_proj_with_mqa = FP8Linear(300, 200, False), FP8Linear(300, 72, False)
+    assert pack_linears(straddling) == 0

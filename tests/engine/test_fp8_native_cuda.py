@@ -4,12 +4,16 @@ Skipped without one; bench/fp8/run_device.sh runs this file on the lent H200.
 """
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 
 from engine.fp8 import dequantize_block_fp8, quantize_block_fp8
 from engine.fp8_gemm import fp8_matmul, reference_fp8_matmul, triton_available
+from engine import moe_gemv, router_select
 from engine.fp8_native import FP8Linear
+from engine.models.moe import MoESpec, Router
 from engine.stage import Stage
 
 pytestmark = pytest.mark.skipif(
@@ -69,3 +73,41 @@ def test_native_stage_on_gpu_tracks_dequantize(tiny_checkpoint, prompt, greedy):
         want = greedy(deq, "d", ids, 32)
         got = greedy(native, "n", ids, 32, forced=want)
         assert sum(a == b for a, b in zip(got, want)) >= 30, (p, got, want)
+
+
+@pytest.mark.parametrize("fp8", [True, False])
+def test_grouped_expert_gemv_matches_reference(fp8):
+    gu, gu_s = fp8_weights(2 * 7, 256, 384)  # 6 routed experts + the shared one, I 256, H 384
+    dn, dn_s = fp8_weights(7, 384, 256)
+    if not fp8:
+        gu = torch.stack([dequantize_block_fp8(a, b) for a, b in zip(gu, gu_s)]).bfloat16()
+        dn = torch.stack([dequantize_block_fp8(a, b) for a, b in zip(dn, dn_s)]).bfloat16()
+        gu_s = dn_s = None
+    x = torch.randn(3, 384, device="cuda", dtype=torch.bfloat16)
+    ids = torch.tensor([[0, 3], [5, 0], [2, 4]], device="cuda")
+    weights = torch.rand(3, 2, device="cuda")
+    for t in (1, 3):
+        args = (x[:t], weights[:t], ids[:t], gu, gu_s, dn, dn_s, 6)
+        want = moe_gemv.reference_experts(*args)
+        # FP8: the pairs-mode MMA kernel (two e4m3 activation terms) and the streaming GEMV
+        for kernel in ("mma", "gemv") if fp8 else ("gemv",):
+            assert rel(moe_gemv.experts(*args, fp8_kernel=kernel), want) < 1e-2, kernel
+
+
+def test_router_choice_kernel_matches_router():
+    spec = MoESpec(hidden_size=384, num_experts=64, top_k=8, expert_intermediate_size=128,
+                   num_shared_experts=1, method="noaux_tc", num_groups=8, topk_groups=4,
+                   norm_topk_prob=True, routed_scaling_factor=2.5)
+    router = Router(spec).cuda()
+    torch.nn.init.normal_(router.weight, std=0.05)
+    router.e_score_correction_bias.normal_(std=0.1)
+    router = router.bfloat16()
+    x = torch.randn(3, 384, device="cuda", dtype=torch.bfloat16)
+    assert router_select.usable(x, router)
+    got_w, got_ids = router_select.route(x, router)
+    with mock.patch.object(router_select, "usable", lambda x, r: False):
+        want_w, want_ids = router(x)  # the torch ops
+    a, b = got_ids.sort(1), want_ids.sort(1)
+    assert torch.equal(a.values, b.values)
+    torch.testing.assert_close(got_w.gather(1, a.indices), want_w.gather(1, b.indices))
+

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from engine import fused, gemv
 from engine.models.base import RMSNorm
 from engine.packed_linear import pack_linears, packed
-from engine.rope import apply_rope
+from engine.rope import apply_rope, apply_rope_interleaved
 from engine.weights import load_weights
 
 from test_decode_graphs import run  # the mixed prefill/decode schedule of the graph tests
@@ -96,6 +96,20 @@ def test_rope_qkv_kernel_equals_bias_rotary_and_cache_writes(with_bias):
     assert k_cache.float().abs().sum() == k_cache[slots].float().abs().sum()  # no other slot
     torch.testing.assert_close(apply_rope(wq.view(t, hq, d), cos, sin).float(), q.float(),
                                atol=3e-2, rtol=2e-2)
+
+
+@needs_cuda
+def test_interleaved_rope_kernel_equals_the_torch_rotation():
+    """DeepSeek's interleaved rotary on strided rope parts (q_pe of a packed query, k_pe of kv_a)."""
+    g = torch.Generator(device="cuda").manual_seed(1)
+    q = torch.randn(3, 16, 192, device="cuda", dtype=torch.bfloat16, generator=g)[..., 128:]
+    freqs = torch.rand(3, 32, device="cuda", generator=g) * 6
+    cos, sin = (torch.cat([f, f], -1).bfloat16() for f in (freqs.cos(), freqs.sin()))
+    half = 32
+    c, s = cos[:, None, :half].float(), sin[:, None, :half].float()
+    even, odd = q[..., 0::2].float(), q[..., 1::2].float()
+    want = torch.cat((even * c - odd * s, odd * c + even * s), -1)
+    torch.testing.assert_close(apply_rope_interleaved(q, cos, sin).float(), want, atol=3e-2, rtol=2e-2)
 
 
 @needs_cuda

@@ -10,6 +10,7 @@ from tritonclient.grpc import model_config_pb2
 
 from pipeline_driver import write_config
 from worker.config import WorkerConfig
+from worker.triton_repo import TritonNotInstalled, check_numpy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE = dict(model_dir="/models/x", layer_start=2)
@@ -45,6 +46,7 @@ def test_toml_with_table_and_env_override(tmp_path):
     (dict(tensor_parallel_size=0), "tensor_parallel_size"),
     (dict(tensor_parallel_size=2), "tensor_parallel_size 2 needs executor = \"local\""),
     (dict(tp_timeout_s=0), "tp_timeout_s"),
+    (dict(triton_server_args=["log-verbose=1"]), "triton_server_args: every flag must start"),
     (dict(colour="blue"), "colour"),
 ])
 def test_each_bad_field_is_named(changes, field):
@@ -103,6 +105,23 @@ def test_client_names_from_env_are_a_comma_list():
         {**BASE, "tls_cert_file": "/c", "tls_key_file": "/k", "tls_client_ca_file": "/a"},
         environ={"DUET_WORKER_TLS_CLIENT_NAMES": "master.internal, standby.internal"})
     assert config.tls_client_names == ("master.internal", "standby.internal")
+
+
+def test_triton_server_args_from_toml_list_or_env_string(tmp_path):
+    path = tmp_path / "w.toml"
+    path.write_text('model_dir = "/m"\nlayer_start = 3\ntriton_server_args = ["--log-verbose=1"]\n')
+    assert WorkerConfig.from_toml(path, environ={}).triton_server_args == ("--log-verbose=1",)
+    config = WorkerConfig.from_toml(path, environ={"DUET_WORKER_TRITON_SERVER_ARGS": "--a=1  --b=2"})
+    assert config.triton_server_args == ("--a=1", "--b=2")
+
+
+def test_bundled_tritonserver_is_refused_with_numpy_2():
+    """Its stub would get garbage for every input (seen on the H200 host): say why at start."""
+    check_numpy("0.7.0", "1.26.4")
+    check_numpy("0.8.0", "2.5.2")  # a later bundle is given the benefit of the doubt
+    for pytriton in ("0.7.0", ""):  # "" = unpacked without metadata
+        with pytest.raises(TritonNotInstalled, match="numpy 2.5.2: install numpy<2"):
+            check_numpy(pytriton, "2.5.2")
 
 
 def test_cli_plaintext_on_the_network_is_one_line_and_exit_2(tmp_path):
