@@ -2,13 +2,15 @@
 over loopback on a tiny checkpoint (the forward is cheap), 64 concurrent streaming completions
 through the HTTP API, and per step: wall ms, CPU ms of each process (read from /proc, so the
 other load on a shared host counts less than in wall time), the hop and the worker's step
-(the processes' own counters), and the tail forward alone (this tree's engine, in-process).
+(the processes' own counters); and, from tail_split.py run on each tree's code, the engine's
+share (tail forward + LM head + sampler, head forward), subtracted to leave the host work.
 
-Two source trees are measured side by side, levels alternating (A B A B ...), so the ratios
-hold even when the host is loaded; each process runs with one torch thread.
+Several source trees are measured side by side, levels alternating (A B A B ...), so the
+ratios hold even when the host is loaded; each process runs with one torch thread. Notes and
+results: bench/gpu/host_overhead.md.
 
-    python -m bench.serving.host_overhead --trees /tmp/base,. --out bench/serving/host_overhead.json
-    python -m bench.serving.host_overhead --trees . --py-spy   # where the samples go
+    python -m bench.serving.host_overhead --trees /tmp/base,. --out host_overhead.json
+    python -m bench.serving.host_overhead --trees . --repeats 1 --py-spy 8  # where samples go
 """
 from __future__ import annotations
 
