@@ -23,7 +23,6 @@ from engine.sampler import sample
 from engine.stage import Stage
 from proto import pipeline_pb2 as pb
 from proto.convert import WireError
-from worker.row_flags import RowFlags
 from worker.tail_seqs import SeqFailed, SeqTable, TailSeq
 from worker.wire import check_hidden, write_sampled
 
@@ -135,8 +134,7 @@ class TailRunner:
         planned: list[PlannedSeq] = []
         ids = [s.seq_id for s in request.seqs]
         counts = Counter(ids) if len(set(ids)) < len(ids) else None  # None: no repeats
-        finite = RowFlags(hidden)  # read after the forward, with the sampler's read
-        hidden = finite.cleaned
+        finite = torch.isfinite(hidden).all(dim=1).tolist() if hidden.numel() else []  # [T]
         row = 0
         for index, seq_step in enumerate(request.seqs):
             twice = counts is not None and counts[seq_step.seq_id] > 1
@@ -148,6 +146,10 @@ class TailRunner:
                 if twice:
                     raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT,
                                     f"sequence {seq_step.seq_id!r} appears twice in one step")
+                if not (finite[row] if num == 1 else all(finite[row:row + num])):
+                    raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"hidden states of sequence {seq_step.seq_id!r} contain "
+                                    "NaN or infinity")
                 seq = self.table.admit(stream, seq_step)
                 planned.append(PlannedSeq(index, seq, seq_step, row))
             except SeqFailed as e:
@@ -156,7 +158,7 @@ class TailRunner:
         if not planned:
             return
         try:
-            self._forward(hidden, planned, results, finite)
+            self._forward(hidden, planned, results)
         except RankFailure:  # the whole stage is down: the executor restarts its ranks
             raise
         except Exception as e:  # a bug or a device error: fail this batch, keep serving
@@ -166,7 +168,7 @@ class TailRunner:
                 self._fail(stream, p.step.seq_id, results[p.index], failure)
 
     def _forward(self, hidden: torch.Tensor, planned: list[PlannedSeq],
-                 results: list[pb.SeqResult], finite: "RowFlags") -> None:
+                 results: list[pb.SeqResult]) -> None:
         if sum(p.step.num_tokens for p in planned) != hidden.shape[0]:  # some failed: drop
             rows = [r for p in planned for r in p.rows]  # their rows
             hidden = hidden[torch.tensor(rows, device=hidden.device)]
@@ -180,20 +182,11 @@ class TailRunner:
             if len(picked) != out.shape[0]:  # else a decode step: every row samples, in order
                 out = out[torch.tensor(picked, device=out.device)]
             picks = sample(self.stage.compute_logits(out), [p.seq.sampler for p, _ in sampling])
-        else:
-            picks = []
-        bad = finite.failed(planned)  # indexes into planned; read without waiting after sample
-        for (p, _), pick in zip(sampling, picks):
-            if p.index not in bad:
+            for (p, _), pick in zip(sampling, picks):
                 write_sampled(results[p.index].sampled, pick)
         now = self.clock()
         for p in planned:
             p.seq.next_pos, p.seq.touched_s = p.step.start_pos + p.step.num_tokens, now
-        for p in planned:
-            if p.index in bad:
-                self._fail(p.seq.stream, p.step.seq_id, results[p.index], SeqFailed(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"hidden states of sequence {p.step.seq_id!r} contain NaN or infinity"))
 
     # --- lifecycle -----------------------------------------------------------------------
     def _fail(self, stream: str, seq_id: str, result: pb.SeqResult, error: SeqFailed) -> None:
