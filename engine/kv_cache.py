@@ -59,6 +59,7 @@ class KVCache:
         self._keyed: dict[str, int] = {}  # key -> block
         self._key_of: dict[int, str] = {}  # block -> key
         self._refs: dict[int, int] = {}  # shared block -> sequences holding it
+        self._idle_keyed = 0  # keyed blocks no sequence holds (free for used_tokens)
         self.block_table: BlockTable | None = None  # made by enable_block_table
 
     def enable_block_table(self, max_seqs: int, max_tokens_per_seq: int) -> BlockTable:
@@ -92,8 +93,9 @@ class KVCache:
     def used_tokens(self) -> int:
         """Token slots held by sequences (whole blocks, a shared block once); cached blocks
         no sequence holds count as free, as vLLM counts them."""
-        idle = sum(1 for b in self._key_of if not self._refs.get(b))
-        return (self.num_blocks - len(self._free) - idle) * self.block_size
+        # counted as blocks change hands: summing over thousands of kept blocks per step cost
+        # both stages ~0.2 ms each (2,300 kept blocks after a few hundred requests)
+        return (self.num_blocks - len(self._free) - self._idle_keyed) * self.block_size
 
     @property
     def cached_tokens(self) -> int:
@@ -115,6 +117,9 @@ class KVCache:
     # --- allocation -----------------------------------------------------------------------
     def reserve(self, seq_id: str, end_pos: int) -> None:
         """Grow a sequence's blocks to hold positions [0, end_pos); KVCacheFull changes nothing."""
+        table = self._tables.get(seq_id)
+        if table is not None and len(table) * self.block_size >= end_pos:
+            return  # most decode steps: the last block has room
         self.reserve_all([(seq_id, end_pos)])
 
     def reserve_all(self, wants: Iterable[tuple[str, int]]) -> None:
@@ -140,7 +145,10 @@ class KVCache:
             refs = self._refs.get(block)
             if refs is not None:
                 self._refs[block] = refs - 1
-                if refs > 1 or block in self._key_of:
+                if refs > 1:
+                    continue
+                if block in self._key_of:
+                    self._idle_keyed += 1
                     continue
                 del self._refs[block]
             self._free.append(block)
@@ -161,6 +169,7 @@ class KVCache:
             raise KeyError(f"prefix block {missing[0]} is not cached")
         blocks = [self._keyed[k] for k in keys]
         for block in blocks:
+            self._idle_keyed -= self._refs[block] == 0
             self._refs[block] += 1
         self._tables[seq_id] = blocks
         self._lens[seq_id] = len(blocks) * self.block_size
@@ -184,6 +193,7 @@ class KVCache:
             return
         del self._key_of[block]
         if not self._refs.get(block):
+            self._idle_keyed -= 1
             self._refs.pop(block, None)
             self._free.append(block)
 

@@ -149,17 +149,15 @@ async def _pump(updates: AsyncIterator[ChoiceUpdate], queue: asyncio.Queue) -> N
         queue.put_nowait((None, e))
 
 
-async def run_choices(generator: Generator,
-                      states: list[ChoiceState]) -> AsyncIterator[ChoiceUpdate]:
+def run_choices(generator: Generator, states: list[ChoiceState]) -> AsyncIterator[ChoiceUpdate]:
     """Updates of all choices as they come; raises the first choice's failure."""
-    if len(states) == 1:  # the common case: no tasks, no queue
-        single = _choice_updates(generator, states[0])
-        try:
-            async for update in single:
-                yield update
-        finally:
-            await single.aclose()
-        return
+    if len(states) == 1:  # the common case: its own updates, no tasks, no queue, no wrapper
+        return _choice_updates(generator, states[0])
+    return _all_choices(generator, states)
+
+
+async def _all_choices(generator: Generator,
+                       states: list[ChoiceState]) -> AsyncIterator[ChoiceUpdate]:
     queue: asyncio.Queue = asyncio.Queue()
     tasks = [asyncio.create_task(_pump(_choice_updates(generator, s), queue))
              for s in states]

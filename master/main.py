@@ -35,6 +35,7 @@ from master.metrics import Metrics
 from master.pipeline_client import HeadIdentity, PipelineClient, PipelineClientConfig
 from master.pipeline_generator import PipelineGenerator
 from master.scheduler import SchedulerConfig
+from runtime.gil import shorten_gil_switch_interval
 
 log = logging.getLogger("duet.master")
 
@@ -53,6 +54,7 @@ def build(config: MasterConfig) -> Master:
     activation); wire them to a (not yet started) pipeline."""
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)  # a CPU host shared with the worker
+    shorten_gil_switch_interval()  # the head thread answers behind 64 streams' SSE writes
     bundle = ModelBundle.load(config.model_dir, config.max_model_len, config.reasoning_parser,
                               config.tool_call_parser)
     metrics = Metrics(config.served_model_name)

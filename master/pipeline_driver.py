@@ -162,6 +162,7 @@ class PipelineDriver:
             room = len(self.inflight) < limit and self.recovery.drain is None
             step = self.scheduler.schedule() if room else None
             if step is None:
+                self.scheduler.deliver()  # nothing to send first: the readers go now
                 await self.wake.wait()
                 continue
             try:
@@ -191,6 +192,7 @@ class PipelineDriver:
             if hidden is None:
                 hidden = empty_hidden(self.head.hidden_size, self.head.dtype)
             await stream.send(step_request(step, hidden))  # cannot fail: see check_request
+            self.scheduler.deliver()  # the tokens of the last reply, while the worker computes
 
     def _abandon(self, step: Step, e: Exception) -> None:
         log.error("head forward of step %d failed", step.step_id, exc_info=e)
@@ -223,7 +225,7 @@ class PipelineDriver:
                 self.metrics.observe_hop(time.monotonic() - sent_at)
             self.worker_kv_used_tokens = reply.kv_used_tokens
             self.worker_kv_capacity_tokens = reply.kv_capacity_tokens
-            self.wake.set()  # before the outboxes: the next step goes ahead of SSE writing
+            self.wake.set()  # the next step goes out before its tokens reach the readers
             self.scheduler.postprocess(step, reply_outcomes(reply))
             self.recovery.until = None  # the worker answers again: rebuilt
             self.update_metrics()

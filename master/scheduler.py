@@ -54,6 +54,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self._to_release: list[Sequence] = []
+        self._held: list[Sequence] = []  # sequences with tokens not yet delivered
         self._next_step_id = 1
         self.kv = KVBudget(config.kv_block_size, config.enable_prefix_caching)
         self.step_token_budget = config.step_token_budget  # lowered to what a message holds
@@ -208,8 +209,17 @@ class Scheduler:
             reason = "length"
         logprob = sampled.logprob if seq.params.logprobs is not None else None
         seq.append_token(TokenEvent(sampled.token_id, logprob, sampled.top_logprobs, reason))
+        if len(seq.held) == 1:
+            self._held.append(seq)
         if reason is not None:
             self.finish(seq, reason)
+
+    def deliver(self) -> None:
+        """Hand every sampled token to its reader (the driver calls this once the next step
+        is sent, or when there is none to send)."""
+        held, self._held = self._held, []
+        for seq in held:
+            seq.deliver()
 
     def abandon(self, step: Step, error: BaseException) -> None:
         """The head forward of `step` failed: fail its sequences and empty it; what is left
@@ -227,6 +237,7 @@ class Scheduler:
         must be freed first (the head drops its kept blocks too). The kept blocks went with
         the worker, so the rebuilt sequences start on none, hold none, and reserve their whole
         worst case again; their re-prefill keeps its blocks anew. Waiting sequences stay."""
+        self.deliver()
         held = [s.seq_id for s in self.running + self._to_release]
         for seq in self.running:
             seq.in_flight = seq.params_sent = False
@@ -239,6 +250,7 @@ class Scheduler:
 
     def fail_all(self, error: BaseException) -> list[Sequence]:
         """The pipeline broke: every sequence fails; returns those that hold head KV."""
+        self.deliver()
         held = [s for s in self.running if s.num_computed_tokens > 0] + self._to_release
         for seq in list(self.running) + list(self.waiting):
             seq.in_flight = False

@@ -46,6 +46,10 @@ class Sequence:
         self.arrival_s = time.monotonic()
         # TokenEvent, then an Exception or nothing once finished; read by generate().
         self.outbox: asyncio.Queue[TokenEvent | BaseException] = asyncio.Queue()
+        # Sampled tokens not yet in the outbox: the pipeline driver hands them over once the
+        # next step is on its way (Scheduler.deliver), so the readers' SSE work overlaps the
+        # worker's step instead of delaying the launch of the next one.
+        self.held: list[TokenEvent] = []
 
     @property
     def prompt_token_ids(self) -> list[int]:
@@ -73,9 +77,15 @@ class Sequence:
         return len(self.token_ids) - self.num_computed_tokens
 
     def append_token(self, event: TokenEvent) -> None:
-        """Record a sampled token and hand it to the reader."""
+        """Record a sampled token; `deliver` hands it to the reader."""
         self.token_ids.append(event.token_id)
-        self.outbox.put_nowait(event)
+        self.held.append(event)
+
+    def deliver(self) -> None:
+        """Hand the held tokens to the reader, in order."""
+        for event in self.held:
+            self.outbox.put_nowait(event)
+        self.held.clear()
 
     def finish(self, reason: str, error: BaseException | None = None) -> None:
         """Mark finished (the scheduler's `finish` does the bookkeeping); errors go to the reader."""
@@ -84,6 +94,7 @@ class Sequence:
         self.status = SequenceStatus.FINISHED
         self.finish_reason = reason
         if error is not None:
+            self.deliver()  # the tokens sampled before it come first
             self.outbox.put_nowait(error)
 
     def __repr__(self) -> str:

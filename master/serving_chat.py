@@ -17,7 +17,8 @@ from master.openai_responses import (AssistantMessage, ChatChoice, ChatChunkChoi
 from master.resume import ResumableRun
 from master.resume_registry import resumption
 from master.serving import RequestRun, ServingContext, response_events
-from master.sse import SSEWriter, include_usage, nonempty, running_usage
+from master.sse import (SSEWriter, content_choice, include_usage, nonempty,
+                        running_usage)
 from master.tokenizer import Tokenizer
 from master.tool_parser import ToolCallDelta
 from master.tools import ToolPlan, prompt_messages, tool_plan
@@ -144,12 +145,15 @@ async def _events(ctx, req, run: RequestRun, updates: list[ChoiceUpdate],
     for i in range(len(run.states)):
         yield writer.event([ChatChunkChoice(index=i, delta=role)])
     async for u in nonempty(updates, rest):
-        d = DeltaMessage(content=u.content or None, reasoning_content=u.reasoning or None,
-                         tool_calls=[_delta_call(c) for c in u.tool_calls] or None)
         lp = chat_logprobs(ctx.bundle.tokenizer, u, req.top_logprobs or 0)
-        yield writer.event([ChatChunkChoice(index=u.index, delta=d, logprobs=lp,
-                                            finish_reason=u.finish_reason)],
-                           usage=running_usage(req, run.usage))
+        if lp is None and not u.reasoning and not u.tool_calls:
+            choice = content_choice(u.index, u.content, u.finish_reason)
+        else:
+            d = DeltaMessage(content=u.content or None, reasoning_content=u.reasoning or None,
+                             tool_calls=[_delta_call(c) for c in u.tool_calls] or None)
+            choice = ChatChunkChoice(index=u.index, delta=d, logprobs=lp,
+                                     finish_reason=u.finish_reason)
+        yield writer.event([choice], usage=running_usage(req, run.usage))
     if include_usage(req):
         yield writer.event([], usage=run.usage())
 

@@ -13,7 +13,8 @@ from master.openai_responses import CompletionChoice, CompletionLogprobs, Comple
 from master.resume import ResumableRun
 from master.resume_registry import resumption
 from master.serving import RequestRun, ServingContext, response_events
-from master.sse import SSEWriter, include_usage, nonempty, running_usage
+from master.sse import (SSEWriter, include_usage, nonempty, running_usage,
+                        text_choice)
 from master.tokenizer import Tokenizer
 
 
@@ -96,9 +97,12 @@ async def _events(ctx, req, run: RequestRun, updates: list[ChoiceUpdate],
     writer = SSEWriter(response_id, "text_completion", ctx.config.served_model_name)
     tok = ctx.bundle.tokenizer
     async for u in nonempty(updates, rest):
-        lp = completion_logprobs(tok, u, req.logprobs) if req.logprobs is not None else None
-        yield writer.event([CompletionChoice(index=u.index, text=u.content, logprobs=lp,
-                                             finish_reason=u.finish_reason)],
-                           usage=running_usage(req, run.usage))
+        if req.logprobs is None:
+            choice = text_choice(u.index, u.content, u.finish_reason)
+        else:
+            choice = CompletionChoice(index=u.index, text=u.content,
+                                      logprobs=completion_logprobs(tok, u, req.logprobs),
+                                      finish_reason=u.finish_reason)
+        yield writer.event([choice], usage=running_usage(req, run.usage))
     if include_usage(req):
         yield writer.event([], usage=run.usage())

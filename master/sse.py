@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from json.encoder import encode_basestring  # a str as a JSON string, non-ASCII kept
 from typing import AsyncIterator
 
 from pydantic import BaseModel
@@ -40,11 +41,32 @@ class SSEWriter:
                            "model": model}, ensure_ascii=False, separators=(",", ":"))
         self._head = "data: " + head[:-1] + ',"choices":['
 
-    def event(self, choices: list[BaseModel], usage: Usage | None = None) -> str:
-        body = self._head + ",".join(c.model_dump_json() for c in choices) + "]"
+    def event(self, choices: list[BaseModel | str], usage: Usage | None = None) -> str:
+        """choices: models, or their JSON already (text_choice / content_choice)."""
+        body = self._head + ",".join(c if isinstance(c, str) else c.model_dump_json()
+                                     for c in choices) + "]"
         if usage is not None:
             body += ',"usage":' + usage.model_dump_json()
         return body + "}\n\n"
+
+
+# The chunk of a plain token, written directly: the same JSON as the pydantic models'
+# (CompletionChoice, ChatChunkChoice) at a fraction of the cost, 64 times a step.
+def _string_or_null(value: str | None) -> str:
+    return "null" if value is None else encode_basestring(value)
+
+
+def text_choice(index: int, text: str, finish_reason: str | None) -> str:
+    """CompletionChoice(index, text, finish_reason) without logprobs, as JSON."""
+    return (f'{{"index":{index},"text":{encode_basestring(text)},"logprobs":null,'
+            f'"finish_reason":{_string_or_null(finish_reason)}}}')
+
+
+def content_choice(index: int, content: str, finish_reason: str | None) -> str:
+    """ChatChunkChoice with a content-only delta (empty: no field) and no logprobs, as JSON."""
+    delta = f'{{"content":{encode_basestring(content)}}}' if content else "{}"
+    return (f'{{"index":{index},"delta":{delta},"logprobs":null,'
+            f'"finish_reason":{_string_or_null(finish_reason)}}}')
 
 
 def sse(payload: dict) -> str:

@@ -26,12 +26,16 @@ def step_request(step: Step, hidden: pb.Tensor) -> pb.StepRequest:
     chunks (first) stay here, adoptions go last (they have no rows)."""
     keep = [pb.CacheBlock(seq_id=seq_id, block_index=index, hash=h)
             for seq_id, index, h in step.cache_blocks]
-    seqs = [_seq_step(s) for s in step.seqs if not s.head_only]
-    seqs += [pb.SeqStep(seq_id=seq.seq_id, adopt=True, resume_key=seq.resume_key)
-             for seq in step.adopts]
-    return pb.StepRequest(step_id=step.step_id, seqs=seqs,
-                          hidden=_without_leading_rows(hidden, step.head_rows),
-                          release=step.worker_release, cache_blocks=keep, evict=step.evict)
+    request = pb.StepRequest(step_id=step.step_id,
+                             hidden=_without_leading_rows(hidden, step.head_rows),
+                             release=step.worker_release, cache_blocks=keep, evict=step.evict)
+    add = request.seqs.add  # in place: a list of SeqSteps passed in would be copied
+    for s in step.seqs:
+        if not s.head_only:
+            _seq_step(add(), s)
+    for seq in step.adopts:
+        add(seq_id=seq.seq_id, adopt=True, resume_key=seq.resume_key)
+    return request
 
 
 def _without_leading_rows(hidden: pb.Tensor, rows: int) -> pb.Tensor:
@@ -43,10 +47,10 @@ def _without_leading_rows(hidden: pb.Tensor, rows: int) -> pb.Tensor:
                      shape=[hidden.shape[0] - rows, *hidden.shape[1:]])
 
 
-def _seq_step(item: ScheduledSeq) -> pb.SeqStep:
+def _seq_step(msg: pb.SeqStep, item: ScheduledSeq) -> None:
     chunk = item.chunk
-    msg = pb.SeqStep(seq_id=chunk.seq_id, start_pos=chunk.start_pos,
-                     num_tokens=chunk.num_tokens, sample=item.samples)
+    msg.seq_id, msg.start_pos, msg.num_tokens = chunk.seq_id, chunk.start_pos, chunk.num_tokens
+    msg.sample = item.samples
     if item.sends_params:
         params = item.seq.params
         if params.repetition_penalty != 1.0:  # the only knob that reads the prompt
@@ -57,7 +61,6 @@ def _seq_step(item: ScheduledSeq) -> pb.SeqStep:
         msg.resume_key = item.seq.resume_key  # kept for adoption if our stream breaks
         # Rebuilt after a lost worker: the worker restores the sampler past these tokens.
         msg.resume_output_ids.extend(item.seq.token_ids[item.seq.num_prompt_tokens:])
-    return msg
 
 
 def reply_outcomes(reply: pb.StepReply) -> dict[str, Outcome]:
@@ -73,6 +76,7 @@ def reply_outcomes(reply: pb.StepReply) -> dict[str, Outcome]:
                                               result.adopted.next_pos)
         elif kind == "sampled":
             s = result.sampled
-            top = tuple((t.token_id, t.logprob) for t in s.top_logprobs)
+            tops = s.top_logprobs
+            top = tuple((t.token_id, t.logprob) for t in tops) if tops else ()
             outcomes[result.seq_id] = SampleResult(s.token_id, s.logprob, top, s.stopped)
     return outcomes

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 
+from runtime.gil import shorten_gil_switch_interval
 from runtime.sd_notify import supervise
 from engine.errors import CheckpointError
 from engine.manifest import Manifest
@@ -208,6 +209,7 @@ def run_cli(config: WorkerConfig, write_model_repo_dir: str | None = None) -> in
         path = write_model_repo(config, write_model_repo_dir)
         print(f"wrote {path}; mount {write_model_repo_dir} as Triton's --model-repository")
         return 0
+    shorten_gil_switch_interval()  # the gRPC poller thread answers behind a busy loop
     try:
         asyncio.run(_serve_until_signal(config))
     except STARTUP_ERRORS as e:

@@ -24,12 +24,12 @@ from engine.stage import Stage
 from proto import pipeline_pb2 as pb
 from proto.convert import WireError
 from worker.tail_seqs import SeqFailed, SeqTable, TailSeq
-from worker.wire import check_hidden, sampled_to_proto
+from worker.wire import check_hidden, write_sampled
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlannedSeq:
     """A sequence of this step that passed its checks: where its rows and result are."""
 
@@ -93,7 +93,9 @@ class TailRunner:
         buffer from Triton), else they are request.hidden.data."""
         start_s = time.perf_counter()
         data = request.hidden.data if hidden_data is None else hidden_data
-        results = [pb.SeqResult(seq_id=s.seq_id) for s in request.seqs]
+        reply = pb.StepReply(step_id=request.step_id)
+        add = reply.results.add  # filled in place: a list passed in would be copied
+        results = [add(seq_id=s.seq_id) for s in request.seqs]
         in_step = {s.seq_id for s in request.seqs}
         released_now = [i for i in request.release if i not in in_step]
         self.table.apply_cache_ops(stream, request, released_now)
@@ -112,7 +114,7 @@ class TailRunner:
                 self._run(stream, request, hidden, results)
         for seq_id in in_step.intersection(request.release):
             self.table.release(stream, seq_id, "released")
-        return self._reply(request.step_id, results, time.perf_counter() - start_s)
+        return self._counters(reply, time.perf_counter() - start_s)
 
     def _check_layout(self, request: pb.StepRequest, nbytes: int) -> None:
         """Message-level checks: without them no row of `hidden` can be attributed."""
@@ -130,17 +132,21 @@ class TailRunner:
     def _run(self, stream: str, request: pb.StepRequest, hidden: torch.Tensor,
              results: list[pb.SeqResult]) -> None:
         planned: list[PlannedSeq] = []
-        row, counts = 0, Counter(s.seq_id for s in request.seqs)
+        ids = [s.seq_id for s in request.seqs]
+        counts = Counter(ids) if len(set(ids)) < len(ids) else None  # None: no repeats
         finite = torch.isfinite(hidden).all(dim=1).tolist() if hidden.numel() else []  # [T]
+        row = 0
         for index, seq_step in enumerate(request.seqs):
-            if seq_step.adopt and counts[seq_step.seq_id] == 1:  # no rows (worker/orphans.py)
+            twice = counts is not None and counts[seq_step.seq_id] > 1
+            if seq_step.adopt and not twice:  # no rows (worker/orphans.py)
                 self.table.adopt(stream, seq_step, results[index])
                 continue
+            num = seq_step.num_tokens
             try:
-                if counts[seq_step.seq_id] > 1:
+                if twice:
                     raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT,
                                     f"sequence {seq_step.seq_id!r} appears twice in one step")
-                if not all(finite[row:row + seq_step.num_tokens]):
+                if not (finite[row] if num == 1 else all(finite[row:row + num])):
                     raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT,
                                     f"hidden states of sequence {seq_step.seq_id!r} contain "
                                     "NaN or infinity")
@@ -148,7 +154,7 @@ class TailRunner:
                 planned.append(PlannedSeq(index, seq, seq_step, row))
             except SeqFailed as e:
                 self._fail(stream, seq_step.seq_id, results[index], e)
-            row += seq_step.num_tokens
+            row += num
         if not planned:
             return
         try:
@@ -163,8 +169,8 @@ class TailRunner:
 
     def _forward(self, hidden: torch.Tensor, planned: list[PlannedSeq],
                  results: list[pb.SeqResult]) -> None:
-        rows = [r for p in planned for r in p.rows]
-        if len(rows) != hidden.shape[0]:  # some sequences failed: drop their rows
+        if sum(p.step.num_tokens for p in planned) != hidden.shape[0]:  # some failed: drop
+            rows = [r for p in planned for r in p.rows]  # their rows
             hidden = hidden[torch.tensor(rows, device=hidden.device)]
         batch = StepBatch(tuple(SeqChunk(p.seq.key, p.step.start_pos, p.step.num_tokens)
                                 for p in planned))
@@ -172,10 +178,12 @@ class TailRunner:
         last_rows = batch.last_token_rows()
         sampling = [(p, last) for p, last in zip(planned, last_rows) if p.step.sample]
         if sampling:
-            logits = self.stage.compute_logits(out[[last for _, last in sampling]])  # [N, V]
-            picks = sample(logits, [p.seq.sampler for p, _ in sampling])
+            picked = [last for _, last in sampling]
+            if len(picked) != out.shape[0]:  # else a decode step: every row samples, in order
+                out = out[torch.tensor(picked, device=out.device)]
+            picks = sample(self.stage.compute_logits(out), [p.seq.sampler for p, _ in sampling])
             for (p, _), pick in zip(sampling, picks):
-                results[p.index].sampled.CopyFrom(sampled_to_proto(pick))
+                write_sampled(results[p.index].sampled, pick)
         now = self.clock()
         for p in planned:
             p.seq.next_pos, p.seq.touched_s = p.step.start_pos + p.step.num_tokens, now
@@ -196,11 +204,12 @@ class TailRunner:
                                       f"released after {self.idle_timeout_s:g} s idle"
                                       ) + self.table.expire_orphans()
 
-    def _reply(self, step_id: int, results, compute_s: float) -> pb.StepReply:
+    def _counters(self, reply: pb.StepReply, compute_s: float) -> pb.StepReply:
         kv = self.stage.kv
-        return pb.StepReply(step_id=step_id, results=results, kv_used_tokens=kv.used_tokens,
-                            kv_capacity_tokens=kv.capacity_tokens, worker_compute_s=compute_s)
+        reply.kv_used_tokens, reply.kv_capacity_tokens = kv.used_tokens, kv.capacity_tokens
+        reply.worker_compute_s = compute_s
+        return reply
 
     def status(self) -> pb.StepReply:
         """A reply with no results: the KV counters, for lifecycle calls."""
-        return self._reply(0, [], 0.0)
+        return self._counters(pb.StepReply(), 0.0)

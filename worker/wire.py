@@ -26,11 +26,15 @@ def check_hidden(msg: pb.Tensor, dtype: str, rows: int, hidden_size: int,
                         f"of {dtype} needs {expected}")
 
 
-def sampled_to_proto(result: SampleResult) -> pb.Sampled:
-    """The wire form of one sampled token (logprob 0.0 when none was asked for)."""
-    return pb.Sampled(
-        token_id=result.token_id,
-        logprob=result.logprob or 0.0,
-        top_logprobs=[pb.TokenLogprob(token_id=t, logprob=lp) for t, lp in result.top_logprobs],
-        stopped=result.stopped,
-    )
+def write_sampled(msg: pb.Sampled, result: SampleResult) -> None:
+    """Fill a result's (empty) Sampled in place with one sampled token (logprob 0.0 when
+    none was asked for): in place, because building a Sampled and copying it in costs twice
+    as much, 64 times a step."""
+    msg.SetInParent()  # the outcome is `sampled` even for token 0 without logprobs
+    msg.token_id = result.token_id
+    if result.stopped:
+        msg.stopped = True
+    if result.logprob:
+        msg.logprob = result.logprob
+    for t, lp in result.top_logprobs:
+        msg.top_logprobs.add(token_id=t, logprob=lp)

@@ -139,7 +139,8 @@ class Stack:
         toml.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in fields.items()))
         log = self.tmp / f"{role}.log"
         proc = subprocess.Popen([sys.executable, "-m", "duet.cli", role, "--config", str(toml)],
-                                stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+                                stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                                cwd=getattr(self, "cwd", None))  # a source tree to run
         self.procs.append(proc)
         for _ in range(1800):
             if m := re.search(ready, log.read_text(errors="replace")):

@@ -88,3 +88,36 @@ def test_attached_blocks_feed_the_context_of_the_rest_of_the_prompt():
     shared = kv._tables["a"][0]
     assert ctx.context_slots[0, :4].tolist() == [shared * 4 + i for i in range(4)]
     assert ctx.positions.tolist() == [4, 5]
+
+
+def test_used_tokens_counts_the_blocks_sequences_hold_through_any_order_of_operations():
+    """used_tokens is kept as blocks change hands (not summed per step): after each of 400
+    random keeps, attaches, releases and evictions it equals the distinct blocks held."""
+    import random
+
+    rng, kv, live, n, idle_seen = random.Random(0), make(blocks=64), set(), 0, 0
+    for _ in range(400):
+        op = rng.choice(("new", "keep", "keep", "attach", "release", "release", "evict"))
+        if op == "new" and len(kv._free) >= 3:
+            n += 1
+            write(kv, f"s{n}", rng.randint(1, 12))
+            live.add(f"s{n}")
+        elif op == "keep" and live:
+            seq = rng.choice(sorted(live))
+            full = kv.seq_len(seq) // kv.block_size
+            if full:
+                kv.cache_block(seq, rng.randrange(full), f"k{rng.randrange(20)}")
+        elif op == "attach" and kv._keyed:
+            n += 1
+            kv.attach(f"s{n}", rng.sample(sorted(kv._keyed), 1))
+            live.add(f"s{n}")
+        elif op == "release" and live:
+            seq = rng.choice(sorted(live))
+            kv.release(seq)
+            live.discard(seq)
+        elif op == "evict" and kv._keyed:
+            kv.evict(rng.choice(sorted(kv._keyed)))
+        held = {b for table in kv._tables.values() for b in table}
+        assert kv.used_tokens == len(held) * kv.block_size, op
+        idle_seen = max(idle_seen, len(kv._keyed) - len(held & set(kv._keyed.values())))
+    assert idle_seen > 2  # kept blocks nobody held were there to count

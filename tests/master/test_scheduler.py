@@ -146,3 +146,21 @@ def test_step_ids_strictly_increase_and_config_is_validated():
     assert ids == sorted(set(ids))
     with pytest.raises(ValueError, match="step_token_budget"):
         SchedulerConfig(step_token_budget=0)
+
+
+def test_sampled_tokens_wait_for_delivery_and_reach_the_reader_before_a_later_error():
+    s = make_scheduler()
+    seq = make_seq("a", 4)
+    s.add(seq)
+    answer(s, s.schedule(), token=7)
+    assert seq.outbox.empty()  # held: the driver delivers once the next step is sent
+    answer(s, s.schedule(), token=8)
+    s.fail_all(SequenceFailed("UNAVAILABLE", "worker gone"))
+    got = [seq.outbox.get_nowait() for _ in range(seq.outbox.qsize())]
+    assert [e.token_id for e in got[:2]] == [7, 8] and isinstance(got[2], SequenceFailed)
+    s2 = make_scheduler()
+    other = make_seq("b", 4)
+    s2.add(other)
+    answer(s2, s2.schedule(), token=9)
+    s2.deliver()
+    assert other.outbox.get_nowait().token_id == 9
