@@ -31,12 +31,12 @@ class ManagedTriton:
 
     def __init__(self, install: TritonInstall, repo_dir: Path, run_dir: Path, model_name: str,
                  *, grpc_port: int = 0, http_port: int = 0, start_timeout_s: float = 120.0,
-                 server_args: tuple[str, ...] = (), hide_gpus: bool = False,
+                 server_args: tuple[str, ...] = (),
                  on_restart: Callable[[], None] | None = None):
         self.install, self.repo_dir, self.run_dir = install, repo_dir, run_dir
         self.model_name, self.start_timeout_s = model_name, start_timeout_s
         self.grpc_port, self.http_port = grpc_port or free_port(), http_port or free_port()
-        self.server_args, self.hide_gpus = server_args, hide_gpus
+        self.server_args = server_args
         self.on_restart = on_restart
         self.log_path = run_dir / "tritonserver.log"
         self.proc: asyncio.subprocess.Process | None = None
@@ -65,13 +65,7 @@ class ManagedTriton:
         self.supervisor = asyncio.create_task(self._supervise(), name="triton-supervisor")
 
     async def _spawn_until_ready(self) -> None:
-        env = self.install.environment(dict(os.environ))
-        stub_env = None
-        if self.hide_gpus:  # the server sees no GPU; its stub (the tail) gets ours back
-            #                 (a candidate cure bench/gpu/triton_cure.py tries)
-            stub_env = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")}
-            env["CUDA_VISIBLE_DEVICES"] = ""
-        backends = self.install.assemble_backends(self.run_dir / "backends", stub_env)
+        backends = self.install.assemble_backends(self.run_dir / "backends")
         args = [
             str(self.install.binary), f"--model-repository={self.repo_dir}",
             f"--backend-directory={backends}", "--grpc-address=127.0.0.1",
@@ -84,7 +78,7 @@ class ManagedTriton:
         with open(self.log_path, "ab") as out:
             self.proc = await asyncio.create_subprocess_exec(
                 *args, stdout=out, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
-                env=env, preexec_fn=die_with_parent,
+                env=self.install.environment(dict(os.environ)), preexec_fn=die_with_parent,
                 start_new_session=True,  # its own process group: the stubs can be reaped with it
             )
         log.info("tritonserver pid %d starting on %s (log %s)", self.proc.pid, self.url,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import shlex
 import shutil
 import sys
 import sysconfig
@@ -106,11 +105,8 @@ class TritonInstall:
         check_numpy(_version("nvidia-pytriton"), _version("numpy"))  # the stub's numpy too
         return install
 
-    def assemble_backends(self, dest: str | Path,
-                          stub_env: dict[str, str | None] | None = None) -> Path:
-        """A --backend-directory whose python/ holds the backend and this Python's stub.
-        `stub_env` (name -> value, None = unset) starts the stub through a wrapper script
-        that sets them: the stub's environment otherwise is the server's."""
+    def assemble_backends(self, dest: str | Path) -> Path:
+        """A --backend-directory whose python/ holds the backend and this Python's stub."""
         python_dir = Path(dest) / "python"
         python_dir.mkdir(parents=True, exist_ok=True)
         links = {f.name: f for f in self.backend_dir.iterdir() if f.is_file()}
@@ -119,20 +115,8 @@ class TritonInstall:
             link = python_dir / name
             if link.is_symlink() or link.exists():
                 link.unlink()
-            if name == self.stub.name and stub_env is not None:
-                self._write_stub_wrapper(link, stub_env)
-            else:
-                link.symlink_to(target)
+            link.symlink_to(target)
         return Path(dest)
-
-    def _write_stub_wrapper(self, path: Path, env: dict[str, str | None]) -> None:
-        # The Python backend starts its stub as `bash -c "exec <stub> <args>"`.
-        lines = ["#!/bin/sh", "# duet: the stub's own environment (worker/triton_repo.py)"]
-        lines += [f"unset {name}" if value is None else f"export {name}={shlex.quote(value)}"
-                  for name, value in sorted(env.items())]
-        lines.append(f'exec {shlex.quote(str(self.stub))} "$@"')
-        path.write_text("\n".join(lines) + "\n")
-        path.chmod(0o755)
 
     def environment(self, base: dict[str, str]) -> dict[str, str]:
         """The server's env: this virtualenv first on PATH (the stub imports duet and torch

@@ -68,7 +68,7 @@ def cure_rows(c: dict) -> list[str]:
             "UINT8 only (no BYTES tensor) |", "|---|---|---|---|---|"]
     for name, v in c["variants"].items():
         rows.append(f"| {name} | {' '.join(v['server_args']) or '(none)'} | "
-                    f"{'yes' if v['hide_gpus'] else 'no'} | {outcome(v.get('echo', v))} | "
+                    f"{'yes' if v.get('hide_gpus') else 'no'} | {outcome(v.get('echo', v))} | "
                     f"{outcome(v['echo_u8']) if 'echo_u8' in v else '-'} |")
     return rows
 

@@ -5,9 +5,9 @@ the same files work on the CPU host (found: numpy 2 in the stub's environment, b
 pipeline.md). This tries candidate cures in
 order: Python-backend models echo the length and MD5 of a step input (7,207 bytes as a decode
 step's message; 40; 500,000) and of a UINT8 input (7,168 bytes, one bf16 hidden row), and say
-how many GPUs torch sees inside the stub (the tail needs them, also when the server is started
-without any) and which numpy it imported. The step goes once as BYTES (the tail's protocol)
-and once as UINT8 (no BYTES tensor anywhere, the answer included). The first variant where
+how many GPUs torch sees inside the stub (the tail needs them) and which numpy it imported.
+The step goes once as BYTES (the tail's protocol) and once as UINT8 (no BYTES tensor anywhere,
+the answer included). The first variant where
 both come back intact wins (--env-out); a variant that fails puts the server's log (with the
 stub's lines) into the JSON. Before the variants: what /dev/shm is here, and whether two
 processes see each other's writes through a file mapped from it (also after it grows).
@@ -37,13 +37,14 @@ from worker.triton_process import ManagedTriton
 from worker.triton_repo import TritonInstall
 
 NO_CUDA_POOL = "--cuda-memory-pool-byte-size=0:0"
-# name -> (extra tritonserver flags, start it with no GPU visible); tried in this order
+# name -> extra tritonserver flags; tried in this order. The recorded runs (triton_cure*.json)
+# also tried "c_server_without_gpus": the server started with no GPU visible and its stub given
+# them back through a wrapper script; it failed like the others, and the wrapper was removed.
 VARIANTS = {
-    "a_today": ((), False),
-    "b_no_cuda_pool": ((NO_CUDA_POOL,), False),
-    "c_server_without_gpus": ((), True),
-    "d_small_shm_region": ((NO_CUDA_POOL, "--backend-config=python,shm-default-byte-size=4194304",
-                            "--backend-config=python,shm-growth-byte-size=1048576"), False),
+    "a_today": (),
+    "b_no_cuda_pool": (NO_CUDA_POOL,),
+    "d_small_shm_region": (NO_CUDA_POOL, "--backend-config=python,shm-default-byte-size=4194304",
+                           "--backend-config=python,shm-growth-byte-size=1048576"),
 }
 # "echo" takes the step as BYTES (as the tail model does); "echo_u8" has no BYTES tensor at
 # all (its step and its answer are UINT8): whether only the BYTES path is broken here.
@@ -158,7 +159,7 @@ async def check(url: str, model: str) -> list[str]:
     return out
 
 
-async def try_variant(tmp: Path, args: tuple[str, ...], hide_gpus: bool) -> dict:
+async def try_variant(tmp: Path, args: tuple[str, ...]) -> dict:
     repo = tmp / "models"
     for name, step_type in MODELS.items():
         (repo / name / "1").mkdir(parents=True, exist_ok=True)
@@ -166,7 +167,7 @@ async def try_variant(tmp: Path, args: tuple[str, ...], hide_gpus: bool) -> dict
             CONFIG.replace("$name", name).replace("$step_type", step_type))
         (repo / name / "1" / "model.py").write_text(MODEL_PY)
     server = ManagedTriton(TritonInstall.find(), repo, tmp, "echo", start_timeout_s=90,
-                           server_args=args, hide_gpus=hide_gpus)
+                           server_args=args)
     started, out = time.perf_counter(), {}
     try:
         await server.start()
@@ -199,18 +200,16 @@ def main() -> None:
                "shm": shm_facts(), "variants": {}, "winner": None}
     print(json.dumps(results["shm"], indent=1), flush=True)
     for name in args.variants.split(","):
-        flags, hide = VARIANTS[name]
+        flags = VARIANTS[name]
         with tempfile.TemporaryDirectory() as tmp:
-            result = asyncio.run(try_variant(Path(tmp), flags, hide))
-        results["variants"][name] = {"server_args": list(flags), "hide_gpus": hide, **result}
+            result = asyncio.run(try_variant(Path(tmp), flags))
+        results["variants"][name] = {"server_args": list(flags), **result}
         print(name, json.dumps({k: v for k, v in result.items() if k != "log"}), flush=True)
         if not result["ok"]:
             print(result.get("log", ""), flush=True)
         if result["ok"] and not results["winner"]:
             results["winner"] = name
             if args.env_out:
-                if hide:  # ManagedTriton can, the worker's settings cannot: none needed it yet
-                    print("the winner hides the GPUs: no worker setting does that", flush=True)
                 Path(args.env_out).write_text(
                     f"export DUET_WORKER_TRITON_SERVER_ARGS='{' '.join(flags)}'\n")
         Path(args.out).write_text(json.dumps(results, indent=2))
