@@ -1,7 +1,8 @@
 """The `triton` executor: the tail runs as a Python-backend model in Triton Inference Server,
 either a tritonserver this worker starts and supervises, or an existing one at triton_url.
-Calls go over one ModelStreamInfer stream (worker/triton_stream.py); a step's hidden states
-travel as their own UINT8 input rather than inside the re-serialized StepRequest."""
+Calls go over one ModelStreamInfer stream (worker/triton_stream.py) as Triton's own messages
+built from a template (worker/triton_wire.py); a step's hidden states travel as their own
+UINT8 input rather than inside the re-serialized StepRequest."""
 from __future__ import annotations
 
 import asyncio
@@ -11,21 +12,25 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+import grpc
 import tritonclient.grpc.aio as triton_grpc
-from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
 from proto import pipeline_pb2 as pb
 from worker.config import WorkerConfig
 from worker.executor import ExecutorUnavailable
 from worker.triton_process import ManagedTriton
-from worker.triton_protocol import (INPUT_HIDDEN, INPUT_OP, INPUT_STEP, INPUT_STREAM,
-                                    OUTPUT_RESULT, Op)
+from worker.triton_protocol import Op
 from worker.triton_repo import TritonInstall, write_model_repo
 from worker.triton_stream import StreamBroken, TritonStream
+from worker.triton_wire import CallTemplate, result_bytes
 
 log = logging.getLogger(__name__)
+# Triton's own limit; the Pipeline service already bounds a step by max_message_bytes.
+_UNLIMITED = [("grpc.max_send_message_length", 2**31 - 1),
+              ("grpc.max_receive_message_length", 2**31 - 1)]
+
+
 class TailModelError(RuntimeError):
     """The tail model answered a call with an error (a bug there, not a lost server)."""
 
@@ -39,14 +44,16 @@ class TritonExecutor:
         self.config = config
         self.model = config.triton_model_name
         self.server: ManagedTriton | None = None
-        self.client: triton_grpc.InferenceServerClient | None = None
+        self.client: triton_grpc.InferenceServerClient | None = None  # readiness checks
+        self.channel: grpc.aio.Channel | None = None  # the calls' stream
         self.own_run_dir: Path | None = None
-        self.outputs = [InferRequestedOutput(OUTPUT_RESULT)]
+        self.template = CallTemplate(self.model)
         self.stream: TritonStream | None = None  # opened by the first call after a break
 
     async def start(self) -> pb.HandshakeReply:
         url = self.config.triton_url or await self._start_server()
         self.client = triton_grpc.InferenceServerClient(url)
+        self.channel = grpc.aio.insecure_channel(url, options=_UNLIMITED)
         if self.config.triton_url:
             await self._wait_external(url)
         info = pb.HandshakeReply.FromString(await self._call(Op.INFO, "", b""))
@@ -98,25 +105,16 @@ class TritonExecutor:
     async def _call(self, op: Op, stream: str, payload: bytes, hidden: bytes = b"") -> bytes:
         if not self.serving():
             raise ExecutorUnavailable("tritonserver died and is restarting")
-        inputs = []
-        for name, value in ((INPUT_OP, op.value.encode()), (INPUT_STREAM, stream.encode()),
-                            (INPUT_STEP, payload)):
-            tensor = InferInput(name, [1], "BYTES")
-            tensor.set_data_from_numpy(np.array([value], dtype=np.object_))
-            inputs.append(tensor)
-        if hidden:
-            tensor = InferInput(INPUT_HIDDEN, [len(hidden)], "UINT8")
-            tensor.set_data_from_numpy(np.frombuffer(hidden, dtype=np.uint8))
-            inputs.append(tensor)
+        request = self.template.request(op.value, stream, payload, hidden)
         if self.stream is None or self.stream.broken:
-            self.stream = TritonStream(self.client, self.model)
+            self.stream = TritonStream(self.channel)
         try:
-            result, error = await self.stream.call(inputs, self.outputs)
+            response = await self.stream.call(request)
         except StreamBroken as e:
             raise ExecutorUnavailable(f"Triton: {e}") from None
-        if error is not None:
-            raise TailModelError(f"the tail model in Triton failed: {error.message()}")
-        return result.as_numpy(OUTPUT_RESULT)[0]
+        if response.error_message:
+            raise TailModelError(f"the tail model in Triton failed: {response.error_message}")
+        return result_bytes(response.infer_response)
 
     async def step(self, stream: str, request: pb.StepRequest) -> pb.StepReply:
         """The request's hidden bytes move to the HIDDEN input (the request is spent)."""
@@ -134,6 +132,8 @@ class TritonExecutor:
     async def close(self) -> None:
         if self.stream is not None:
             await self.stream.close()
+        if self.channel is not None:
+            await self.channel.close()
         if self.client is not None:
             await self.client.close()
         if self.server is not None:

@@ -2,17 +2,22 @@
 
 Every call goes over one open bidirectional stream instead of a unary inference each: on the
 CPU host a batch-1 decode step's Triton hop took 0.78 ms this way against 1.18 ms unary
-(bench/worker/triton_transfer.json; at batch 64 the two are even). The model is not
-decoupled and runs one instance, so answers come back in the order the calls went out; a
-broken stream fails every call waiting on it, and the next call opens a new one.
+(bench/worker/triton_transfer.json; at batch 64 the two are even). The stream carries
+Triton's own messages (worker/triton_wire.py), written straight onto the call.
+
+One call at a time: the caller writes its request and reads the answer itself, so that no
+task hand-off sits between Triton's answer and the step waiting on it (a reader task and a
+queue cost ~0.1 ms a call more on the CPU host, bench/worker/triton_relay.md). Triton runs the
+tail model as one instance, one call after another, so calls in flight together would only
+queue there instead. A call abandoned half way (its step cancelled) breaks the stream, since
+its answer would otherwise be read by the next call; the next call opens a new stream.
 """
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 
 import grpc
-from tritonclient.utils import InferenceServerException
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 
 class StreamBroken(Exception):
@@ -20,53 +25,42 @@ class StreamBroken(Exception):
 
 
 class TritonStream:
-    """Calls over one ModelStreamInfer stream, answered in order."""
+    """Calls over one ModelStreamInfer stream, one at a time."""
 
-    def __init__(self, client, model: str):
-        self.model = model
-        self._outgoing: asyncio.Queue = asyncio.Queue()
-        self._waiting: deque[asyncio.Future] = deque()
+    def __init__(self, channel: grpc.aio.Channel):
+        self._call = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer()
+        self._one_at_a_time = asyncio.Lock()
         self.broken: str | None = None  # why, once the stream is unusable
-        self._responses = client.stream_infer(self._requests())
-        self._reader = asyncio.create_task(self._read(), name="triton-stream-reader")
 
-    async def _requests(self):
-        while True:
-            yield await self._outgoing.get()
-
-    async def _read(self) -> None:
-        try:
-            async for result, error in self._responses:
-                future = self._waiting.popleft()
-                if not future.done():
-                    future.set_result((result, error))
-            why = "Triton closed the stream"
-        except (grpc.aio.AioRpcError, InferenceServerException) as e:
-            why = f"stream to Triton failed: {e}"
-        except asyncio.CancelledError:
-            why = "stream closed by the worker"
-        self._fail_all(why)
-
-    def _fail_all(self, why: str) -> None:
-        self.broken = why
-        while self._waiting:
-            future = self._waiting.popleft()
-            if not future.done():
-                future.set_exception(StreamBroken(why))
-
-    async def call(self, inputs: list, outputs: list):
-        """One inference: (InferResult, None) or (None, the model's InferenceServerException);
+    async def call(self, request: service_pb2.ModelInferRequest
+                   ) -> service_pb2.ModelStreamInferResponse:
+        """One inference; the response's error_message is the model's error, if any.
         StreamBroken when the stream is gone."""
-        if self.broken is not None:
-            raise StreamBroken(self.broken)
-        future = asyncio.get_running_loop().create_future()
-        self._waiting.append(future)
-        self._outgoing.put_nowait({"model_name": self.model, "inputs": inputs,
-                                   "outputs": outputs})
-        return await future
+        async with self._one_at_a_time:
+            if self.broken is not None:
+                raise StreamBroken(self.broken)
+            try:
+                await self._call.write(request)
+                response = await self._call.read()
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as e:
+                raise StreamBroken(self._break(f"stream to Triton failed: {_why(e)}")) from None
+            except BaseException:  # cancelled half way: its answer must not reach the next call
+                self._break("a call was abandoned half way")
+                raise
+            if response is grpc.aio.EOF:
+                raise StreamBroken(self._break("Triton closed the stream"))
+            return response
+
+    def _break(self, why: str) -> str:
+        self.broken = self.broken or why
+        self._call.cancel()
+        return self.broken
 
     async def close(self) -> None:
-        self._responses.cancel()
-        self._reader.cancel()
-        await asyncio.gather(self._reader, return_exceptions=True)
-        self._fail_all("stream closed by the worker")
+        self._break("stream closed by the worker")
+
+
+def _why(e: Exception) -> str:
+    if isinstance(e, grpc.aio.AioRpcError):
+        return f"{e.code().name}: {e.details()}"
+    return type(e).__name__
