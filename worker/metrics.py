@@ -27,6 +27,10 @@ class WorkerMetrics:
         self.step_s = Histogram("duet_worker_step_seconds", "Executor time of one step: "
                                 "tail forward and sampling (and the hop into Triton).",
                                 buckets=STEP_BUCKETS_S, registry=r)
+        self.tail_s = Histogram("duet_worker_tail_seconds", "The tail's own time of one step "
+                                "(forward and sampling; inside Triton for the triton executor: "
+                                "step minus this is the hop into Triton).",
+                                buckets=STEP_BUCKETS_S, registry=r)
         self.tokens = Counter("duet_worker_tokens", "New tokens through the tail.", registry=r)
         self.kv_used = Gauge("duet_worker_kv_used_tokens", "KV slots in use on the tail.",
                              registry=r)
@@ -70,6 +74,7 @@ class MeteredExecutor:
             raise
         m = self.metrics
         m.step_s.observe(time.perf_counter() - started)
+        m.tail_s.observe(reply.worker_compute_s)
         m.steps.inc()
         m.tokens.inc(sum(s.num_tokens for s in request.seqs))
         m.kv_used.set(reply.kv_used_tokens)

@@ -156,7 +156,7 @@ def test_cli_tensor_parallel_size_that_does_not_split_the_model_is_one_line_and_
 
 def test_write_model_repo_renders_a_valid_triton_config(tmp_path, ckpt):
     path = write_config(tmp_path / "w.toml", model_dir=str(ckpt), layer_start=2, dtype="float32",
-                        kv_cache_bytes=12345)
+                        kv_cache_bytes=12345, cuda_graph_max_batch=8)
     result = duet_worker("--config", str(path), "--write-model-repo", str(tmp_path / "repo"))
     assert result.returncode == 0, result.stderr
     model = tmp_path / "repo" / "duet_tail"
@@ -164,5 +164,6 @@ def test_write_model_repo_renders_a_valid_triton_config(tmp_path, ckpt):
     params = {k: v.string_value for k, v in config.parameters.items()}
     assert config.name == "duet_tail" and config.backend == "python"
     assert params["model_dir"] == str(ckpt) and params["kv_cache_bytes"] == "12345"
+    assert params["cuda_graph_max_batch"] == "8"  # the tail in Triton graphs as the local one
     assert [i.name for i in config.input] == ["OP", "STREAM", "STEP", "HIDDEN"]
     assert (model / "1" / "model.py").is_file()
