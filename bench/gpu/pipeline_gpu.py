@@ -15,7 +15,8 @@ with seeded random weights, written as safetensors. Needs the API's packages (fa
 uvicorn, pydantic, openai, tritonclient, ...): carry them.
 
     python -m bench.gpu.pipeline_gpu --out pipeline.json [--runs triton1,local1,local2]
-    (a run name ending in a digit fixes the micro-batches in flight: triton1, local2, ...)
+    (a run name ending in a digit fixes the micro-batches in flight: triton1, local2, ...;
+    NAME@TREE runs the worker and master from another source tree: triton1@../before)
 """
 from __future__ import annotations
 
@@ -90,8 +91,10 @@ class GpuStack(Stack):
     """Worker and master on the GPU, bf16, decode graphs up to 64 sequences."""
 
     def __init__(self, tmp: Path, model: Path, executor: str, inflight: int,  # noqa: no super
-                 device: str = "cuda", split: int = SPLIT, dtype: str = "bfloat16"):
+                 device: str = "cuda", split: int = SPLIT, dtype: str = "bfloat16",
+                 tree: Path | None = None):
         self.tmp, self.procs = tmp, []
+        self.cwd = tree  # pipeline_stack.Stack starts the processes there (None: this tree)
         port, metrics = free_port(), free_port()
         kv_bytes = 8 * 2**30 if device == "cuda" else 2**28
         common = dict(model_dir=str(model), dtype=dtype, device=device,
@@ -174,10 +177,14 @@ def main() -> None:
         where = {k: dry[k] for k in ("device", "dtype", "split")} if dry else {}
         all_levels = dry["levels"] if dry else LEVELS
         for run in args.runs.split(","):
-            executor = "triton" if run.startswith("triton") else "local"
-            inflight = int(run[-1]) if run[-1].isdigit() else best_inflight(results["runs"])
+            name, _, tree = run.partition("@")
+            executor = "triton" if name.startswith("triton") else "local"
+            inflight = int(name[-1]) if name[-1].isdigit() else best_inflight(results["runs"])
+            if tree:
+                where["tree"] = Path(tree).resolve()
             results["runs"][run] = run_one(Path(tmp), model, executor, inflight, all_levels,
                                            True, **where)
+            where.pop("tree", None)
             Path(args.out).write_text(json.dumps(results, indent=2))
 
 

@@ -26,8 +26,7 @@ class TreeGpuStack(gpu.GpuStack):
     in `cwd`, and `python -m` puts it first on the module path); None: this checkout."""
 
     def __init__(self, tmp: Path, model: Path, tree: Path | None, **where):
-        self.cwd = tree
-        super().__init__(tmp, model, "local", 1, **where)
+        super().__init__(tmp, model, "local", 1, tree=tree, **where)
 
 
 def run_tree(tmp: Path, model: Path, tree: Path | None, levels, **where) -> dict:

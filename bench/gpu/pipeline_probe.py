@@ -18,6 +18,7 @@ SERIES = {  # name in the JSON: (which process, Prometheus series)
     "master_hop_s": ("master", r"duet:pipeline_hop_seconds_sum"),
     "worker_steps": ("worker", r"duet_worker_step_seconds_count"),
     "worker_step_s": ("worker", r"duet_worker_step_seconds_sum"),
+    "worker_tail_s": ("worker", r"duet_worker_tail_seconds_sum"),
     "worker_tokens": ("worker", r"duet_worker_tokens_total"),
 }
 
@@ -37,6 +38,7 @@ def breakdown(before: dict, after: dict) -> dict:
     steps, wsteps = max(d["master_steps"], 1), max(d["worker_steps"], 1)
     return {"steps": int(d["master_steps"]), "hop_ms_mean": d["master_hop_s"] / steps * 1e3,
             "worker_step_ms_mean": d["worker_step_s"] / wsteps * 1e3,
+            "worker_tail_ms_mean": d["worker_tail_s"] / wsteps * 1e3,
             "tokens_per_worker_step": d["worker_tokens"] / wsteps}
 
 
