@@ -158,6 +158,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--runs", default="triton1,local1")
+    parser.add_argument("--concurrency", default="1,16,64", help="levels to run, of 1,16,64")
+    parser.add_argument("--no-in-process", action="store_true",
+                        help="skip the engine in one process (a call that compares runs only)")
     parser.add_argument("--dry-run", action="store_true", help="small checkpoint, this CPU")
     args = parser.parse_args()
     dry = DRY if args.dry_run else None
@@ -171,11 +174,12 @@ def main() -> None:
         t0 = time.perf_counter()
         model = dry_checkpoint(Path(tmp)) if dry else write_checkpoint(Path(tmp) / "qwen7b")
         results["checkpoint_write_s"] = time.perf_counter() - t0
-        if not dry:
+        if not dry and not args.no_in_process:
             results["in_process"] = in_process(model)
             print(json.dumps(results["in_process"]), flush=True)
         where = {k: dry[k] for k in ("device", "dtype", "split")} if dry else {}
-        all_levels = dry["levels"] if dry else LEVELS
+        wanted = {int(c) for c in args.concurrency.split(",")}
+        all_levels = [lv for lv in (dry["levels"] if dry else LEVELS) if lv[0] in wanted]
         for run in args.runs.split(","):
             name, _, tree = run.partition("@")
             executor = "triton" if name.startswith("triton") else "local"

@@ -6,7 +6,6 @@ the worker's virtualenv first on PATH; in a container, pip-install duet there).
 import json
 
 import numpy as np
-import torch
 import triton_python_backend_utils as pb_utils
 
 from worker.config import WorkerConfig
@@ -31,8 +30,10 @@ class TritonPythonModel:
             return pb_utils.get_input_tensor_by_name(request, name).as_numpy()[0]
 
         hidden = pb_utils.get_input_tensor_by_name(request, INPUT_HIDDEN)
-        if hidden is not None:  # zero-copy view of the request's buffer
-            hidden = torch.from_dlpack(hidden.to_dlpack())
+        if hidden is not None:  # a numpy view of the request's buffer: the tail copies it to
+            # pinned memory with numpy on this thread, as it does the local executor's bytes
+            # (a torch tensor here took torch's copy_ instead; bench/gpu/triton_relay.md)
+            hidden = hidden.as_numpy()
         try:
             result = handle(self.tail, parse_op(text(INPUT_OP).decode()),
                             text(INPUT_STREAM).decode(), text(INPUT_STEP), hidden)
