@@ -9,7 +9,8 @@ BUDGET_S=${4:-460}
 source bench/gpu/device_setup.sh "$1" "$2" "$3" || exit 1
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
 echo "== setup ${SECONDS}s"
-timeout $((BUDGET_S - SECONDS - 50)) python -m bench.gpu.pipeline_gpu --out "$OUT/pipeline_ht.json" \
+timeout $((BUDGET_S - SECONDS - 50)) python -m bench.gpu.pipeline_gpu \
+    --out "$OUT/pipeline_ht.json" \
     --runs "triton1@../.gpu_ht_before,triton1,local1"
 echo "== pipeline rc $? ${SECONDS}s"
 if (( BUDGET_S - SECONDS > 30 )); then
