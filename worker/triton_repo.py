@@ -17,8 +17,8 @@ from worker.config import WorkerConfig
 TEMPLATE_DIR = Path(__file__).parent / "triton_model"
 # WorkerConfig fields the model needs to load the tail; they become config.pbtxt parameters.
 MODEL_PARAMETERS = ("model_dir", "layer_start", "dtype", "device", "fp8", "kv_cache_bytes",
-                    "kv_block_size", "cuda_graph_max_batch", "torch_threads", "idle_timeout_s", "stream_kv_share",
-                    "stream_max_seqs", "orphan_grace_s")
+                    "kv_block_size", "cuda_graph_max_batch", "torch_threads", "idle_timeout_s",
+                    "stream_kv_share", "stream_max_seqs", "orphan_grace_s")
 
 
 def write_model_repo(config: WorkerConfig, repo_dir: str | Path) -> Path:
