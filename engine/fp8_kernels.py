@@ -37,6 +37,12 @@ def _configs(shapes):
 LARGE_M = _configs([(64, 4, 3), (128, 4, 3), (128, 8, 3), (128, 8, 4)])
 WIDE_SMALL_M = _configs([(64, 4, 4), (128, 4, 4)])
 GEMV = _configs([(64, 4, 4), (128, 4, 4), (64, 4, 6)])
+# Pairs mode (experts at <= 4 tokens) also tries shallower pipelines: with 4 stages a 64-row
+# program holds ~48 KB of shared memory, so 4 fit an SM (528 slots on 132 SMs) and V3's gate/up
+# at batch 1 (9 pairs x 64 column tiles = 576 programs) runs as 1.09 waves, its last 48 programs
+# alone; 2-3 stages (24-36 KB) fit 6-9 an SM and the whole grid in one wave.
+PAIRS = GEMV + _configs([(64, 4, 3), (64, 4, 2), (128, 4, 2)])
+PAIRS_OWN_CONFIGS = True  # False: pairs mode autotunes over GEMV alone (bench/fp8 compares)
 
 
 def block_m(rows: float) -> int:
@@ -107,7 +113,8 @@ def small_m(args, out, table, dims, active: int, extra, shape) -> torch.Tensor:
     num_m = active if shape["PAIR_KP"] else triton.cdiv(s, shape["BLOCK_M"]) if shape["DENSE"] \
         else table.shape[1]
     grid = lambda meta: (num_m, triton.cdiv(n, meta["BLOCK_N"]), split)  # noqa: E731
-    _gemv[grid](*args, dst, table, s, n, k, r, rb, kb, kb // split, n * s, *extra, SPLIT=split,
+    kernel = _gemv_pairs if shape["PAIR_KP"] and PAIRS_OWN_CONFIGS else _gemv
+    kernel[grid](*args, dst, table, s, n, k, r, rb, kb, kb // split, n * s, *extra, SPLIT=split,
                 **shape)
     if split > 1:
         _split_sum[(s, triton.cdiv(n, 1024))](dst, out, split, s * n, n, BLOCK=1024)
@@ -249,3 +256,5 @@ _gemm_large = triton.autotune(configs=LARGE_M, key=_KEY, do_bench=_quick_bench)(
 _gemm_wide_small = triton.autotune(configs=WIDE_SMALL_M, key=_KEY, do_bench=_quick_bench)(_gemm_body)
 _gemv = triton.autotune(configs=GEMV, key=_KEY + ["SPLIT", "PAIR_KP", "IN_DIV"],
                         do_bench=_quick_bench)(_gemv_body)
+_gemv_pairs = triton.autotune(configs=PAIRS, key=_KEY + ["SPLIT", "PAIR_KP", "IN_DIV"],
+                              do_bench=_quick_bench)(_gemv_body)

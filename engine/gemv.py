@@ -20,6 +20,20 @@ except ImportError:  # pragma: no cover - CPU-only installs
     triton = None
 
 BLOCK_N, BLOCK_K, WARPS = 4, 512, 4  # the best tile of the probe on every 7B matrix
+ROW_TILE_MAX_K, ROW_TILE_WARPS = 8192, 8  # short matrices: one row a program, whole row at once
+SHORT_ROWS = 4 * 264  # fewer rows than ~2 programs per H200 SM of the 4-row tile
+
+
+def tile_for(n: int, k: int) -> tuple[int, int, int]:
+    """(rows, columns, warps) per program for an [n, k] weight. The 4 x 512 tile when the matrix
+    has rows enough to keep every SM busy; a short one (V3's router: 256 x 7168) gets one row per
+    program and its whole row (up to 8192 columns) loaded in one step, so that each SM has ~28 KB
+    in flight instead of 64 programs walking 4 rows 1 KB at a time (9 us for 3.7 MB on the H200,
+    bench/fp8/notes.md version 5)."""
+    if n >= SHORT_ROWS:
+        return BLOCK_N, BLOCK_K, WARPS
+    cols = min(ROW_TILE_MAX_K, max(256, 1 << (k - 1).bit_length()))
+    return 1, cols, ROW_TILE_WARPS if cols >= 2048 else WARPS
 
 
 def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -19,6 +19,8 @@ from engine.moe_gemv import triton
 if triton is not None:
     import triton.language as tl
 
+SHORT_TILE = True  # the router GEMV through gemv.tile_for (False: the 4 x 512 tile; bench/fp8 compares)
+
 
 def usable(x: torch.Tensor, router) -> bool:
     """A few bf16 tokens on CUDA through a noaux_tc router of power-of-two sizes."""
@@ -34,8 +36,9 @@ def route(x: torch.Tensor, router) -> tuple[torch.Tensor, torch.Tensor]:
     s = router.spec
     t = x.shape[0]
     logits = torch.empty(t, s.num_experts, dtype=torch.float32, device=x.device)
+    tile = gemv.tile_for(*router.weight.shape) if SHORT_TILE else (gemv.BLOCK_N, gemv.BLOCK_K, gemv.WARPS)
     for i in range(t):  # fp32 products and sums of the bf16 values, as F.linear in fp32
-        gemv.launch(router.weight, x[i], None, logits[i])
+        gemv.launch(router.weight, x[i], None, logits[i], tile=tile)
     weights = torch.empty(t, s.top_k, dtype=torch.float32, device=x.device)
     ids = torch.empty(t, s.top_k, dtype=torch.int64, device=x.device)
     _noaux_tc_kernel[(t,)](logits, router.e_score_correction_bias, weights, ids,

@@ -69,6 +69,9 @@ def run_mode(folder: Path, mode: str, layers: int, cases: dict, feed: dict | Non
     log(mode, "decode", out["decode"])
     out["graph"] = {b: measure.graph_layer_ms(stage, b) for b in BATCHES}
     log(mode, "graph", out["graph"])
+    if mode == "native":
+        out["old_vs_new"] = measure.old_vs_new_ms(stage)
+        log(mode, "old vs new", out["old_vs_new"])
     out["prefill"] = measure.prefill(stage, 2000)
     log(mode, "prefill", out["prefill"])
     stage.enable_decode_graphs(max(BATCHES))  # the engine's own decode graphs (engine/decode_graphs.py)

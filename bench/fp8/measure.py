@@ -141,6 +141,24 @@ def graph_layer_ms(stage, batch: int, context: int = 32) -> dict:
     return out
 
 
+def old_vs_new_ms(stage, batches=(1, 4), rounds: int = 3) -> dict:
+    """Version 5 ("old": the router GEMV's 4 x 512 tile, pairs mode autotuned over the dense
+    configs) against version 6 (the short-matrix tile, pairs mode's shallower pipelines), the
+    layer's graph replay alternating old, new, old, new... in this process: {batch: {old: [ms],
+    new: [ms]}}. Both switches act at <= 4 tokens only (engine/moe_gemv.MAX_TOKENS)."""
+    from engine import fp8_kernels, router_select
+
+    out = {}
+    for b in batches:
+        out[b] = {"old": [], "new": []}
+        for _ in range(rounds):
+            for name, new in (("old", False), ("new", True)):
+                router_select.SHORT_TILE = fp8_kernels.PAIRS_OWN_CONFIGS = new
+                out[b][name].append(graph_layer_ms(stage, b)["layer_ms"])
+    router_select.SHORT_TILE = fp8_kernels.PAIRS_OWN_CONFIGS = True
+    return out
+
+
 def capture(fn) -> torch.cuda.CUDAGraph:
     """fn captured as a CUDA graph after two warm-up calls on a side stream."""
     stream = torch.cuda.Stream()

@@ -152,6 +152,27 @@ def measured_tables(r: dict) -> list[str]:
     ]
 
 
+def old_vs_new_table(r: dict) -> list[str]:
+    """Version 5 vs 6 at <= 4 tokens, the same layer's graph replay alternating in one process."""
+    runs = r["modes"]["native"].get("old_vs_new")
+    if not runs:
+        return []
+    rows = ["## Version 5 vs version 6 at batch 1 and 4, side by side", "",
+            "Old = the router GEMV's 4 x 512 tile and pairs mode autotuned over the dense configs; "
+            "new = `gemv.tile_for` and pairs mode's 2-3 stage configs (bench/fp8/notes.md, "
+            "version 6). The layer's decode graph captured anew and replayed (median of 30) for "
+            "each entry, old and new alternating.", "",
+            "| batch | old ms | new ms | new / old (medians) | FP8 floor ms | old x floor | new x floor |",
+            "|---:|---|---|---:|---:|---:|---:|"]
+    for b, v in runs.items():
+        old, new = sorted(v["old"])[len(v["old"]) // 2], sorted(v["new"])[len(v["new"]) // 2]
+        fl = floor_ms(r, "native", b) if b in r["modes"]["native"]["experts_used"] else None
+        rows.append(f"| {b} | {', '.join(f'{x:.3f}' for x in v['old'])} | "
+                    f"{', '.join(f'{x:.3f}' for x in v['new'])} | {new / old:.3f} | "
+                    + (f"{fl:.3f} | {old / fl:.2f} | {new / fl:.2f} |" if fl else "- | - | - |"))
+    return rows + [""]
+
+
 def main(path: str, before_path: str | None = None, before_name: str = "an earlier run") -> None:
     r = json.loads(open(path).read())
     before = json.loads(open(before_path).read()) if before_path else None
@@ -184,6 +205,7 @@ def main(path: str, before_path: str | None = None, before_name: str = "an earli
         f"decode graphs (`engine/decode_graphs.py`); before = {before_name}. "
         "Floor = (attention + router + shared bytes + experts used x expert bytes) / copy rate.", "",
         *decode_table(r, before), "",
+        *old_vs_new_table(r),
         "## Prefill, one 2,000-token prompt", "",
         f"- native: {nat['prefill']['ms']:.1f} ms for {nat['layers']} layers "
         f"({nat['prefill']['tok_per_s']:.0f} tok/s through them); dequantized bf16: "

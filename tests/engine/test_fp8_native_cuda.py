@@ -11,7 +11,7 @@ import torch
 
 from engine.fp8 import dequantize_block_fp8, quantize_block_fp8
 from engine.fp8_gemm import fp8_matmul, reference_fp8_matmul, triton_available
-from engine import moe_gemv, router_select
+from engine import gemv, moe_gemv, router_select
 from engine.fp8_native import FP8Linear
 from engine.models.moe import MoESpec, Router
 from engine.stage import Stage
@@ -111,3 +111,41 @@ def test_router_choice_kernel_matches_router():
     assert torch.equal(a.values, b.values)
     torch.testing.assert_close(got_w.gather(1, a.indices), want_w.gather(1, b.indices))
 
+
+
+@pytest.mark.parametrize("n,k", [(256, 7168), (64, 384), (256, 1000)])
+def test_short_matrix_tile_matches_fp32_linear(n, k):
+    # the router's tile (one row a program, whole row at once) against F.linear in fp32
+    w = (torch.randn(n, k, device="cuda") / k**0.5).bfloat16()
+    x = torch.randn(k, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty(n, dtype=torch.float32, device="cuda")
+    gemv.launch(w, x, None, out, tile=gemv.tile_for(n, k))
+    torch.testing.assert_close(out, w.float() @ x.float(), rtol=1e-4, atol=1e-4)
+
+
+def test_router_tiles_and_pairs_configs_agree_old_and_new(monkeypatch):
+    # the switches bench/fp8 flips for its old-vs-new rows give the same answers
+    from engine import fp8_kernels
+    spec = MoESpec(hidden_size=7168, num_experts=256, top_k=8, expert_intermediate_size=128,
+                   num_shared_experts=1, method="noaux_tc", num_groups=8, topk_groups=4,
+                   norm_topk_prob=True, routed_scaling_factor=2.5)
+    router = Router(spec).cuda()
+    torch.nn.init.normal_(router.weight, std=0.01)  # logits ~ N(0, 0.85): sigmoid scores far from ties
+    router = router.bfloat16()
+    x = torch.randn(1, 7168, device="cuda", dtype=torch.bfloat16)
+    gu, gu_s = fp8_weights(2 * 3, 256, 384)
+    dn, dn_s = fp8_weights(3, 384, 256)
+    xe = torch.randn(1, 384, device="cuda", dtype=torch.bfloat16)
+    args = (xe, torch.rand(1, 2, device="cuda"), torch.tensor([[0, 1]], device="cuda"),
+            gu, gu_s, dn, dn_s, 2)
+    got = {}
+    for new in (False, True):
+        monkeypatch.setattr(router_select, "SHORT_TILE", new)
+        monkeypatch.setattr(fp8_kernels, "PAIRS_OWN_CONFIGS", new)
+        got[new] = router_select.route(x, router), moe_gemv.experts(*args)
+    (w0, i0), y0 = got[False]
+    (w1, i1), y1 = got[True]
+    assert torch.equal(i0, i1)
+    torch.testing.assert_close(w0, w1, rtol=1e-5, atol=1e-6)
+    assert rel(y1, moe_gemv.reference_experts(*args)) < 1e-2
+    assert rel(y0, y1) < 1e-3
