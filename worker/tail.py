@@ -134,7 +134,6 @@ class TailRunner:
         planned: list[PlannedSeq] = []
         ids = [s.seq_id for s in request.seqs]
         counts = Counter(ids) if len(set(ids)) < len(ids) else None  # None: no repeats
-        finite = torch.isfinite(hidden).all(dim=1).tolist() if hidden.numel() else []  # [T]
         row = 0
         for index, seq_step in enumerate(request.seqs):
             twice = counts is not None and counts[seq_step.seq_id] > 1
@@ -146,11 +145,7 @@ class TailRunner:
                 if twice:
                     raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT,
                                     f"sequence {seq_step.seq_id!r} appears twice in one step")
-                if not (finite[row] if num == 1 else all(finite[row:row + num])):
-                    raise SeqFailed(grpc.StatusCode.INVALID_ARGUMENT,
-                                    f"hidden states of sequence {seq_step.seq_id!r} contain "
-                                    "NaN or infinity")
-                seq = self.table.admit(stream, seq_step)
+                seq = self.table.admit(stream, seq_step)  # its rows' values: after the forward
                 planned.append(PlannedSeq(index, seq, seq_step, row))
             except SeqFailed as e:
                 self._fail(stream, seq_step.seq_id, results[index], e)
@@ -158,7 +153,7 @@ class TailRunner:
         if not planned:
             return
         try:
-            self._forward(hidden, planned, results)
+            self._forward(stream, hidden, planned, results)
         except RankFailure:  # the whole stage is down: the executor restarts its ranks
             raise
         except Exception as e:  # a bug or a device error: fail this batch, keep serving
@@ -167,11 +162,17 @@ class TailRunner:
             for p in planned:
                 self._fail(stream, p.step.seq_id, results[p.index], failure)
 
-    def _forward(self, hidden: torch.Tensor, planned: list[PlannedSeq],
+    def _forward(self, stream: str, hidden: torch.Tensor, planned: list[PlannedSeq],
                  results: list[pb.SeqResult]) -> None:
         if sum(p.step.num_tokens for p in planned) != hidden.shape[0]:  # some failed: drop
             rows = [r for p in planned for r in p.rows]  # their rows
             hidden = hidden[torch.tensor(rows, device=hidden.device)]
+        # Rows with NaN or infinity are found on the device beside the forward, not by a read
+        # before it (a host wait in every step), and zeroed so that nothing non-finite reaches
+        # another row; their sequences fail once the step's one read has waited for the device.
+        finite = torch.isfinite(hidden).all(dim=1)  # [T']
+        hidden.nan_to_num_(0.0, 0.0, 0.0)  # a tensor of this step alone (HostToDevice.put)
+        finite_host = finite.to("cpu", non_blocking=True)  # pinned: valid after that read
         batch = StepBatch(tuple(SeqChunk(p.seq.key, p.step.start_pos, p.step.num_tokens)
                                 for p in planned))
         out = self.stage.forward(batch, hidden)  # [T', H]
@@ -184,9 +185,27 @@ class TailRunner:
             picks = sample(self.stage.compute_logits(out), [p.seq.sampler for p, _ in sampling])
             for (p, _), pick in zip(sampling, picks):
                 write_sampled(results[p.index].sampled, pick)
+        else:  # no read waited for the device
+            finite_host = finite.cpu()
         now = self.clock()
+        for p, ok in zip(planned, self._rows_finite(planned, finite_host)):
+            if ok:
+                p.seq.next_pos, p.seq.touched_s = p.step.start_pos + p.step.num_tokens, now
+            else:  # its sampled token, if any, came from zeros: replaced by the error
+                self._fail(stream, p.step.seq_id, results[p.index], SeqFailed(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"hidden states of sequence {p.step.seq_id!r} contain NaN or infinity"))
+
+    @staticmethod
+    def _rows_finite(planned: list[PlannedSeq], finite: torch.Tensor) -> list[bool]:
+        """finite: [T'] bool on the host, the planned sequences' rows in order -> one flag each."""
+        if bool(finite.all()):
+            return [True] * len(planned)
+        flags, row = [], 0
         for p in planned:
-            p.seq.next_pos, p.seq.touched_s = p.step.start_pos + p.step.num_tokens, now
+            flags.append(bool(finite[row:row + p.step.num_tokens].all()))
+            row += p.step.num_tokens
+        return flags
 
     # --- lifecycle -----------------------------------------------------------------------
     def _fail(self, stream: str, seq_id: str, result: pb.SeqResult, error: SeqFailed) -> None:

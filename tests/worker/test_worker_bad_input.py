@@ -86,6 +86,29 @@ async def test_sequence_errors_keep_both_streams_going(channel, healthy, case, s
     stream.cancel()
 
 
+async def test_nonfinite_rows_fail_only_their_sequence(channel, healthy):
+    """One infinite value fails its sequence (and releases it); a sequence beside it in the same
+    step samples what it samples alone, and goes on."""
+    good = rows(2)
+    bad = rows(2)
+    bad[1, 7] = float("inf")
+    together = StepStream(channel)
+    reply = await together.step([one_seq("bad"), one_seq("good")], torch.cat([bad, good]))
+    expect_error(reply, "bad", grpc.StatusCode.INVALID_ARGUMENT, "NaN or infinity")
+    alone = StepStream(channel)
+    reply_alone = await alone.step([one_seq("good")], good)
+    beside, solo = result_of(reply, "good").sampled, result_of(reply_alone, "good").sampled
+    assert beside.token_id == solo.token_id
+    assert beside.logprob == pytest.approx(solo.logprob, abs=1e-4)
+    reply = await together.step([one_seq("good", start_pos=2, num_tokens=1, params=None),
+                                 one_seq("bad", start_pos=2, num_tokens=1, params=None)], rows(2))
+    assert result_of(reply, "good").WhichOneof("outcome") == "sampled"
+    expect_error(reply, "bad", grpc.StatusCode.FAILED_PRECONDITION, "ids cannot be reused")
+    await healthy.advance()
+    together.cancel()
+    alone.cancel()
+
+
 async def test_garbage_tensor_bytes(channel, healthy):
     stream = StepStream(channel)
     request = pb.StepRequest(step_id=1, seqs=[one_seq()])
