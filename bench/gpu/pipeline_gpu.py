@@ -9,14 +9,16 @@ the `triton` executor and the `local` one, each with 1 micro-batch in flight (bo
 the one GPU: bench/gpu/pipeline.md). The worker takes extra tritonserver flags from the
 environment (DUET_WORKER_TRITON_SERVER_ARGS: what bench/gpu/triton_cure.py found to work on
 this host); the JSON records them. During each
-concurrency-64 level the master's and worker's counters and (with py-spy) their Python stacks
-say where the time goes (pipeline_probe.py). The checkpoint is the R1-Distill-Qwen-7B shape
+level the master's and worker's counters, and during the concurrency-1 and -64 levels (with
+py-spy) their Python stacks, say where the time goes (pipeline_probe.py). The checkpoint is the R1-Distill-Qwen-7B shape
 with seeded random weights, written as safetensors. Needs the API's packages (fastapi,
 uvicorn, pydantic, openai, tritonclient, ...): carry them.
 
     python -m bench.gpu.pipeline_gpu --out pipeline.json [--runs triton1,local1,local2]
+        [--worker-device cuda:1]  (each stage on its own GPU, on a machine with two)
     (a run name ending in a digit fixes the micro-batches in flight: triton1, local2, ...;
-    NAME@TREE runs the worker and master from another source tree: triton1@../before)
+    NAME@TREE runs the worker and master from another source tree: triton1@../before, with
+    the Python of TREE/.python when there is one: device_setup.sh run in TREE with DUET_VENV)
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ from runtime.children import free_port
 
 SPLIT = 14
 LEVELS = ((1, 3), (16, 2), (64, 2))  # (concurrency, requests per user)
+SAMPLED = {1: (2, 0.3), 64: (4, 2.5)}  # concurrency -> py-spy (seconds, delay_s)
 # --dry-run: the same flow on this host's CPU with the serving benchmark's small checkpoint
 # (8 layers, split 4 | 4), to check the script before spending device time on it.
 DRY = dict(device="cpu", dtype="float32", split=4, levels=((1, 1), (16, 1), (64, 1)))
@@ -92,14 +95,19 @@ class GpuStack(Stack):
 
     def __init__(self, tmp: Path, model: Path, executor: str, inflight: int,  # noqa: no super
                  device: str = "cuda", split: int = SPLIT, dtype: str = "bfloat16",
-                 tree: Path | None = None):
+                 tree: Path | None = None, worker_device: str | None = None):
         self.tmp, self.procs = tmp, []
         self.cwd = tree  # pipeline_stack.Stack starts the processes there (None: this tree)
+        # TREE/.python: that tree's own environment, so that the tail inside Triton (whose
+        # stub imports duet from the environment first on PATH) runs that tree's code too
+        if tree is not None and (tree / ".python").exists():
+            self.python = str(tree / ".python")
         port, metrics = free_port(), free_port()
         kv_bytes = 8 * 2**30 if device == "cuda" else 2**28
         common = dict(model_dir=str(model), dtype=dtype, device=device,
                       kv_cache_bytes=kv_bytes, cuda_graph_max_batch=64 if device == "cuda" else 0)
-        self._start("worker", dict(common, layer_start=split, listen=f"127.0.0.1:{port}",
+        self._start("worker", dict(common, device=worker_device or device,
+                                   layer_start=split, listen=f"127.0.0.1:{port}",
                                    executor=executor, run_dir=str(tmp / "triton"),
                                    metrics_listen=f"127.0.0.1:{metrics}"), r"worker ready")
         self.url = self._start("master", dict(common, head_layer_end=split, port=0,
@@ -114,7 +122,9 @@ def drive(stack: GpuStack, name: str, levels, ttft: bool) -> dict:
     load.warm_up(stack.url, name)
     out = {"levels": []}
     for concurrency, rounds in levels:
-        sampler = StackSampler(stack.pids, 4, 2.5) if concurrency == 64 else None
+        # py-spy: at 64 once the clients run; at 1 over most of its three requests
+        sampler = StackSampler(stack.pids, *SAMPLED[concurrency]) if concurrency in SAMPLED \
+            else None
         before = scrape(stack.metrics)
         result = load.level(stack.url, name, concurrency, rounds)
         result["breakdown"] = breakdown(before, scrape(stack.metrics))
@@ -162,11 +172,13 @@ def main() -> None:
     parser.add_argument("--no-in-process", action="store_true",
                         help="skip the engine in one process (a call that compares runs only)")
     parser.add_argument("--dry-run", action="store_true", help="small checkpoint, this CPU")
+    parser.add_argument("--worker-device", default=None,
+                        help="the worker's GPU, e.g. cuda:1 (default: the master's, cuda)")
     args = parser.parse_args()
     dry = DRY if args.dry_run else None
     results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "device": "cpu (dry run)" if dry else torch.cuda.get_device_name(0),
-               "split": f"{SPLIT} | {SPLIT}",
+               "split": f"{SPLIT} | {SPLIT}", "worker_device": args.worker_device or "cuda",
                "prompt_tokens": load.PROMPT_TOKENS, "output_tokens": load.OUTPUT_TOKENS,
                "cpu_cores": os.cpu_count(), "runs": {},
                "triton_server_args": os.environ.get("DUET_WORKER_TRITON_SERVER_ARGS", "")}
@@ -178,6 +190,7 @@ def main() -> None:
             results["in_process"] = in_process(model)
             print(json.dumps(results["in_process"]), flush=True)
         where = {k: dry[k] for k in ("device", "dtype", "split")} if dry else {}
+        where["worker_device"] = args.worker_device
         wanted = {int(c) for c in args.concurrency.split(",")}
         all_levels = [lv for lv in (dry["levels"] if dry else LEVELS) if lv[0] in wanted]
         for run in args.runs.split(","):

@@ -138,7 +138,8 @@ class Stack:
         toml = self.tmp / f"{role}.toml"
         toml.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in fields.items()))
         log = self.tmp / f"{role}.log"
-        proc = subprocess.Popen([sys.executable, "-m", "duet.cli", role, "--config", str(toml)],
+        python = getattr(self, "python", sys.executable)  # a tree's own environment, if any
+        proc = subprocess.Popen([python, "-m", "duet.cli", role, "--config", str(toml)],
                                 stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                                 cwd=getattr(self, "cwd", None))  # a source tree to run
         self.procs.append(proc)
