@@ -9,7 +9,9 @@ NAME=$1 RUNS=$2 LEVELS=$3 LIMIT=${4:-480}
 A=$PWD/.gpu_assets
 mkdir -p /tmp/bin && xz -dc $A/py-spy.xz > /tmp/bin/py-spy && chmod +x /tmp/bin/py-spy
 (cd .gpu_base && DUET_VENV=/tmp/venv-base source bench/gpu/device_setup.sh $A/api.tar.xz \
-    $A/pyt.tar.xz $A/numpy1.tar.xz) && ln -sf /tmp/venv-base/bin/python .gpu_base/.python
+    $A/pyt.tar.xz $A/numpy1.tar.xz) &&  # a script, not a link: a venv is found from its path
+    printf '#!/bin/sh\nexec /tmp/venv-base/bin/python "$@"\n' > .gpu_base/.python &&
+    chmod +x .gpu_base/.python
 source bench/gpu/device_setup.sh $A/api.tar.xz $A/pyt.tar.xz $A/numpy1.tar.xz || exit 1
 export PATH=/tmp/bin:$PATH
 python -m pytest -q -x tests/worker/test_tail_cuda.py 2>&1 | tail -2
