@@ -48,7 +48,20 @@ async def _users(url: str, name: str, users: list[int], rounds: int) -> list[dic
         await client.close()
 
 
+_start_line = None  # the client processes' common start (a Barrier, set by _ready)
+
+
+def _ready(barrier) -> None:
+    global _start_line
+    _start_line = barrier
+
+
 def _process_main(url: str, name: str, users: list[int], rounds: int) -> list[dict]:
+    # Every process starts its users together, once all have imported openai (~1 s each):
+    # a process still starting while the others stream made the level's wall time longer and
+    # its concurrency lower than named (bench/gpu/pipeline.md, session 5)
+    if _start_line is not None:
+        _start_line.wait(timeout=120)
     return asyncio.run(_users(url, name, users, rounds))
 
 
@@ -57,14 +70,16 @@ def level(url: str, name: str, concurrency: int, rounds: int) -> dict:
     users = list(range(concurrency))
     groups = [users[i:i + USERS_PER_PROCESS] for i in range(0, concurrency, USERS_PER_PROCESS)]
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(len(groups)) as pool:
+    barrier = ctx.Barrier(len(groups))  # passed at the processes' start, as a Barrier must be
+    with ctx.Pool(len(groups), initializer=_ready, initargs=(barrier,)) as pool:
         parts = pool.starmap(_process_main, [(url, name, g, rounds) for g in groups])
     results = [r for part in parts for r in part]
     wall = max(r["last"] for r in results) - min(r["start"] for r in results)
     per_req = sorted((r["tokens"] - 1) / max(r["last"] - r["first"], 1e-9) for r in results)
     ttft = sorted(r["first"] - r["start"] for r in results)
+    starts = sorted(r["start"] for r in results)[:concurrency]  # each user's first request
     return {"concurrency": concurrency, "requests": len(results),
-            "client_processes": len(groups),
+            "client_processes": len(groups), "start_spread_ms": (starts[-1] - starts[0]) * 1e3,
             "aggregate_tok_s": sum(r["tokens"] for r in results) / wall,
             "tok_s_per_request_p50": per_req[len(per_req) // 2],
             "ttft_ms_p50": ttft[len(ttft) // 2] * 1e3}
