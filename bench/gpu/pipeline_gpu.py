@@ -44,7 +44,8 @@ from runtime.children import free_port
 
 SPLIT = 14
 LEVELS = ((1, 3), (16, 2), (64, 2))  # (concurrency, requests per user)
-SAMPLED = {1: (2, 0.3), 64: (4, 2.5)}  # concurrency -> py-spy (seconds, delay_s)
+# concurrency -> py-spy (seconds, delay_s, idle threads too): at 1 as shares of wall time
+SAMPLED = {1: (2, 0.3, True), 64: (4, 2.5, False)}
 # --dry-run: the same flow on this host's CPU with the serving benchmark's small checkpoint
 # (8 layers, split 4 | 4), to check the script before spending device time on it.
 DRY = dict(device="cpu", dtype="float32", split=4, levels=((1, 1), (16, 1), (64, 1)))
@@ -116,6 +117,19 @@ class GpuStack(Stack):
                                r"duet master: serving (http://\S+)")
         self.metrics = {"master": self.url, "worker": f"http://127.0.0.1:{metrics}"}
         self.pids = {"worker": self.procs[0].pid, "master": self.procs[1].pid}
+        if executor == "triton" and (stub := stub_pid()) is not None:
+            self.pids["triton_stub"] = stub  # where the tail runs inside Triton
+
+
+def stub_pid() -> int | None:
+    """The Triton Python-backend stub process (the tail model's), if one runs."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"triton_python_backend_stub" in cmdline.read_bytes():
+                return int(cmdline.parent.name)
+        except OSError:  # ended meanwhile
+            continue
+    return None
 
 
 def drive(stack: GpuStack, name: str, levels, ttft: bool) -> dict:
