@@ -1,10 +1,15 @@
-"""Decode-only steps run from static buffers, as one CUDA graph per batch bucket.
+"""Steps of up to max_batch new tokens run from static buffers, as one CUDA graph per bucket.
 
-A decode step of B sequences is padded up to a bucket (1, 2, 4, 8, then multiples of 8, as
-serving engines do); its inputs, block-table rows and context lengths are copied into static
-device buffers, and the captured graph of that bucket is replayed: one launch instead of a few
-hundred. Padding rows read and write the KV cache's scratch block only. The host work of a step
-(choosing the bucket, filling the buffers) never reads a device value.
+A step of T new tokens is padded up to a bucket (1, 2, 4, 8, then multiples of 8, as serving
+engines do); each token is a row: its input, the block-table row of its sequence and its
+context length (its position + 1) are copied into static device buffers, and the captured
+graph of that bucket is replayed: one launch instead of a few hundred. Attention reads each
+row's context through the block table (engine/paged_decode.py), so a decode is one row and a
+prefill chunk is one row per token, each seeing its sequence up to itself (causal: the step
+writes all its keys and values before any row attends). A step mixing decodes with short
+prefill chunks is therefore neither padded to its longest sequence nor run eagerly. Padding
+rows read and write the KV cache's scratch block only. The host work of a step (choosing the
+bucket, filling the buffers) never reads a device value.
 
 On a device without CUDA graphs (and with capture off) the same step function runs eagerly
 from the same buffers: the stand-in that CPU tests compare with the ordinary eager path.
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 
 from engine.batch import ForwardContext, StepBatch
@@ -38,7 +44,7 @@ def graph_batch_for(device: str, max_batch: int) -> int:
 
 
 class DecodeGraphs:
-    """Decode steps of up to max_batch sequences of one stage, graphed per batch bucket."""
+    """Steps of up to max_batch new tokens of one stage, graphed per bucket of tokens."""
 
     def __init__(self, model, kv: KVCache, *, max_batch: int, hidden_size: int,
                  dtype: torch.dtype, capture: bool, max_tokens_per_seq: int):
@@ -62,22 +68,29 @@ class DecodeGraphs:
         self.steps = 0  # decode steps run from the buffers
 
     def accepts(self, batch: StepBatch) -> bool:
-        """A decode-only step (one new token per sequence) of at most max_batch sequences."""
-        return len(batch.chunks) <= self.buckets[-1] and all(c.num_tokens == 1 for c in batch.chunks)
+        """A step of at most max_batch new tokens: decodes, short prefill chunks, or both."""
+        return 0 < batch.num_tokens <= self.buckets[-1]
 
     def run(self, batch: StepBatch, inputs: torch.Tensor) -> torch.Tensor | None:
-        """hidden [B, H] of a reserved decode step (a view, valid until the next step), or None
-        when a sequence has no block-table row (the caller runs the step eagerly)."""
+        """hidden [T, H] of a reserved step (a view, valid until the next step), or None when a
+        sequence has no block-table row (the caller runs the step eagerly)."""
         rows = self.kv.table_rows(batch)
         if rows is None:
             return None
-        n = len(rows)
+        n = batch.num_tokens
         bucket = next(b for b in self.buckets if b >= n)
         pad = bucket - n
         if self.copied is not None:
             self.copied.synchronize()  # the previous step's copy has left the pinned buffer
-        self.staging_np[0, :bucket] = rows + [self.tables.scratch_row] * pad
-        self.staging_np[1, :bucket] = [c.end_pos for c in batch.chunks] + [1] * pad
+        if n == len(rows):  # one token a sequence: the decode step
+            self.staging_np[0, :bucket] = rows + [self.tables.scratch_row] * pad
+            self.staging_np[1, :bucket] = [c.end_pos for c in batch.chunks] + [1] * pad
+        else:  # a row per token: its sequence's table row, and its position + 1
+            self.staging_np[0, :n] = np.repeat(rows, [c.num_tokens for c in batch.chunks])
+            self.staging_np[1, :n] = np.concatenate(
+                [np.arange(c.start_pos + 1, c.end_pos + 1) for c in batch.chunks])
+            self.staging_np[0, n:bucket] = self.tables.scratch_row
+            self.staging_np[1, n:bucket] = 1
         self.meta[:, :bucket].copy_(self.staging[:, :bucket], non_blocking=True)
         if self.copied is not None:
             self.copied.record()
@@ -93,9 +106,10 @@ class DecodeGraphs:
         return out[:n]
 
     def _step(self, bucket: int) -> torch.Tensor:
-        """The captured work: positions and slots from the tables, then the stage's layers."""
+        """The captured work: positions and slots from the tables, then the stage's layers.
+        Every row is a query of its own (query_start), attending over its context length."""
         rows, lens = self.meta[0, :bucket], self.meta[1, :bucket]
-        positions = (lens - 1).long()  # [b] the new token's position
+        positions = (lens - 1).long()  # [b] the row's token's position
         bs = self.kv.block_size
         blocks = self.tables.table[rows.long(), positions // bs].long()  # [b]
         ctx = ForwardContext(

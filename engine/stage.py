@@ -54,8 +54,8 @@ class Stage:
         self.leader = None
 
     def enable_decode_graphs(self, max_batch: int, capture: bool | None = None) -> None:
-        """Run decode-only steps of up to max_batch sequences from static buffers, captured as
-        CUDA graphs per batch bucket (capture None: on CUDA devices). A stage spread over several
+        """Run steps of up to max_batch new tokens from static buffers, captured as CUDA graphs
+        per bucket of tokens (capture None: on CUDA devices). A stage spread over several
         GPUs keeps running every step eagerly."""
         if self._spread or not self.tp.is_single:
             log.info("decode graphs off: the stage is spread over several GPUs (%s)",
@@ -86,7 +86,8 @@ class Stage:
     ) -> "Stage":
         """Build the stage's layers on `device` and fill them (load_format "dummy": seeded random).
         device "cuda" on a host of several GPUs spreads the layers over all of them.
-        cuda_graph_max_batch > 0: decode steps of up to that many sequences run as CUDA graphs.
+        cuda_graph_max_batch > 0: steps of up to that many new tokens (decodes, short prefill
+        chunks, or both) run as CUDA graphs.
         An FP8 checkpoint stays FP8 with fp8 "native" where the GPU can multiply in FP8 (else it
         is dequantized to `dtype`, and the log line says why).
         tp: this process's rank of a tensor-parallel stage (engine/rank_launcher.py starts them):

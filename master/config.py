@@ -47,7 +47,7 @@ class MasterConfig:
     device: str = "cpu"
     fp8: str = "native"  # FP8 checkpoints: keep e4m3 on GPUs that can (cc >= 8.9) | "dequantize"
     kv_cache_bytes: int = 256 * 2**20
-    cuda_graph_max_batch: int = 64  # decode steps of up to this many sequences as CUDA graphs
+    cuda_graph_max_batch: int = 64  # steps of up to this many new tokens as CUDA graphs
     #                                  (CUDA devices only; >= max_num_seqs to graph them all); 0 = off
     worker_address: str = "127.0.0.1:50051"
     tls_ca_file: str = ""  # all three empty = plaintext gRPC

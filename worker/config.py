@@ -61,7 +61,7 @@ class WorkerConfig:
     fp8: str = "native"  # FP8 checkpoints: keep e4m3 on GPUs that can (cc >= 8.9) | "dequantize"
     kv_cache_bytes: int = 1 << 30
     kv_block_size: int = 16  # tokens per KV block
-    cuda_graph_max_batch: int = 64  # decode steps of up to this many sequences as CUDA graphs
+    cuda_graph_max_batch: int = 64  # steps of up to this many new tokens as CUDA graphs
     #                                  (CUDA devices only); 0 = off
     torch_threads: int = 0  # intra-op CPU threads in the tail's process; 0 = torch's default
     # Ranks of the tail's tensor-parallel group, one process (and GPU: device "cuda" -> cuda:0..,

@@ -92,7 +92,7 @@ def in_process(model: Path) -> dict:
 
 
 class GpuStack(Stack):
-    """Worker and master on the GPU, bf16, decode graphs up to 64 sequences."""
+    """Worker and master on the GPU, bf16, graphs for steps of up to 128 new tokens."""
 
     def __init__(self, tmp: Path, model: Path, executor: str, inflight: int,  # noqa: no super
                  device: str = "cuda", split: int = SPLIT, dtype: str = "bfloat16",
@@ -105,8 +105,9 @@ class GpuStack(Stack):
             self.python = str(tree / ".python")
         port, metrics = free_port(), free_port()
         kv_bytes = 8 * 2**30 if device == "cuda" else 2**28
+        # graphs up to 128 new tokens: 64 decodes and the prompts (32 tokens) that join them
         common = dict(model_dir=str(model), dtype=dtype, device=device,
-                      kv_cache_bytes=kv_bytes, cuda_graph_max_batch=64 if device == "cuda" else 0)
+                      kv_cache_bytes=kv_bytes, cuda_graph_max_batch=128 if device == "cuda" else 0)
         self._start("worker", dict(common, device=worker_device or device,
                                    layer_start=split, listen=f"127.0.0.1:{port}",
                                    executor=executor, run_dir=str(tmp / "triton"),

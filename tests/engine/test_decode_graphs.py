@@ -17,7 +17,7 @@ def schedule():
     steps = [[("a", 0, 5), ("b", 0, 14), ("c", 0, 15)]]
     for n in range(4):
         steps.append([("a", 5 + n, 1), ("b", 14 + n, 1), ("c", 15 + n, 1)])
-    steps.append([("d", 0, 9), ("b", 18, 1)])  # a mixed step: runs eagerly
+    steps.append([("d", 0, 9), ("b", 18, 1)])  # mixed: eagerly at 8 tokens a graph, else a row a token
     for n in range(3):
         steps.append([("d", 9 + n, 1), ("c", 19 + n, 1), ("b", 19 + n, 1)])
     return steps
@@ -56,6 +56,19 @@ def test_graph_steps_give_the_eager_tokens(ckpt, pipeline, prompt):
         assert stage.decode_graphs.steps == 7
 
 
+def test_prefill_and_mixed_steps_from_the_buffers_give_the_eager_tokens(ckpt, pipeline, prompt):
+    """With room for every step's tokens, the prompts (34 tokens, one row each) and the mixed
+    step run from the buffers too, each token attending up to itself, as eager steps do."""
+    eager_logits, eager_tokens = run(pipeline(ckpt, splits=(2,)), prompt)
+    graphed = pipeline(ckpt, splits=(2,), cuda_graph_max_batch=40)
+    graph_logits, graph_tokens = run(graphed, prompt)
+    assert graph_tokens == eager_tokens
+    for got, want in zip(graph_logits, eager_logits):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for stage in graphed.stages:
+        assert stage.decode_graphs.steps == len(schedule())
+
+
 def test_batch_buckets_follow_1_2_4_8_then_steps_of_8():
     assert batch_buckets(64) == [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64]
     assert batch_buckets(12) == [1, 2, 4, 8, 12]
@@ -85,10 +98,13 @@ def test_paged_decode_equals_attention_over_the_gathered_context(heads, kv_heads
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_captured_cuda_graphs_give_the_uncaptured_tokens(ckpt, pipeline, prompt):
+@pytest.mark.parametrize("max_batch, buckets", [(8, {4}), (40, {4, 16, 40})])
+def test_captured_cuda_graphs_give_the_uncaptured_tokens(ckpt, pipeline, prompt, max_batch,
+                                                         buckets):
     """On a GPU host, bf16 as served: replayed graphs give exactly what the same kernels give
-    launched one by one (the CPU test above ties those to the ordinary eager path)."""
-    kwargs = dict(splits=(2,), device="cuda:0", dtype="bfloat16", cuda_graph_max_batch=8)
+    launched one by one (the CPU tests above tie those to the ordinary eager path); with room
+    for 40 tokens the prompts and the mixed step are graphed too."""
+    kwargs = dict(splits=(2,), device="cuda:0", dtype="bfloat16", cuda_graph_max_batch=max_batch)
     plain = pipeline(ckpt, **kwargs)
     for stage in plain.stages:
         stage.decode_graphs.capture = False
@@ -96,7 +112,8 @@ def test_captured_cuda_graphs_give_the_uncaptured_tokens(ckpt, pipeline, prompt)
     graphed = pipeline(ckpt, **kwargs)
     got_logits, got = run(graphed, prompt)
     for stage in graphed.stages:
-        assert stage.decode_graphs.capture_error is None and set(stage.decode_graphs.graphs) == {4}
+        assert stage.decode_graphs.capture_error is None
+        assert set(stage.decode_graphs.graphs) == buckets
     assert got == want
     for a, b in zip(got_logits, want_logits):
         assert torch.equal(a, b)
