@@ -55,7 +55,7 @@ class Stage:
 
     def enable_decode_graphs(self, max_batch: int, capture: bool | None = None) -> None:
         """Run steps of up to max_batch new tokens from static buffers, captured as CUDA graphs
-        per bucket of tokens (capture None: on CUDA devices). A stage spread over several
+        per bucket of tokens, all of them now (capture None: on CUDA devices). A stage spread over several
         GPUs keeps running every step eagerly."""
         if self._spread or not self.tp.is_single:
             log.info("decode graphs off: the stage is spread over several GPUs (%s)",
@@ -66,6 +66,7 @@ class Stage:
             dtype=DTYPES[self.dtype], capture=self.device.type == "cuda" if capture is None else capture,
             max_tokens_per_seq=self.config.max_position_embeddings,
         )
+        self.decode_graphs.capture_all()
 
     @classmethod
     def load(
