@@ -2,7 +2,7 @@
 # One device call: the GPU tests of the graphs, then the pipeline from .gpu_base (before:
 # decode-only graphs, uvicorn on h11) and from .gpu_this (a copy of this tree: prompts joining
 # decodes graphed a row a token, and httptools on PYTHONPATH through .gpu_this/.python).
-#   bash bench/gpu/s5_call3.sh [TIMEOUT_S]
+#   [RUNS=...] bash bench/gpu/s5_call3.sh [TIMEOUT_S]
 set -u
 LIMIT=${1:-420}
 A=$PWD/.gpu_assets
@@ -16,5 +16,5 @@ chmod +x .gpu_this/.python
 timeout 120 python -m pytest -q -x tests/engine/test_decode_graphs.py tests/worker/test_tail_cuda.py 2>&1 | tail -3
 uptime
 timeout $LIMIT python -m bench.gpu.pipeline_gpu --out $OUT/pipeline_call3.json --no-in-process \
-    --runs local1@.gpu_base,local1@.gpu_this,triton1@.gpu_this --concurrency 1,64
+    --runs "${RUNS:-local1@.gpu_base,local1@.gpu_this,triton1@.gpu_this}" --concurrency 1,64
 echo "pipeline rc=$?"
