@@ -45,13 +45,19 @@ def run(pipe, prompt) -> tuple[list[torch.Tensor], list[list[int]]]:
     return all_logits, tokens
 
 
-def test_graph_steps_give_the_eager_tokens(ckpt, pipeline, prompt):
+def graphed_like_eager(ckpt, pipeline, prompt, max_batch: int):
+    """The schedule through graph buffers of max_batch tokens, checked against eager steps."""
     eager_logits, eager_tokens = run(pipeline(ckpt, splits=(2,)), prompt)
-    graphed = pipeline(ckpt, splits=(2,), cuda_graph_max_batch=8)
+    graphed = pipeline(ckpt, splits=(2,), cuda_graph_max_batch=max_batch)
     graph_logits, graph_tokens = run(graphed, prompt)
     assert graph_tokens == eager_tokens
     for got, want in zip(graph_logits, eager_logits):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    return graphed
+
+
+def test_graph_steps_give_the_eager_tokens(ckpt, pipeline, prompt):
+    graphed = graphed_like_eager(ckpt, pipeline, prompt, max_batch=8)
     for stage in graphed.stages:  # both stages ran every decode-only step from their buffers
         assert stage.decode_graphs.steps == 7
 
@@ -59,12 +65,7 @@ def test_graph_steps_give_the_eager_tokens(ckpt, pipeline, prompt):
 def test_prefill_and_mixed_steps_from_the_buffers_give_the_eager_tokens(ckpt, pipeline, prompt):
     """With room for every step's tokens, the prompts (34 tokens, one row each) and the mixed
     step run from the buffers too, each token attending up to itself, as eager steps do."""
-    eager_logits, eager_tokens = run(pipeline(ckpt, splits=(2,)), prompt)
-    graphed = pipeline(ckpt, splits=(2,), cuda_graph_max_batch=40)
-    graph_logits, graph_tokens = run(graphed, prompt)
-    assert graph_tokens == eager_tokens
-    for got, want in zip(graph_logits, eager_logits):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    graphed = graphed_like_eager(ckpt, pipeline, prompt, max_batch=40)
     for stage in graphed.stages:
         assert stage.decode_graphs.steps == len(schedule())
 
