@@ -66,7 +66,7 @@ class DecodeGraphs:
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = torch.cuda.graph_pool_handle() if capture else None
         self.capture_error: str | None = None  # why capture was turned off, if it was
-        self.steps = 0  # decode steps run from the buffers
+        self.steps = 0  # steps run from the buffers
 
     def accepts(self, batch: StepBatch) -> bool:
         """A step of at most max_batch new tokens: decodes, short prefill chunks, or both."""

@@ -55,8 +55,8 @@ class Stage:
 
     def enable_decode_graphs(self, max_batch: int, capture: bool | None = None) -> None:
         """Run steps of up to max_batch new tokens from static buffers, captured as CUDA graphs
-        per bucket of tokens, all of them now (capture None: on CUDA devices). A stage spread over several
-        GPUs keeps running every step eagerly."""
+        per bucket of tokens, all of them now (capture None: on CUDA devices). A stage spread
+        over several GPUs keeps running every step eagerly."""
         if self._spread or not self.tp.is_single:
             log.info("decode graphs off: the stage is spread over several GPUs (%s)",
                      "by layer" if self._spread else "tensor parallel")

@@ -8,11 +8,11 @@ run: the engine in one process (batch 1 and 64, CUDA graphs), then each run name
 the `triton` executor and the `local` one, each with 1 micro-batch in flight (both stages share
 the one GPU: bench/gpu/pipeline.md). The worker takes extra tritonserver flags from the
 environment (DUET_WORKER_TRITON_SERVER_ARGS: what bench/gpu/triton_cure.py found to work on
-this host); the JSON records them. During each
-level the master's and worker's counters, and during the concurrency-1 and -64 levels (with
-py-spy) their Python stacks, say where the time goes (pipeline_probe.py). The checkpoint is the R1-Distill-Qwen-7B shape
-with seeded random weights, written as safetensors. Needs the API's packages (fastapi,
-uvicorn, pydantic, openai, tritonclient, ...): carry them.
+this host); the JSON records them. During each level the master's and worker's counters, and
+during the concurrency-1 and -64 levels (with py-spy) their Python stacks, say where the time
+goes (pipeline_probe.py). The checkpoint is the R1-Distill-Qwen-7B shape with seeded random
+weights, written as safetensors. Needs the API's packages (fastapi, uvicorn, pydantic, openai,
+tritonclient, ...): carry them.
 
     python -m bench.gpu.pipeline_gpu --out pipeline.json [--runs triton1,local1,local2]
         [--worker-device cuda:1]  (each stage on its own GPU, on a machine with two)

@@ -17,7 +17,7 @@ def schedule():
     steps = [[("a", 0, 5), ("b", 0, 14), ("c", 0, 15)]]
     for n in range(4):
         steps.append([("a", 5 + n, 1), ("b", 14 + n, 1), ("c", 15 + n, 1)])
-    steps.append([("d", 0, 9), ("b", 18, 1)])  # mixed: eagerly at 8 tokens a graph, else a row a token
+    steps.append([("d", 0, 9), ("b", 18, 1)])  # mixed: eager with graphs of 8, else row/token
     for n in range(3):
         steps.append([("d", 9 + n, 1), ("c", 19 + n, 1), ("b", 19 + n, 1)])
     return steps
