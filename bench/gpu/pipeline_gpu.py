@@ -44,9 +44,9 @@ from runtime.children import free_port
 
 SPLIT = 14
 LEVELS = ((1, 3), (16, 2), (64, 2))  # (concurrency, requests per user)
-# concurrency -> py-spy (seconds, delay_s, idle threads too): busy threads only, at 1 over
-# the whole level (its client's start included: a fixed window missed its three requests)
-SAMPLED = {1: (8, 0.0, False), 64: (4, 2.5, False)}
+# concurrency -> py-spy (seconds, delay_s) of busy threads: at 1 over the whole level (its
+# client's start included: a fixed window missed its three requests), at 64 once clients run
+SAMPLED = {1: (8, 0.0), 64: (4, 2.5)}
 # --dry-run: the same flow on this host's CPU with the serving benchmark's small checkpoint
 # (8 layers, split 4 | 4), to check the script before spending device time on it.
 DRY = dict(device="cpu", dtype="float32", split=4, levels=((1, 1), (16, 1), (64, 1)))
@@ -138,7 +138,6 @@ def drive(stack: GpuStack, name: str, levels, ttft: bool) -> dict:
     load.warm_up(stack.url, name)
     out = {"levels": []}
     for concurrency, rounds in levels:
-        # py-spy: at 64 once the clients run; at 1 over most of its three requests
         sampler = StackSampler(stack.pids, *SAMPLED[concurrency]) if concurrency in SAMPLED \
             else None
         before = scrape(stack.metrics)

@@ -45,10 +45,7 @@ def breakdown(before: dict, after: dict) -> dict:
 class StackSampler:
     """py-spy on the master and the worker for `seconds` after `delay_s`, in the background."""
 
-    def __init__(self, pids: dict[str, int], seconds: float, delay_s: float,
-                 idle: bool = False):
-        """idle: sample waiting threads too, so shares are of wall time (where a c1 token's
-        time goes: running Python, waiting for the GPU, or for the socket)."""
+    def __init__(self, pids: dict[str, int], seconds: float, delay_s: float):
         self.procs, self.files = {}, {}
         self.tmp = Path(tempfile.mkdtemp(prefix="pyspy-"))
         exe = shutil.which("py-spy")
@@ -57,7 +54,6 @@ class StackSampler:
             self.files[role] = self.tmp / f"{role}.txt"
             record = (f"sleep {delay_s}; exec {exe} record --pid {pid} --duration {int(seconds)} "
                       f"--rate 200 --format raw --nonblocking --threads "
-                      f"{'--idle ' if idle else ''}"
                       f"--output {self.files[role]}")  # after the clients have started
             self.procs[role] = subprocess.Popen(["bash", "-c", record], stdout=subprocess.DEVNULL,
                                                 stderr=subprocess.PIPE)

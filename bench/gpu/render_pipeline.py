@@ -103,8 +103,9 @@ def main() -> None:
         if (HERE / name).exists():
             cure = json.loads((HERE / name).read_text())
             lines += [f"{title} ({name}):", "", *cure_rows(cure), ""]
-    lines += ["## Python stacks (py-spy: at concurrency 64 4 s of busy threads; at 1, where "
-              "recorded, 2 s of every thread, waiting ones too)", "", *spy_rows(p), ""]
+    lines += ["## Python stacks (py-spy, busy threads: at concurrency 64 for 4 s; at 1 over the "
+              "level, where recorded: the 07:02 call sampled 2 s with waiting threads and missed "
+              "its requests)", "", *spy_rows(p), ""]
     notes = HERE / "pipeline_notes.md"
     tail = notes.read_text() if notes.exists() else ""
     (HERE / "pipeline.md").write_text("\n".join(lines) + "\n" + tail)

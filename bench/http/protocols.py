@@ -2,9 +2,8 @@
 
     python -m bench.http.protocols [--rounds 6] [--out bench/http/protocols.json]
 
-bench/http/overhead.py's server (the real app behind a generator that costs nothing; the serving
-benchmark's checkpoint folder for its tokenizer and chat template) runs
-twice, once per protocol; 16 SSE chat streams of 512 tokens go to each in turn, alternating
+bench/http/overhead.py's server (the real app, DeepSeek-V3 tokenizer and chat template, behind a
+generator that costs nothing) runs twice, once per protocol; 16 SSE chat streams of 512 tokens go to each in turn, alternating
 for `rounds` rounds. Measured: the server process's CPU time (/proc, user + system) per
 output token, so the client's own work and the host's load leave the figure alone.
 """
@@ -16,17 +15,11 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
-from bench.http.overhead import REPLY_TOKENS, http_rate
-from bench.serving.pipeline_stack import write_checkpoint
-from runtime.children import free_port
+from bench.http.overhead import REPLY_TOKENS, http_rate, model_folder, start_server
 
 PROTOCOLS = ("h11", "httptools")
 
@@ -36,21 +29,6 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start(protocol: str, model: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    code = ("from pathlib import Path; import bench.http.overhead as o; "
-            f"o.uvicorn_http, o.MODEL_DIR = {protocol!r}, Path({str(model)!r}); o.serve({port})")
-    proc = subprocess.Popen([sys.executable, "-c", code])
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            httpx.get(f"{url}/health", timeout=1)
-            return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise TimeoutError(f"{protocol} server did not start")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=6)
@@ -58,8 +36,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="http-protocols-"))
-    model = write_checkpoint(tmp / "model")  # the serving bench's: Qwen tokenizer and template
-    servers = {p: start(p, model) for p in PROTOCOLS}
+    model = model_folder(tmp)
+    servers = {p: start_server(model, p) for p in PROTOCOLS}
     per_token = {p: [] for p in PROTOCOLS}
     try:
         for p, (_, url) in servers.items():  # warm-up
