@@ -88,8 +88,11 @@ def run_drill(target, scenario: Scenario, attempts_file: Path, clients: int = 4,
             repair = scenario.repair(target)
         target.wait_healthy(timeout_s)  # everything ready, the VIP back on host A
         back = time.monotonic()
-        wait_attempt(attempts_file, lambda a: a["ok"] and a["start"] >= back,
-                     "completion after the repair", timeout_s, load)
+        for client in range(clients):  # every streaming client is served again, not
+            # only the probe: a client stuck in a dead stream waits out its read timeout
+            wait_attempt(attempts_file, lambda a, c=client: a["ok"] and a["start"] >= back
+                         and a["client"] == c, f"completion of client {client} after the "
+                         "repair", timeout_s, load)
         time.sleep(settle_s)
     finally:
         load.send_signal(signal.SIGTERM)
