@@ -2,7 +2,9 @@
 
 Every step writes its new keys/values to the cache first, then each sequence's queries attend
 over the cache rows of its context, query at position p seeing positions <= p. The layout
-(padding indices and mask) is built once per step and shared by all layers.
+(padding indices and mask) is built once per step and shared by all layers. A step that mixes
+decodes with prompt chunks runs them as two batches (StepParts), so a decode's one query is
+not padded to the longest chunk.
 """
 from __future__ import annotations
 
@@ -73,6 +75,61 @@ def attention_layout(ctx: ForwardContext) -> AttentionLayout:
     return ctx.layout
 
 
+@dataclass(frozen=True)
+class StepParts:
+    """A step's decodes (one new token each) apart from its prompt chunks (several), each part
+    with its own context: in a mixed step a decode's single query is not padded to the longest
+    chunk, nor its context to the longest context. A part is None when the step has none of it.
+    """
+
+    decode: ForwardContext | None
+    decode_rows: torch.Tensor | None  # [Td] rows of the step's [T] tokens; None = all of them
+    prefill: ForwardContext | None
+    prefill_rows: torch.Tensor | None  # [Tp]; None = all of them
+
+    @property
+    def mixed(self) -> bool:
+        return self.decode is not None and self.prefill is not None
+
+
+def step_parts(ctx: ForwardContext) -> StepParts:
+    """The step split once, on first use, and kept in the context for the other layers."""
+    if ctx.parts is None:
+        qs = ctx.query_start
+        decodes = [b for b in range(ctx.num_seqs) if qs[b + 1] - qs[b] == 1]
+        prefills = [b for b in range(ctx.num_seqs) if qs[b + 1] - qs[b] > 1]
+        if not prefills:
+            ctx.parts = StepParts(ctx, None, None, None)
+        elif not decodes:
+            ctx.parts = StepParts(None, None, ctx, None)
+        else:
+            ctx.parts = StepParts(*_subset(ctx, decodes), *_subset(ctx, prefills))
+    return ctx.parts
+
+
+def _subset(ctx: ForwardContext, seqs: list[int]) -> tuple[ForwardContext, torch.Tensor]:
+    """The context of some of a step's sequences, and the rows of [T] their tokens occupy."""
+    qs = ctx.query_start
+    rows = torch.cat([torch.arange(qs[b], qs[b + 1]) for b in seqs]).to(ctx.positions.device)
+    starts = [0]
+    for b in seqs:
+        starts.append(starts[-1] + qs[b + 1] - qs[b])
+    lens = [ctx.context_lens[b] for b in seqs]
+    pick = torch.tensor(seqs, device=ctx.context_slots.device)
+    width = max(lens)
+    return (
+        ForwardContext(
+            positions=ctx.positions[rows],
+            slot_mapping=ctx.slot_mapping[rows],
+            query_start=starts,
+            context_lens=lens,
+            context_slots=ctx.context_slots[pick, :width],
+            context_mask=ctx.context_mask[pick, :width],
+        ),
+        rows,
+    )
+
+
 def write_cache(cache: torch.Tensor, ctx: ForwardContext, values: torch.Tensor) -> None:
     """cache [S, *shape] <- values [T, *shape] at the step's slots."""
     cache.index_copy_(0, ctx.slot_mapping, values.to(cache.dtype))
@@ -118,6 +175,22 @@ def paged_attention(
     write_cache(v_cache, ctx, v)
     if ctx.decode_tables is not None:  # one query per sequence, context through the block table
         return decode_attention(q, k_cache, v_cache, ctx.decode_tables, scale)
+    parts = step_parts(ctx)
+    if not parts.mixed:
+        return padded_attention(q, k_cache, v_cache, ctx, scale)
+    out = q.new_empty(q.shape[0], q.shape[1], v_cache.shape[-1])
+    out[parts.decode_rows] = padded_attention(q[parts.decode_rows], k_cache, v_cache,
+                                               parts.decode, scale)
+    out[parts.prefill_rows] = padded_attention(q[parts.prefill_rows], k_cache, v_cache,
+                                                parts.prefill, scale)
+    return out
+
+
+def padded_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, ctx: ForwardContext, scale: float
+) -> torch.Tensor:
+    """q [T, Hq, D], padded to [B, Hq, maxQ, D], against each sequence's gathered context (the
+    caches already hold the step's keys/values) -> [T, Hq, D]."""
     layout = attention_layout(ctx)
     keys = gather_context(k_cache, ctx).transpose(1, 2)  # [B, Hkv, C, D]
     values = gather_context(v_cache, ctx).transpose(1, 2)
@@ -129,6 +202,6 @@ def paged_attention(
         attn_mask=layout.attn_mask,
         is_causal=layout.is_causal,
         scale=scale,
-        enable_gqa=q.shape[1] != k.shape[1],
+        enable_gqa=q.shape[1] != k_cache.shape[1],
     )
     return unpad_queries(out.transpose(1, 2), layout)  # [T, Hq, D]

@@ -58,6 +58,9 @@ class ForwardContext:
     # How queries pad into [B, maxQ] and which context each sees, derived once per step:
     # an engine.attention.AttentionLayout, filled on first use by engine.attention.attention_layout.
     layout: object | None = None
+    # The step's decodes apart from its prompt chunks (engine.attention.StepParts), filled on
+    # first use by engine.attention.step_parts.
+    parts: object | None = None
     # Decode-only steps run from static buffers (engine.decode_graphs): an
     # engine.paged_decode.DecodeTables that attention reads the context through instead.
     decode_tables: object | None = None

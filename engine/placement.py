@@ -86,7 +86,8 @@ def place(model: StageModel, devices: dict[int, torch.device], dtype: torch.dtyp
 
 
 def context_on(ctx: ForwardContext, device: torch.device) -> ForwardContext:
-    """The same step's context with its tensors on another device (layout rebuilt there)."""
+    """The same step's context with its tensors on another device (layout and parts rebuilt
+    there)."""
     return dataclasses.replace(
         ctx,
         positions=ctx.positions.to(device),
@@ -94,6 +95,7 @@ def context_on(ctx: ForwardContext, device: torch.device) -> ForwardContext:
         context_slots=ctx.context_slots.to(device),
         context_mask=ctx.context_mask.to(device),
         layout=None,
+        parts=None,
     )
 
 

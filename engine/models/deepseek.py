@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from functools import cached_property
 
-import torch
 from torch import nn
 
-from engine.batch import ForwardContext
 from engine.errors import CheckpointError
-from engine.models.base import LayerKV, StageModel
+from engine.models.base import StageModel
 from engine.models.llama import LlamaDecoderLayer, LlamaMLP
-from engine.models.mla import MLAContext, MLASpec, MLAttention, yarn_softmax_scale
+from engine.models.mla import MLASpec, MLAttention, yarn_softmax_scale
 from engine.models.moe import MoE, MoESpec, expert_checkpoint_names
 from engine.rope import RotaryEmbedding
 
@@ -112,9 +110,6 @@ class DeepseekV2ForCausalLM(StageModel):
             if names is not None:
                 return names
         return super().checkpoint_names(param_name)
-
-    def forward(self, inputs: torch.Tensor, ctx: ForwardContext, kv: dict[int, LayerKV]) -> torch.Tensor:
-        return super().forward(inputs, MLAContext.of(ctx), kv)  # split the step once, not per layer
 
 
 class DeepseekV3ForCausalLM(DeepseekV2ForCausalLM):

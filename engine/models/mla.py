@@ -8,14 +8,14 @@ whose many queries amortise it, expand the context into per-head keys and values
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from engine import gemv
 from engine.attention import (
-    attention_layout, gather_context, pad_queries, sdpa, unpad_queries, write_cache,
+    attention_layout, gather_context, pad_queries, sdpa, step_parts, unpad_queries, write_cache,
 )
 from engine.batch import ForwardContext
 from engine.models.base import RMSNorm
@@ -59,53 +59,6 @@ def yarn_softmax_scale(rope: dict, qk_head_dim: int, max_position_embeddings: in
     return scale
 
 
-@dataclass
-class MLAContext(ForwardContext):
-    """A step's context split once for all layers: decodes (absorbed) and prefill chunks (expanded)."""
-
-    decode: ForwardContext | None = None
-    decode_rows: torch.Tensor | None = None  # [Td] rows of the step's tokens; None = all of them
-    prefill: ForwardContext | None = None
-    prefill_rows: torch.Tensor | None = None  # [Tp]; None = all of them
-
-    @classmethod
-    def of(cls, ctx: ForwardContext) -> "MLAContext":
-        base = {f.name: getattr(ctx, f.name) for f in fields(ForwardContext)}
-        qs = ctx.query_start
-        decodes = [b for b in range(ctx.num_seqs) if qs[b + 1] - qs[b] == 1]
-        prefills = [b for b in range(ctx.num_seqs) if qs[b + 1] - qs[b] > 1]
-        if not prefills:
-            return cls(**base, decode=ctx)
-        if not decodes:
-            return cls(**base, prefill=ctx)
-        decode, decode_rows = _subset(ctx, decodes)
-        prefill, prefill_rows = _subset(ctx, prefills)
-        return cls(**base, decode=decode, decode_rows=decode_rows, prefill=prefill, prefill_rows=prefill_rows)
-
-
-def _subset(ctx: ForwardContext, seqs: list[int]) -> tuple[ForwardContext, torch.Tensor]:
-    """The context of some of a step's sequences, and the rows of [T] their tokens occupy."""
-    qs = ctx.query_start
-    rows = torch.cat([torch.arange(qs[b], qs[b + 1]) for b in seqs]).to(ctx.positions.device)
-    starts = [0]
-    for b in seqs:
-        starts.append(starts[-1] + qs[b + 1] - qs[b])
-    lens = [ctx.context_lens[b] for b in seqs]
-    pick = torch.tensor(seqs, device=ctx.context_slots.device)
-    width = max(lens)
-    return (
-        ForwardContext(
-            positions=ctx.positions[rows],
-            slot_mapping=ctx.slot_mapping[rows],
-            query_start=starts,
-            context_lens=lens,
-            context_slots=ctx.context_slots[pick, :width],
-            context_mask=ctx.context_mask[pick, :width],
-        ),
-        rows,
-    )
-
-
 class MLAttention(nn.Module):
     """Low-rank queries and keys/values; the cache holds latents, not per-head keys and values."""
 
@@ -131,10 +84,8 @@ class MLAttention(nn.Module):
         )
         self.o_proj = nn.Linear(s.num_heads * s.v_head_dim, s.hidden_size, bias=bias)
 
-    def forward(self, x: torch.Tensor, ctx: MLAContext, kv: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: ForwardContext, kv: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """x [T, H] -> [T, H]; writes the step's latent rows into kv[0] [slots, latent_dim]."""
-        if not isinstance(ctx, MLAContext):  # a caller that runs layers itself (layers spread over GPUs)
-            ctx = MLAContext.of(ctx)
         s, t = self.spec, x.shape[0]
         q, kv_a = self._project(x)
         q_nope, q_pe = q.view(t, s.num_heads, -1).split([s.qk_nope_head_dim, s.qk_rope_head_dim], -1)
@@ -143,17 +94,18 @@ class MLAttention(nn.Module):
         rope = apply_rope_interleaved if s.rope_interleave else apply_rope
         q_pe, k_pe = rope(q_pe, cos, sin), rope(k_pe[:, None], cos, sin)[:, 0]  # [T, nh, r], [T, r]
         write_cache(kv[0], ctx, torch.cat([self.kv_a_layernorm(latent), k_pe], dim=-1))
-        if ctx.prefill is None:
-            out = self._absorbed(q_nope, q_pe, kv[0], ctx.decode)
-        elif ctx.decode is None:
-            out = self._expanded(q_nope, q_pe, kv[0], ctx.prefill)
+        parts = step_parts(ctx)  # decodes absorbed, prompt chunks expanded
+        if parts.prefill is None:
+            out = self._absorbed(q_nope, q_pe, kv[0], parts.decode)
+        elif parts.decode is None:
+            out = self._expanded(q_nope, q_pe, kv[0], parts.prefill)
         else:
             out = q.new_empty(t, s.num_heads, s.v_head_dim)
-            out[ctx.decode_rows] = self._absorbed(
-                q_nope[ctx.decode_rows], q_pe[ctx.decode_rows], kv[0], ctx.decode
+            out[parts.decode_rows] = self._absorbed(
+                q_nope[parts.decode_rows], q_pe[parts.decode_rows], kv[0], parts.decode
             )
-            out[ctx.prefill_rows] = self._expanded(
-                q_nope[ctx.prefill_rows], q_pe[ctx.prefill_rows], kv[0], ctx.prefill
+            out[parts.prefill_rows] = self._expanded(
+                q_nope[parts.prefill_rows], q_pe[parts.prefill_rows], kv[0], parts.prefill
             )
         return gemv.apply(self.o_proj, out.reshape(t, -1))
 
