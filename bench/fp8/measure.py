@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from engine.batch import SeqChunk, StepBatch
 from engine.fp8 import dequantize_block_fp8, quantize_block_fp8
 from engine.fp8_gemm import fp8_matmul, quantize_activations, reference_fp8_matmul
-from engine.models.mla import MLAContext
 
 H = 7168
 DEVICE = "cuda"  # a CPU smoke test of the stage-level functions sets "cpu"
@@ -118,7 +117,7 @@ def layer_step(stage, batch: int, context: int = 32) -> tuple[dict, object]:
     stage.forward(StepBatch(tuple(SeqChunk(s, 0, context) for s in seqs)), hidden_states(batch * context, 3, stage.config.hidden_size))
     step = StepBatch(tuple(SeqChunk(s, context, 1) for s in seqs))
     stage.kv.reserve_all((c.seq_id, c.end_pos) for c in step.chunks)
-    ctx = MLAContext.of(stage.kv.build_context(step))
+    ctx = stage.kv.build_context(step)
     idx = stage.layer_start
     layer, kv = stage.model.model.layers[str(idx)], stage.kv.layers[idx]
     x = hidden_states(batch, 4, stage.config.hidden_size)
