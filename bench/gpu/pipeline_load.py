@@ -40,7 +40,7 @@ async def _users(url: str, name: str, users: list[int], rounds: int) -> list[dic
 
     async def user(u: int) -> list[dict]:
         return [await one_request(client, name, prompt(u * rounds + r), OUTPUT_TOKENS)
-                for r in range(rounds)]
+                | {"round": r} for r in range(rounds)]
 
     try:
         return [r for rs in await asyncio.gather(*(user(u) for u in users)) for r in rs]
@@ -78,11 +78,15 @@ def level(url: str, name: str, concurrency: int, rounds: int) -> dict:
     per_req = sorted((r["tokens"] - 1) / max(r["last"] - r["first"], 1e-9) for r in results)
     ttft = sorted(r["first"] - r["start"] for r in results)
     starts = sorted(r["start"] for r in results)[:concurrency]  # each user's first request
+    # by round: the first pays each client's connections and the shapes the warm-up missed
+    by_round = [sorted(r["first"] - r["start"] for r in results if r["round"] == k)
+                for k in range(rounds)]
     return {"concurrency": concurrency, "requests": len(results),
             "client_processes": len(groups), "start_spread_ms": (starts[-1] - starts[0]) * 1e3,
             "aggregate_tok_s": sum(r["tokens"] for r in results) / wall,
             "tok_s_per_request_p50": per_req[len(per_req) // 2],
-            "ttft_ms_p50": ttft[len(ttft) // 2] * 1e3}
+            "ttft_ms_p50": ttft[len(ttft) // 2] * 1e3,
+            "ttft_ms_p50_by_round": [t[len(t) // 2] * 1e3 for t in by_round]}
 
 
 async def _ttft(url: str, name: str, prompt_tokens: int, n: int) -> list[float]:
