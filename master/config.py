@@ -61,7 +61,7 @@ class MasterConfig:
     forwarded_allow_ips: str = ""  # proxies trusted for X-Forwarded-*; "" = headers ignored
     max_num_seqs: int = 64  # sequences running at once
     max_waiting: int = 256  # queued sequences before 429
-    step_token_budget: int = 512  # new tokens per step, prefill chunks included
+    step_token_budget: int = 2048  # new tokens per step, prefill chunks included
     max_model_len: int = 0  # 0 = the checkpoint's max_position_embeddings
     log_prompts: bool = False  # prompt text in the access log
     role: str = "master"  # "standby" answers only after POST /admin/activate

@@ -30,7 +30,7 @@ class SchedulerConfig:
 
     max_num_seqs: int = 64  # running sequences (KV reserved on both stages)
     max_waiting: int = 256  # queued beyond the free running slots: QueueFull (HTTP 429)
-    step_token_budget: int = 512  # new tokens per micro-batch, prefill chunks included
+    step_token_budget: int = 2048  # new tokens per micro-batch, prefill chunks included
     max_inflight_batches: int = 2  # micro-batches sent and not yet answered
     kv_block_size: int = 16  # tokens per KV block: reservations round up to it
     retry_after_s: float = 1.0  # the Retry-After of a full queue or a lost worker
