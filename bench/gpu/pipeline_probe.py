@@ -20,6 +20,9 @@ SERIES = {  # name in the JSON: (which process, Prometheus series)
     "worker_step_s": ("worker", r"duet_worker_step_seconds_sum"),
     "worker_tail_s": ("worker", r"duet_worker_tail_seconds_sum"),
     "worker_tokens": ("worker", r"duet_worker_tokens_total"),
+    # the master's own TTFT: from the request reaching the app to its first token's event
+    "master_ttft_s": ("master", r"vllm:time_to_first_token_seconds_sum"),
+    "master_ttft_n": ("master", r"vllm:time_to_first_token_seconds_count"),
 }
 
 
@@ -39,7 +42,8 @@ def breakdown(before: dict, after: dict) -> dict:
     return {"steps": int(d["master_steps"]), "hop_ms_mean": d["master_hop_s"] / steps * 1e3,
             "worker_step_ms_mean": d["worker_step_s"] / wsteps * 1e3,
             "worker_tail_ms_mean": d["worker_tail_s"] / wsteps * 1e3,
-            "tokens_per_worker_step": d["worker_tokens"] / wsteps}
+            "tokens_per_worker_step": d["worker_tokens"] / wsteps,
+            "server_ttft_ms_mean": d["master_ttft_s"] / max(d["master_ttft_n"], 1) * 1e3}
 
 
 class StackSampler:
