@@ -243,7 +243,9 @@ def main() -> None:
             except (OSError, RuntimeError, subprocess.SubprocessError) as e:  # no daemon
                 result = {"executor": name["executor"], "max_inflight_batches": inflight,
                           "error": f"MPS: {e}"}
-            results["runs"][run] = result | {"mps": options["mps"],
+            repeat = sum(1 for key in results["runs"] if key.split("#")[0] == run)
+            key = f"{run}#{repeat + 1}" if repeat else run  # an interleaved repeat keeps its own
+            results["runs"][key] = result | {"mps": options["mps"],
                                              "step_token_budget": options["budget"]}
             Path(args.out).write_text(json.dumps(results, indent=2))
 
