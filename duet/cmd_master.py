@@ -28,12 +28,14 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(config) -> None:
     """The master, with systemd told READY once it listens and its watchdog fed meanwhile."""
+    from runtime.gc_freeze import freeze_loaded_objects
     from runtime.sd_notify import supervise
     from master.main import run as run_master
 
     listening = asyncio.Event()
 
     def on_ready(url: str) -> None:
+        freeze_loaded_objects()  # this process's loaded objects: out of the full GC passes
         print(f"duet master: serving {url}", flush=True)
         listening.set()
 

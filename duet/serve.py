@@ -145,6 +145,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
     from master.config import load_master_config
     from master.main import run as run_master
+    from runtime.gc_freeze import freeze_loaded_objects
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
@@ -174,6 +175,7 @@ async def _serve(args: argparse.Namespace) -> int:
         tasks = [asyncio.create_task(_keep_alive(worker, stop))]
 
         def ready(url: str) -> None:
+            freeze_loaded_objects()  # this process's loaded objects: out of the full GC passes
             tasks.append(asyncio.create_task(_announce(url, config.served_model_name, worker)))
 
         try:

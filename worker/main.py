@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 
+from runtime.gc_freeze import freeze_loaded_objects
 from runtime.gil import shorten_gil_switch_interval
 from runtime.sd_notify import supervise
 from engine.errors import CheckpointError
@@ -193,12 +194,20 @@ async def _serve_until_signal(config: WorkerConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
     systemd = asyncio.create_task(supervise(ready, "worker serving"))
+    freeze = asyncio.create_task(_freeze_when(ready))
     try:
         await run_worker(config, ready, drain)
     except asyncio.CancelledError:
         pass
     finally:
         systemd.cancel()
+        freeze.cancel()
+
+
+async def _freeze_when(ready: asyncio.Event) -> None:
+    """Once serving, this process's loaded objects go out of the full GC passes."""
+    await ready.wait()
+    freeze_loaded_objects()
 
 
 def run_cli(config: WorkerConfig, write_model_repo_dir: str | None = None) -> int:

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from runtime.gc_freeze import freeze_loaded_objects
 from worker.config import WorkerConfig
 from worker.executor import tail_loader
 from worker.triton_protocol import (INPUT_HIDDEN, INPUT_OP, INPUT_STEP, INPUT_STREAM,
@@ -21,6 +22,7 @@ class TritonPythonModel:
         params = json.loads(args["model_config"]).get("parameters", {})
         values = {name: p["string_value"] for name, p in params.items()}
         self.tail = tail_loader(WorkerConfig.from_dict(values, environ={}))()
+        freeze_loaded_objects()  # out of the full GC passes that would stall a step
 
     def execute(self, requests):
         return [self._answer(request) for request in requests]
