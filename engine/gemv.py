@@ -6,6 +6,14 @@ bandwidth is the step's speed. Measured on the H200 (bench/gpu/gemv_probe.py, th
 matrices): cuBLAS picks split-K kernels plus a separate reduction kernel for the narrow ones and
 reads 3.5-3.8 TB/s; this plain kernel (4 rows x 512 columns per program, fp32 accumulation)
 reads 3.8-4.5 TB/s and needs no second kernel.
+
+Products of many rows (eager steps: prompts) go to cuBLAS with their row count rounded up
+(padded_rows): cuBLAS chooses a kernel for each new row count, and on the H200 the first
+product at a count it has not seen costs ~4 ms per weight shape, 12-17 ms for one 7B layer's
+four (every layer shares them) against 0.4-1.4 ms again
+(bench/gpu/runs/s9_call3_gemm_first_call.json).
+Prompts bring a new count almost every step; rounded, the counts repeat, and the stage runs
+each once when it loads (engine/eager_warmup.py).
 """
 from __future__ import annotations
 
@@ -22,6 +30,15 @@ except ImportError:  # pragma: no cover - CPU-only installs
 BLOCK_N, BLOCK_K, WARPS = 4, 512, 4  # the best tile of the probe on every 7B matrix
 ROW_TILE_MAX_K, ROW_TILE_WARPS = 8192, 8  # short matrices: one row a program, whole row at once
 SHORT_ROWS = 4 * 264  # fewer rows than ~2 programs per H200 SM of the 4-row tile
+PAD_ABOVE, PAD_TO = 128, 64  # rows past 128 (beyond the decode graphs) go up to a multiple of 64
+
+
+def padded_rows(rows: int) -> int:
+    """The row count a CUDA product of `rows` rows runs at: rows up to PAD_ABOVE as they are,
+    more rounded up to a multiple of PAD_TO. At most 63 rows more: below ~200 rows an H200
+    product is bound by reading its weight, whatever the rows; above, at most 20% more
+    arithmetic (321 -> 384), 3% near 2,048."""
+    return rows if rows <= PAD_ABOVE else -(-rows // PAD_TO) * PAD_TO
 
 
 def tile_for(n: int, k: int) -> tuple[int, int, int]:
@@ -48,6 +65,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """x [T, K] @ weight[N, K]^T (+ bias) (+ residual, then written into `residual` itself, a
     tensor the caller owns) -> [T, N]."""
     if not usable(x, weight) or (residual is not None and not residual.is_contiguous()):
+        if x.is_cuda and x.dim() == 2 and padded_rows(x.shape[0]) != x.shape[0]:
+            return padded_linear(x, weight, bias, residual)
         if residual is None:
             return F.linear(x, weight, bias)
         if bias is None and residual.dtype == x.dtype == weight.dtype:
@@ -56,6 +75,20 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     out = residual if residual is not None else x.new_empty(1, weight.shape[0])
     launch(weight, x, bias, out, add_out=residual is not None)
     return out
+
+
+def padded_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                  residual: torch.Tensor | None = None) -> torch.Tensor:
+    """`linear` over x's rows padded with zeros to padded_rows (their products are dropped:
+    rows do not mix) -> [T, N], the residual (when given) updated in place as there."""
+    t = x.shape[0]
+    pad = padded_rows(t) - t
+    xp = F.pad(x, (0, 0, 0, pad))
+    if residual is None:
+        return F.linear(xp, weight, bias)[:t]
+    if bias is None and residual.dtype == x.dtype == weight.dtype:  # one rounding, as addmm_
+        return residual.copy_(F.pad(residual, (0, 0, 0, pad)).addmm_(xp, weight.t())[:t])
+    return residual.add_(F.linear(xp, weight, bias)[:t])
 
 
 def launch(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,

@@ -12,6 +12,7 @@ from engine.config import ModelConfig
 from engine.checkpoint import CheckpointFiles
 from engine.decode_graphs import DecodeGraphs
 from engine.dtypes import DTYPES
+from engine.eager_warmup import warm_eager_steps
 from engine.errors import CheckpointError
 from engine.fp8_native import FP8_MODES, SCALE_SUFFIX, convert_to_native, fp8_mode
 from engine.kv_cache import KVCache
@@ -120,6 +121,8 @@ class Stage:
         stage = cls(config, model, kv, devices, dtype, seconds, tp)
         if cuda_graph_max_batch:
             stage.enable_decode_graphs(cuda_graph_max_batch)
+        if stage.device.type == "cuda" and tp.is_single:  # other ranks join steps only later
+            warm_eager_steps(stage)
         return stage
 
     def weight_bytes(self) -> int:
