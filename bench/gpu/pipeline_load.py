@@ -107,13 +107,22 @@ def ttft_ms(url: str, name: str, prompt_tokens: int = 2000, n: int = 3) -> float
     return sorted(asyncio.run(_ttft(url, name, prompt_tokens, n)))[n // 2] * 1e3
 
 
+async def _burst(url: str, name: str, n: int, first: int, max_tokens: int) -> list[float]:
+    client = _client(url)
+    try:
+        rs = await asyncio.gather(*(one_request(client, name, prompt(first + i), max_tokens)
+                                    for i in range(n)))
+        return sorted(r["first"] - r["start"] for r in rs)
+    finally:
+        await client.close()
+
+
+def burst(url: str, name: str, n: int, first: int, max_tokens: int) -> list[float]:
+    """n streamed completions started together from one client (prompts first, first + 1,
+    ...): their times to the first token in seconds, sorted."""
+    return asyncio.run(_burst(url, name, n, first, max_tokens))
+
+
 def warm_up(url: str, name: str) -> None:
     """Graph buckets and allocator pools of both stages, before anything is timed."""
-    async def go():
-        client = _client(url)
-        try:
-            await asyncio.gather(*(one_request(client, name, prompt(9000 + i), 8)
-                                   for i in range(64)))
-        finally:
-            await client.close()
-    asyncio.run(go())
+    burst(url, name, 64, 9000, 8)

@@ -15,7 +15,6 @@ B: the pipeline (`local`, 1 in flight, 14 | 14 on this GPU) after the benchmark'
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import tempfile
 import time
@@ -112,16 +111,6 @@ def in_process(folder: Path, dry: bool) -> dict:
     return out
 
 
-async def _burst(url: str, name: str, n: int, first: int) -> list[float]:
-    client = load._client(url)
-    try:
-        rs = await asyncio.gather(*(load.one_request(client, name, load.prompt(first + i), 1)
-                                    for i in range(n)))
-        return sorted(r["first"] - r["start"] for r in rs)
-    finally:
-        await client.close()
-
-
 def pipeline(tmp: Path, model: Path, dry: bool) -> dict:
     where = {k: DRY[k] for k in ("device", "dtype", "split")} if dry else {}
     stack = GpuStack(tmp, model, "local", 1, **where)
@@ -131,7 +120,7 @@ def pipeline(tmp: Path, model: Path, dry: bool) -> dict:
         for rep in range(3):
             for n in (16, 64):
                 before = scrape(stack.metrics)
-                ttft = asyncio.run(_burst(stack.url, model.name, n, 20000 + 1000 * rep + n))
+                ttft = load.burst(stack.url, model.name, n, 20000 + 1000 * rep + n, 1)
                 b = breakdown(before, scrape(stack.metrics))
                 key = f"burst_{n}"
                 out.setdefault(key, []).append(

@@ -11,7 +11,6 @@ generation in both servers, and can turn gc.freeze off: the "before". Runs alter
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -24,16 +23,6 @@ from bench.gpu.pipeline_gpu import DRY, GpuStack, dry_checkpoint
 
 PROBE = Path(__file__).parent / "gc_probe"
 BURSTS, USERS, TOKENS = 8, 64, 16
-
-
-async def _burst(url: str, name: str, first: int) -> list[float]:
-    client = load._client(url)
-    try:
-        rs = await asyncio.gather(*(load.one_request(client, name, load.prompt(first + i), TOKENS)
-                                    for i in range(USERS)))
-        return [r["first"] - r["start"] for r in rs]
-    finally:
-        await client.close()
 
 
 def cpu_s(pid: int) -> float:
@@ -50,7 +39,7 @@ def one_run(tmp: Path, model: Path, freeze: bool, serial: int) -> dict:
         load.warm_up(stack.url, model.name)
         cpu0, t0 = cpu_s(stack.pids["master"]), time.time()
         ttft = sorted(t for b in range(BURSTS)
-                      for t in asyncio.run(_burst(stack.url, model.name, 40000 + 100 * b)))
+                      for t in load.burst(stack.url, model.name, USERS, 40000 + 100 * b, TOKENS))
         t1 = time.time()
         master_cpu = cpu_s(stack.pids["master"]) - cpu0
     finally:
