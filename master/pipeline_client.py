@@ -92,13 +92,13 @@ class StepStream:
         try:
             await self._call.write(request)
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as e:
-            raise PipelineUnavailable(self._why(e)) from None
+            raise PipelineUnavailable(await self._why(e)) from None
 
     async def recv(self) -> pb.StepReply:
         try:
             reply = await self._call.read()
         except grpc.aio.AioRpcError as e:
-            raise PipelineUnavailable(self._why(e)) from None
+            raise PipelineUnavailable(await self._why(e)) from None
         if reply is grpc.aio.EOF:
             raise PipelineUnavailable(f"worker at {self._address} closed the step stream")
         return reply
@@ -106,9 +106,12 @@ class StepStream:
     def cancel(self) -> None:
         self._call.cancel()
 
-    def _why(self, e: Exception) -> str:
+    async def _why(self, e: Exception) -> str:
         if isinstance(e, grpc.aio.AioRpcError):
             return f"worker at {self._address}: {e.code().name}: {e.details()}"
+        if self._call.done():  # a write after the worker ended the stream: its status says why
+            code, details = await self._call.code(), await self._call.details()
+            return f"worker at {self._address}: {code.name}: {details}"
         return f"worker at {self._address}: step stream closed ({type(e).__name__})"
 
 

@@ -26,17 +26,18 @@ class ClientNames:
     def __init__(self, allowed: tuple[str, ...]):
         self.allowed = frozenset(allowed)
 
-    async def check(self, context) -> None:
-        """Abort the call PERMISSION_DENIED unless the client's certificate carries a listed
-        name (any client passes when none are listed)."""
+    def refusal(self, context) -> tuple[grpc.StatusCode, str] | None:
+        """PERMISSION_DENIED unless the client's certificate carries a listed name (any
+        client passes when none are listed)."""
         if not self.allowed:
-            return
+            return None
         names = peer_names(context)
-        if not names & self.allowed:
-            log.warning("refused %s: certificate names %s are not in tls_client_names",
-                        context.peer(), sorted(names) or "(none)")
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                "this client certificate's name is not allowed on this worker")
+        if names & self.allowed:
+            return None
+        log.warning("refused %s: certificate names %s are not in tls_client_names",
+                    context.peer(), sorted(names) or "(none)")
+        return (grpc.StatusCode.PERMISSION_DENIED,
+                "this client certificate's name is not allowed on this worker")
 
     def identity(self, context) -> str:
         """Who may adopt this client's kept sequences (worker/orphans.py): with a name list,

@@ -13,6 +13,7 @@ stream, running):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 
@@ -29,6 +30,7 @@ from worker.executor import Executor, ExecutorUnavailable
 from worker.orphans import stream_name
 
 log = logging.getLogger(__name__)
+REFUSE_WAIT_S = 1.0  # how long a refused stream waits for its first request
 SERVICE = pb.DESCRIPTOR.services_by_name["Pipeline"].full_name  # for the health service
 
 
@@ -53,16 +55,21 @@ class PipelineService(pb_grpc.PipelineServicer):
         self.drain_notice = notice
         self._draining.set()
 
-    async def _refuse_unready(self, context) -> None:
+    def _refusal(self, context) -> tuple[grpc.StatusCode, str] | None:
+        """Why this call is refused as it starts: a client name not allowed, the executor
+        still loading, or the worker draining."""
+        if refused := self.names.refusal(context):
+            return refused
         if self.info is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the worker is still loading")
+            return grpc.StatusCode.UNAVAILABLE, "the worker is still loading"
         if self.drain_notice is not None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                f"the worker is draining: {self.drain_notice.reason}")
+            return (grpc.StatusCode.UNAVAILABLE,
+                    f"the worker is draining: {self.drain_notice.reason}")
+        return None
 
     async def Handshake(self, request, context) -> pb.HandshakeReply:
-        await self.names.check(context)
-        await self._refuse_unready(context)
+        if refused := self._refusal(context):
+            await context.abort(*refused)
         theirs = handshake_identity(request)
         mismatch = describe_mismatch(handshake_identity(self.info),
                                      {k: v for k, v in theirs.items() if v})
@@ -74,8 +81,8 @@ class PipelineService(pb_grpc.PipelineServicer):
         return self.info
 
     async def Step(self, requests, context):
-        await self.names.check(context)
-        await self._refuse_unready(context)
+        if refused := self._refusal(context):
+            await _refuse_stream(requests, context, *refused)
         stream = stream_name(next(self.stream_ids), self.names.identity(context))
         self.open_streams.add(stream)
         log.info("stream %s opened by %s", stream, context.peer())
@@ -165,6 +172,15 @@ class _BadHandshakeBytes(grpc.aio.ServerInterceptor):
             return await behavior(request, context)
 
         return handler._replace(request_deserializer=None, unary_unary=handshake)
+
+
+async def _refuse_stream(requests, context, code: grpc.StatusCode, details: str) -> None:
+    """End a Step stream with `code` once its first request has arrived (or after
+    REFUSE_WAIT_S): aborted sooner, the status can overtake the client's first write, which
+    then fails INTERNAL "Internal error from Core" and the API never learns why."""
+    with contextlib.suppress(Exception):  # a bad message, an early close, a silent client
+        await asyncio.wait_for(anext(aiter(requests)), REFUSE_WAIT_S)
+    await context.abort(code, details)
 
 
 async def _parsed(requests, context):
