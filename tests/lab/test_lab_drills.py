@@ -39,6 +39,15 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
+def lab_evidence(run_dir: Path, lines: int = 40) -> str:
+    """`duet lab status` and the end of every service's log: what a failure is read from."""
+    parts = [duet("lab", "status", "--dir", str(run_dir)).stdout]
+    for log in sorted(run_dir.glob("*.log")):
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        parts.append(f"--- {log.name}\n" + "\n".join(tail))
+    return "\n".join(parts)
+
+
 def assert_nothing_left(run_dir: Path, prefix: str) -> None:
     assert namespaces(prefix) == [], "namespaces left behind"
     assert not run_dir.exists(), "run directory left behind"
@@ -66,8 +75,11 @@ def test_up_prints_addresses_and_a_curl_line_that_works(lab):
     curl = next(line.strip() for line in out.splitlines() if "curl" in line)
     assert curl.startswith(f"ip netns exec {prefix}-c curl")
     if shutil.which("curl"):
-        answer = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=60)
-        assert json.loads(answer.stdout)["choices"][0]["message"]["content"]
+        try:
+            answer = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=60)
+            assert json.loads(answer.stdout)["choices"][0]["message"]["content"]
+        except (subprocess.TimeoutExpired, ValueError, KeyError, AssertionError) as e:
+            pytest.fail(f"{curl}: {e!r}\n{lab_evidence(run_dir)}")
 
 
 def test_status_shows_processes_vrrp_states_and_the_vip_holder(lab):
