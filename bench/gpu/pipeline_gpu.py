@@ -156,8 +156,10 @@ def drive(stack: GpuStack, name: str, levels, ttft: bool) -> dict:
             result["py_spy"] = sampler.summary()
         out["levels"].append(result)
         print(json.dumps({k: v for k, v in result.items() if k != "py_spy"}), flush=True)
-    if ttft:
+    if ttft:  # with the server's own account of those steps: head hop, worker step, tail
+        before = scrape(stack.metrics)
         out["ttft_2000_ms_p50"] = load.ttft_ms(stack.url, name)
+        out["ttft_2000_breakdown"] = breakdown(before, scrape(stack.metrics))
     return out
 
 
