@@ -68,6 +68,12 @@ def wait_healthy(state: LabState, timeout_s: float) -> None:
     for host in ("b", "a"):
         svc.wait_for(f"host {host}'s API /ready", lambda h=host: svc.api_ready(state, h)[0] == 200,
                      timeout_s, state, names)
+    # Both APIs start failing their health checks; when B's turns ready first, B (100) takes
+    # the VIP from an A still at 90, and A takes it back once its own check passes: a request
+    # sent meanwhile can be stranded on B. So first both agents at their healthy priority,
+    # A MASTER and B BACKUP; then the VIP, seen on A alone.
+    svc.wait_for("VRRP settled (A MASTER, B BACKUP, both healthy)", lambda: vrrp_settled(state),
+                 timeout_s, state, names)
     svc.wait_for("the VIP on host A only", lambda: vip_holders(state) == ["a"], timeout_s,
                  state, names)
     svc.wait_for("/ready through the VIP", lambda: http_in(
@@ -107,6 +113,15 @@ def _agent_status(state: LabState, host: str) -> dict:
         return json.loads((Path(state.run_dir) / f"vrrp-{host}.json").read_text())
     except (OSError, ValueError):
         return {}
+
+
+def vrrp_settled(state: LabState) -> bool:
+    """A MASTER and B BACKUP, each at its configured priority (the lab's health weight is
+    negative: a failing check lowers it), as their status files say."""
+    wanted = {"a": "MASTER", "b": "BACKUP"}
+    agents = {host: _agent_status(state, host) for host in wanted}
+    return all(st.get("state") == wanted[host] and st.get("priority") == st.get("base_priority")
+               for host, st in agents.items())
 
 
 def status(run_dir: Path) -> dict:
