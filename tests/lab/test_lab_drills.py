@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from duet.lab.services import log_tail
+from duet.lab.topology import LabState
+
 pytestmark = [pytest.mark.netns, pytest.mark.triton]
 DRILLS = ("crash-a", "kill-master", "stop-a", "cut-a-link", "return-a", "kill-worker")
 
@@ -39,13 +42,11 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def lab_evidence(run_dir: Path, lines: int = 40) -> str:
+def lab_evidence(run_dir: Path) -> str:
     """`duet lab status` and the end of every service's log: what a failure is read from."""
-    parts = [duet("lab", "status", "--dir", str(run_dir)).stdout]
-    for log in sorted(run_dir.glob("*.log")):
-        tail = log.read_text(errors="replace").splitlines()[-lines:]
-        parts.append(f"--- {log.name}\n" + "\n".join(tail))
-    return "\n".join(parts)
+    state = LabState.load(run_dir)
+    return "\n".join([duet("lab", "status", "--dir", str(run_dir)).stdout]
+                     + [f"--- {name}\n{log_tail(state, name, 40)}" for name in state.services])
 
 
 def assert_nothing_left(run_dir: Path, prefix: str) -> None:
