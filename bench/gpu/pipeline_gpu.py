@@ -156,11 +156,18 @@ def drive(stack: GpuStack, name: str, levels, ttft: bool) -> dict:
             result["py_spy"] = sampler.summary()
         out["levels"].append(result)
         print(json.dumps({k: v for k, v in result.items() if k != "py_spy"}), flush=True)
-    if ttft:  # with the server's own account of those steps: head hop, worker step, tail
-        before = scrape(stack.metrics)
-        out["ttft_2000_ms_p50"] = load.ttft_ms(stack.url, name)
-        out["ttft_2000_breakdown"] = breakdown(before, scrape(stack.metrics))
+    if ttft:
+        out |= long_prompt_ttft(stack, name)
     return out
+
+
+def long_prompt_ttft(stack: GpuStack, name: str) -> dict:
+    """The 2,000-token prompt's TTFT (median of 3, alone on the server), with the servers' own
+    account of those steps: hop, worker step, tail, server TTFT."""
+    before = scrape(stack.metrics)
+    ttft = load.ttft_ms(stack.url, name)
+    return {"ttft_2000_ms_p50": ttft,
+            "ttft_2000_breakdown": breakdown(before, scrape(stack.metrics))}
 
 
 def run_one(tmp: Path, model: Path, executor: str, inflight: int, levels, ttft: bool,

@@ -25,7 +25,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from bench.gpu import pipeline_load as load
 from bench.gpu.decode_gpu import write_config
-from bench.gpu.pipeline_gpu import DRY, SPLIT, GpuStack, dry_checkpoint, write_checkpoint
+from bench.gpu.pipeline_gpu import (DRY, SPLIT, GpuStack, dry_checkpoint, long_prompt_ttft,
+                                    write_checkpoint)
 from bench.gpu.pipeline_probe import breakdown, scrape
 from engine.batch import SeqChunk, StepBatch
 from engine.stage import Stage
@@ -128,9 +129,7 @@ def pipeline(tmp: Path, model: Path, dry: bool) -> dict:
                      **{k: b[k] for k in ("steps", "hop_ms_mean", "worker_step_ms_mean",
                                           "server_ttft_ms_mean")}})
                 print(key, out[key][-1], flush=True)
-        before = scrape(stack.metrics)
-        out["ttft_2000_ms_p50"] = load.ttft_ms(stack.url, model.name)
-        out["ttft_2000_breakdown"] = breakdown(before, scrape(stack.metrics))
+        out |= long_prompt_ttft(stack, model.name)
         print("ttft 2000", out["ttft_2000_ms_p50"], out["ttft_2000_breakdown"], flush=True)
     finally:
         stack.stop()
